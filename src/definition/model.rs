@@ -1,0 +1,703 @@
+//! The image definition as written in images/NAME.yaml. Every field has a default so that a
+//! file that only `extends` another and overrides a few keys parses on its own (and its
+//! unknown keys and wrong types are reported with its own line numbers); what the resolved
+//! definition must have is checked by `validate`.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A CPU architecture an image is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+    /// The name QEMU, Glance (`architecture`) and uname use.
+    pub fn machine(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+        }
+    }
+    /// The architecture of the machine imgbuild runs on.
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Arm64
+        } else {
+            Arch::Amd64
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "amd64" | "x86_64" => Ok(Arch::Amd64),
+            "arm64" | "aarch64" => Ok(Arch::Arm64),
+            _ => Err(format!("unknown arch `{s}` (expected amd64 or arm64)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Definition {
+    /// The name of another definition (file stem in the images dir) to inherit from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    /// A template only: listed and inherited from, never built.
+    #[serde(rename = "abstract", skip_serializing_if = "std::ops::Not::not")]
+    pub is_abstract: bool,
+    pub description: String,
+    pub os: Os,
+    pub arch: Vec<Arch>,
+    /// The base image per arch.
+    pub base: BTreeMap<Arch, Base>,
+    pub disk: Disk,
+    pub build: Build,
+    pub features: Features,
+    pub packages: Vec<String>,
+    pub apt: Apt,
+    pub files: Vec<FileSpec>,
+    pub scripts: Vec<Script>,
+    pub users: Vec<User>,
+    pub smoke: Smoke,
+    pub publish: Publish,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Os {
+    /// `ubuntu` or `debian`.
+    pub distro: String,
+    /// e.g. "24.04" or "12".
+    pub version: String,
+    /// e.g. "noble" or "bookworm".
+    pub codename: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Base {
+    /// A published cloud image, downloaded and verified.
+    CloudImage(CloudImage),
+    /// A bootable image made from an apt mirror with mmdebstrap.
+    Bootstrap(Bootstrap),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudImage {
+    /// http(s):// or file:// URL.
+    pub url: String,
+    /// `sha256:HEX` or `sha512:HEX`.
+    pub checksum: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bootstrap {
+    pub suite: String,
+    pub mirror: String,
+    pub components: Vec<String>,
+    pub packages: Vec<String>,
+    /// The base disk's size in GiB (the build grows it to `disk.size`).
+    pub size_gib: u32,
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Bootstrap {
+            suite: String::new(),
+            mirror: "http://deb.debian.org/debian".into(),
+            components: vec!["main".into()],
+            packages: Vec::new(),
+            size_gib: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zlib,
+    #[default]
+    Zstd,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Disk {
+    /// Virtual size, e.g. "20G" (K, M, G, T suffixes, powers of 1024).
+    pub size: String,
+    pub format: DiskFormat,
+    pub compression: Compression,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            size: "10G".into(),
+            format: DiskFormat::Qcow2,
+            compression: Compression::Zstd,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    Uefi,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Build {
+    pub cpus: u32,
+    /// MiB.
+    pub memory: u32,
+    /// Minutes until provisioning is given up.
+    pub timeout: u32,
+    pub firmware: Firmware,
+}
+
+impl Default for Build {
+    fn default() -> Self {
+        Build {
+            cpus: 2,
+            memory: 2048,
+            timeout: 60,
+            firmware: Firmware::Bios,
+        }
+    }
+}
+
+/// Optional building blocks. Each is off unless present; `true` turns one on with its
+/// defaults, `false` or `null` turns an inherited one off.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Features {
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub hardening: Option<Hardening>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<Desktop>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub docker: Option<Docker>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub nvidia: Option<Nvidia>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub compose_stack: Option<ComposeStack>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub shared_mount: Option<SharedMount>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub k3s: Option<K3s>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub drbd: Option<Drbd>,
+    #[serde(deserialize_with = "toggle", skip_serializing_if = "Option::is_none")]
+    pub kolla_host: Option<KollaHost>,
+}
+
+impl Features {
+    /// The names of the features that are on, in a fixed order.
+    pub fn enabled(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        macro_rules! on {
+            ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
+        }
+        on!(
+            hardening,
+            desktop,
+            docker,
+            nvidia,
+            compose_stack,
+            shared_mount,
+            k3s,
+            drbd,
+            kolla_host
+        );
+        v
+    }
+}
+
+/// Accepts `true`/`false`/`null` or a map for a feature.
+fn toggle<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de> + Default> serde::de::Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("true, false or a map of settings")
+        }
+        fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Self::Value, E> {
+            Ok(b.then(T::default))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(Some)
+        }
+    }
+    d.deserialize_option(V(std::marker::PhantomData))
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hardening {
+    /// Disable SSH password logins.
+    pub ssh_password_auth: bool,
+    /// Disable root login over SSH.
+    pub ssh_root_login: bool,
+    /// Install and enable unattended security upgrades.
+    pub unattended_upgrades: bool,
+    /// sysctl settings written to /etc/sysctl.d/60-imgbuild.conf.
+    pub sysctl: IndexMap<String, String>,
+}
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            ssh_password_auth: false,
+            ssh_root_login: false,
+            unattended_upgrades: true,
+            sysctl: IndexMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Desktop {
+    /// Only `xfce` today.
+    pub environment: String,
+    /// The VNC display of the per-user TigerVNC session (:1 → port 5901).
+    pub vnc_display: u16,
+    pub novnc_port: u16,
+    /// Also offer RDP (xrdp on 3389).
+    pub rdp: bool,
+    /// Browser package.
+    pub browser: String,
+    /// Extra desktop packages (editors, tools).
+    pub packages: Vec<String>,
+}
+
+impl Default for Desktop {
+    fn default() -> Self {
+        Desktop {
+            environment: "xfce".into(),
+            vnc_display: 1,
+            novnc_port: 6080,
+            rdp: true,
+            browser: "firefox".into(),
+            packages: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DockerSource {
+    /// Docker CE and the compose plugin from Docker's apt repository.
+    #[default]
+    DockerCe,
+    /// The distribution's docker.io and docker-compose packages.
+    Distro,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Docker {
+    pub source: DockerSource,
+    /// Users added to the docker group (besides the launch-time user).
+    pub users: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvidiaSource {
+    /// Ubuntu's restricted drivers (nvidia-driver-BRANCH-server) and NVIDIA's container toolkit repo.
+    #[default]
+    Ubuntu,
+    /// Debian's non-free nvidia-driver packages.
+    Debian,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nvidia {
+    pub source: NvidiaSource,
+    /// The driver branch, e.g. "550" (server branch on Ubuntu).
+    pub driver_branch: String,
+    pub container_toolkit: bool,
+}
+
+impl Default for Nvidia {
+    fn default() -> Self {
+        Nvidia {
+            source: NvidiaSource::Ubuntu,
+            driver_branch: "550".into(),
+            container_toolkit: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComposeStack {
+    /// The compose project folder, relative to the definition file.
+    pub project: String,
+    /// Profiles started by default (a launch can choose others).
+    pub profiles: Vec<String>,
+    /// Services whose published ports listen on all addresses instead of 127.0.0.1.
+    pub expose: Vec<String>,
+    /// Extra non-secret environment for the stack's env file.
+    pub environment: IndexMap<String, String>,
+    /// Pull the images of these profiles at build time, for an offline first start.
+    pub prepull: Vec<String>,
+}
+
+impl Default for ComposeStack {
+    fn default() -> Self {
+        ComposeStack {
+            project: "../compose/ai-stack".into(),
+            profiles: vec!["ai".into()],
+            expose: Vec::new(),
+            environment: IndexMap::new(),
+            prepull: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedMount {
+    /// Where the NFS export given at launch is mounted.
+    pub path: String,
+    /// The model cache below it.
+    pub model_cache: String,
+}
+
+impl Default for SharedMount {
+    fn default() -> Self {
+        SharedMount {
+            path: "/shared".into(),
+            model_cache: "/shared/models".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum K3sRole {
+    Server,
+    #[default]
+    Agent,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct K3s {
+    pub role: K3sRole,
+    /// A k3s release, e.g. "v1.31.4+k3s1".
+    pub version: String,
+    /// Node labels applied at join.
+    pub node_labels: Vec<String>,
+    /// Node taints applied at join.
+    pub node_taints: Vec<String>,
+}
+
+impl Default for K3s {
+    fn default() -> Self {
+        K3s {
+            role: K3sRole::Agent,
+            version: "v1.31.4+k3s1".into(),
+            node_labels: Vec::new(),
+            node_taints: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Drbd {
+    /// Also install LINSTOR's satellite for piraeus/linstor CSI.
+    pub linstor: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KollaHost {
+    /// Kolla-Ansible release the host is prepared for (informational; written to /etc/imgbuild).
+    pub openstack_release: String,
+}
+
+impl Default for KollaHost {
+    fn default() -> Self {
+        KollaHost {
+            openstack_release: "2025.2".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Apt {
+    /// Extra apt sources by name: a deb822 or one-line source and its signing key.
+    pub sources: IndexMap<String, AptSource>,
+    /// An HTTP proxy for apt during the build only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AptSource {
+    /// A one-line source (`deb [signed-by=$KEY_FILE] URL SUITE COMPONENTS`).
+    pub source: String,
+    /// The ASCII-armoured public key (public keys only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Or a key fingerprint to fetch from `keyserver`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyserver: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSpec {
+    /// Absolute path in the image.
+    pub path: String,
+    /// Inline content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Or a file next to the definition (relative path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `user:group`, default root:root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Octal mode as a string, default "0644".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Script {
+    pub name: String,
+    /// A shell script run as root with `set -eu` at build time, in order.
+    pub run: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct User {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gecos: Option<String>,
+    pub groups: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Passwordless sudo.
+    pub sudo: bool,
+    /// Public keys only; images carry no passwords.
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smoke {
+    /// Minutes until a smoke boot is given up.
+    pub timeout: u32,
+    pub checks: Vec<Check>,
+    /// Take a screenshot of the console (on by default for desktop images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screenshot: Option<bool>,
+}
+
+impl Default for Smoke {
+    fn default() -> Self {
+        Smoke {
+            timeout: 15,
+            checks: Vec::new(),
+            screenshot: None,
+        }
+    }
+}
+
+/// One smoke check: exactly one of `command`, `unit`, `port`, `file`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Check {
+    pub name: String,
+    /// A shell command run as root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Expected exit code of `command` (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_exit: Option<i32>,
+    /// A regular expression (grep -E) that `command`'s output must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_output: Option<String>,
+    /// A systemd unit that must be active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// A TCP port that must be listening.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// With `port`: the address it must listen on only (e.g. 127.0.0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// A path that must exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// With `file`: its octal mode, e.g. "0600".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    #[default]
+    Private,
+    Shared,
+    Community,
+    Public,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Publish {
+    /// Glance image name; `{image}`, `{version}` and `{arch}` are replaced.
+    pub name: String,
+    pub visibility: Visibility,
+    pub tags: Vec<String>,
+    /// Glance properties (os_distro, hw_*, ...). Never secrets.
+    pub properties: IndexMap<String, String>,
+    /// GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_disk: Option<u32>,
+    /// MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_ram: Option<u32>,
+    /// Keep this many newest versions visible; hide older ones (os_hidden).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// Delete versions beyond this many (when publish is run with --prune).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_beyond: Option<u32>,
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Publish {
+            name: "{image}-{version}".into(),
+            visibility: Visibility::Private,
+            tags: Vec::new(),
+            properties: IndexMap::new(),
+            min_disk: None,
+            min_ram: None,
+            keep: None,
+            delete_beyond: None,
+        }
+    }
+}
+
+/// Parses "20G", "512M", "1T", "1048576" (bytes) into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok().filter(|n| *n > 0)?.checked_mul(mul)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("20G"), Some(20 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("0G"), None);
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("G"), None);
+    }
+
+    #[test]
+    fn feature_toggles() {
+        let f: Features = serde_norway::from_str(
+            "docker: true\nnvidia: false\ndesktop: {rdp: false}\nk3s: null\n",
+        )
+        .unwrap();
+        assert_eq!(f.docker, Some(Docker::default()));
+        assert_eq!(f.nvidia, None);
+        assert_eq!(f.k3s, None);
+        assert!(!f.desktop.unwrap().rdp);
+    }
+
+    #[test]
+    fn unknown_feature_setting_is_an_error_with_location() {
+        let e = serde_norway::from_str::<Features>("docker:\n  sorce: distro\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `sorce`"), "{e}");
+        assert_eq!(e.location().map(|l| l.line()), Some(2));
+    }
+}

@@ -1,0 +1,7 @@
+//! imgbuild: golden VM images from declarative definitions.
+//!
+//! Data flows one way: `definition` (load, extends, validate) → `render` (pure: Packer HCL,
+//! cloud-init, compose) → `check` (the real validators) → build stages.
+
+pub mod definition;
+pub mod exec;
