@@ -1,1 +1,321 @@
-fn main() {}
+//! imgbuild's command line: parses arguments, calls the library, maps errors to exit codes
+//! (0 ok, 1 a build/check/upload failed, 2 bad input or usage).
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use imgbuild::check::{self, Status, Tools};
+use imgbuild::definition::{Arch, Catalog, DefinitionError, Resolved};
+use imgbuild::render::packer::PackerTarget;
+use imgbuild::render::{self, RenderError, RenderOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Builds golden VM images for self-hosted AI workspaces and clusters: renders Packer HCL and
+/// cloud-init from a declarative definition, builds in QEMU, smoke-boots, checksums and
+/// publishes to OpenStack Glance.
+#[derive(Parser, Debug)]
+#[command(name = "imgbuild", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// The folder with the image definitions (NAME.yaml).
+    #[arg(long, global = true, default_value = "images", env = "IMGBUILD_IMAGES_DIR")]
+    images_dir: PathBuf,
+    /// Machine-readable JSON on stdout instead of plain lines.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v: every external command line, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the images in the catalog with their descriptions and arches.
+    List,
+    /// Print an image's resolved definition (after `extends`), as YAML or with --json as JSON.
+    Show {
+        /// The image name (file stem in the images folder).
+        image: String,
+    },
+    /// Render Packer HCL, cloud-init seed files and the compose project, per arch.
+    Render(RenderArgs),
+    /// Check definitions and run the real validators over their rendered files: packer
+    /// validate, cloud-init schema, check-jsonschema (cloud-config 24.04, netplan v2, compose-spec).
+    Validate(ValidateArgs),
+}
+
+#[derive(Args, Debug)]
+struct RenderArgs {
+    /// The image to render.
+    image: String,
+    /// Only this arch (default: every arch the image lists).
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// Output folder; each arch goes to DIR/ARCH.
+    #[arg(short = 'o', long = "out", default_value = "rendered")]
+    out: PathBuf,
+    /// Render for this Packer release (e.g. 1.6.6 or 1.11.2) instead of the installed one.
+    #[arg(long)]
+    packer_version: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// Images to validate.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    images: Vec<String>,
+    /// Validate every image in the catalog.
+    #[arg(long)]
+    all: bool,
+    /// Treat a validator that is not installed as a failure.
+    #[arg(long)]
+    strict: bool,
+    /// Keep the rendered files here instead of a temporary folder.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+/// Bad input or usage: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+/// A check, build or upload failed: exit code 1 (the details were printed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failed(String);
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<DefinitionError>() || cause.is::<UsageError>() {
+            return 2;
+        }
+        if let Some(r) = cause.downcast_ref::<RenderError>() {
+            if matches!(r, RenderError::Definition(_) | RenderError::ArchNotListed { .. }) {
+                return 2;
+            }
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMGBUILD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("imgbuild={level},exec={level}"))),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let catalog = Catalog::new(&cli.images_dir);
+    match &cli.command {
+        Command::List => list(cli, &catalog),
+        Command::Show { image } => show(cli, &catalog, image),
+        Command::Render(a) => render_cmd(cli, &catalog, a),
+        Command::Validate(a) => validate(cli, &catalog, a),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn list(cli: &Cli, catalog: &Catalog) -> Result<()> {
+    let mut rows = Vec::new();
+    for name in catalog.names()? {
+        let r = catalog.load(&name)?;
+        let d = &r.definition;
+        rows.push(serde_json::json!({
+            "name": name,
+            "description": d.description,
+            "arch": d.arch,
+            "extends": r.chain.get(1).map(|f| f.name.clone()),
+            "abstract": d.is_abstract,
+            "features": d.features.enabled(),
+        }));
+    }
+    if cli.json {
+        return print_json(&rows);
+    }
+    let width = rows.iter().map(|r| r["name"].as_str().unwrap_or("").len()).max().unwrap_or(0);
+    for r in &rows {
+        let arch: Vec<&str> = r["arch"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+        println!(
+            "{:width$}  {:13}  {}",
+            r["name"].as_str().unwrap_or(""),
+            arch.join(","),
+            r["description"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn show(cli: &Cli, catalog: &Catalog, image: &str) -> Result<()> {
+    let r = catalog.load_checked(image)?;
+    if cli.json {
+        print_json(&r.definition)
+    } else {
+        print!("# {} (resolved: {})\n{}", image, chain(&r), serde_norway::to_string(&r.definition)?);
+        Ok(())
+    }
+}
+
+fn chain(r: &Resolved) -> String {
+    r.chain.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(" <- ")
+}
+
+fn packer_target(explicit: Option<&str>, tools: &Tools) -> (PackerTarget, String) {
+    match explicit {
+        Some(v) => (PackerTarget::from_version(v), format!("Packer {v} (--packer-version)")),
+        None => match tools.packer_version() {
+            Some(v) => (PackerTarget::from_version(&v), format!("{v} (installed)")),
+            None => (PackerTarget::Modern, "current Packer (none installed)".into()),
+        },
+    }
+}
+
+fn arches(r: &Resolved, only: Option<Arch>) -> Result<Vec<Arch>> {
+    match only {
+        Some(a) if !r.definition.arch.contains(&a) => Err(UsageError(format!(
+            "{} is not built for {a} (arch lists {})",
+            r.name,
+            r.definition.arch.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+        .into()),
+        Some(a) => Ok(vec![a]),
+        None => Ok(r.definition.arch.clone()),
+    }
+}
+
+fn render_cmd(cli: &Cli, catalog: &Catalog, a: &RenderArgs) -> Result<()> {
+    let r = catalog.load_checked(&a.image)?;
+    if r.definition.is_abstract {
+        return Err(UsageError(format!("{} is abstract: render an image that extends it", a.image)).into());
+    }
+    let tools = Tools::discover();
+    let (target, why) = packer_target(a.packer_version.as_deref(), &tools);
+    tracing::info!("rendering Packer HCL for {why}");
+    let mut out = Vec::new();
+    for arch in arches(&r, a.arch)? {
+        let rendered = render::render(&r, arch, RenderOptions { packer: target })?;
+        let dir = a.out.join(arch.as_str());
+        rendered.write_to(&dir).with_context(|| format!("writing {}", dir.display()))?;
+        if !cli.json {
+            println!("{} {arch}: {} ({} files)", a.image, dir.display(), rendered.files.len());
+        }
+        out.push(serde_json::json!({
+            "image": a.image, "arch": arch, "dir": dir, "digest": rendered.digest(),
+            "packer": target, "files": rendered.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+        }));
+    }
+    if cli.json {
+        print_json(&out)?;
+    }
+    Ok(())
+}
+
+fn validate(cli: &Cli, catalog: &Catalog, a: &ValidateArgs) -> Result<()> {
+    let names = if a.all { catalog.names()? } else { a.images.clone() };
+    let tools = Tools::discover();
+    let (target, why) = packer_target(None, &tools);
+    tracing::info!("validating HCL for {why}");
+    let tmp = tempfile::tempdir()?;
+    let root = a.keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut definition_errors: Vec<String> = Vec::new();
+    let mut results = Vec::new();
+    for name in &names {
+        let r = match catalog.load_checked(name) {
+            Ok(r) => r,
+            Err(e) => {
+                if !cli.json {
+                    println!("FAIL {name}: definition");
+                }
+                definition_errors.push(e.to_string());
+                continue;
+            }
+        };
+        if r.definition.is_abstract {
+            continue;
+        }
+        for arch in r.definition.arch.clone() {
+            let rendered = match render::render(&r, arch, RenderOptions { packer: target }) {
+                Ok(x) => x,
+                Err(e @ (RenderError::Definition(_) | RenderError::ArchNotListed { .. })) => {
+                    definition_errors.push(e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let dir = root.join(name).join(arch.as_str());
+            rendered.write_to(&dir)?;
+            for res in check::run(&rendered, &dir, &tools) {
+                if !cli.json {
+                    let (word, detail) = match &res.status {
+                        Status::Passed => ("ok  ", String::new()),
+                        Status::Failed(d) => ("FAIL", format!("\n{}", indent(d))),
+                        Status::NotRun(d) if a.strict => ("FAIL", format!(" (not run: {d})")),
+                        Status::NotRun(d) => ("skip", format!(" (not run: {d})")),
+                    };
+                    println!("{word} {name} {arch} {}: {}{detail}", res.validator, res.file);
+                }
+                results.push(res);
+            }
+        }
+    }
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.status, Status::Failed(_)) || (a.strict && matches!(r.status, Status::NotRun(_))))
+        .count();
+    let not_run = results.iter().filter(|r| matches!(r.status, Status::NotRun(_))).count();
+    if cli.json {
+        print_json(&serde_json::json!({
+            "results": results, "definition_errors": definition_errors,
+            "failed": failed, "not_run": not_run, "strict": a.strict,
+        }))?;
+    } else {
+        println!(
+            "{} passed, {failed} failed, {not_run} not run",
+            results.iter().filter(|r| r.status == Status::Passed).count()
+        );
+        if not_run > 0 && !a.strict {
+            tracing::warn!("{not_run} validator run(s) did not happen because a tool is missing; --strict makes that a failure");
+        }
+    }
+    if !definition_errors.is_empty() {
+        return Err(UsageError(definition_errors.join("\n")).into());
+    }
+    if failed > 0 {
+        return Err(Failed(format!("{failed} validation(s) failed")).into());
+    }
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}

@@ -72,7 +72,7 @@ pub struct Definition {
     pub os: Os,
     pub arch: Vec<Arch>,
     /// The base image per arch.
-    pub base: BTreeMap<Arch, Base>,
+    pub base: BTreeMap<Arch, BaseSpec>,
     pub disk: Disk,
     pub build: Build,
     pub features: Features,
@@ -96,13 +96,34 @@ pub struct Os {
     pub codename: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum Base {
+/// Where an arch's base image comes from: exactly one of the two.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaseSpec {
     /// A published cloud image, downloaded and verified.
-    CloudImage(CloudImage),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_image: Option<CloudImage>,
     /// A bootable image made from an apt mirror with mmdebstrap.
-    Bootstrap(Bootstrap),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// The checked form of [`BaseSpec`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Base<'a> {
+    CloudImage(&'a CloudImage),
+    Bootstrap(&'a Bootstrap),
+}
+
+impl BaseSpec {
+    /// The one base given (validation makes sure there is exactly one).
+    pub fn kind(&self) -> Option<Base<'_>> {
+        match (&self.cloud_image, &self.bootstrap) {
+            (Some(c), None) => Some(Base::CloudImage(c)),
+            (None, Some(b)) => Some(Base::Bootstrap(b)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -399,8 +420,8 @@ pub struct ComposeStack {
     pub profiles: Vec<String>,
     /// Services whose published ports listen on all addresses instead of 127.0.0.1.
     pub expose: Vec<String>,
-    /// Extra non-secret environment for the stack's env file.
-    pub environment: IndexMap<String, String>,
+    /// Extra non-secret environment per service: `{service: {VAR: value}}`.
+    pub environment: IndexMap<String, IndexMap<String, String>>,
     /// Pull the images of these profiles at build time, for an offline first start.
     pub prepull: Vec<String>,
 }

@@ -98,11 +98,12 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 fn check_base(r: &Resolved, arch: Arch, err: &mut impl FnMut(&str, String)) {
     let path = format!("base.{arch}");
-    match r.definition.base.get(&arch) {
-        None => err(
-            &path,
-            format!("missing: arch lists {arch} but no base is given for it"),
-        ),
+    let Some(spec) = r.definition.base.get(&arch) else {
+        err(&path, format!("missing: arch lists {arch} but no base is given for it"));
+        return;
+    };
+    match spec.kind() {
+        None => err(&path, "give exactly one of cloud_image or bootstrap".into()),
         Some(Base::CloudImage(c)) => {
             let p = format!("{path}.cloud_image");
             if c.url.is_empty() {
@@ -179,12 +180,19 @@ fn check_features(r: &Resolved, err: &mut impl FnMut(&str, String)) {
                 format!("{} has no compose.yaml", dir.display()),
             );
         }
-        for (k, _) in &cs.environment {
-            if looks_secret_name(k) {
-                err(
-                    &format!("features.compose_stack.environment.{k}"),
-                    "secrets are made at first boot, never set in a definition".into(),
-                );
+        for (svc, vars) in &cs.environment {
+            for k in vars.keys() {
+                if looks_secret_name(k) {
+                    err(
+                        &format!("features.compose_stack.environment.{svc}.{k}"),
+                        "secrets are made at first boot, never set in a definition".into(),
+                    );
+                }
+            }
+        }
+        for (i, p) in cs.profiles.iter().chain(&cs.prepull).enumerate() {
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                err(&format!("features.compose_stack.profiles[{i}]"), format!("`{p}` is not a profile name"));
             }
         }
     }
@@ -207,10 +215,10 @@ fn check_features(r: &Resolved, err: &mut impl FnMut(&str, String)) {
                 format!("`{}` is not a branch number like 550", n.driver_branch),
             );
         }
-        if n.container_toolkit && f.docker.is_none() {
+        if n.container_toolkit && f.docker.is_none() && f.k3s.is_none() {
             err(
                 "features.nvidia.container_toolkit",
-                "needs features.docker".into(),
+                "needs features.docker or features.k3s".into(),
             );
         }
     }
