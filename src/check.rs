@@ -64,7 +64,11 @@ impl Tools {
 
     pub fn packer_version(&self) -> Option<String> {
         let p = self.packer.as_ref()?;
-        Cmd::new(p).arg("version").env("CHECKPOINT_DISABLE", "1").read().ok()
+        Cmd::new(p)
+            .arg("version")
+            .env("CHECKPOINT_DISABLE", "1")
+            .read()
+            .ok()
             .and_then(|s| s.lines().next().map(str::to_string))
     }
 }
@@ -84,7 +88,9 @@ fn outcome(r: Result<std::process::Output, ExecError>) -> Status {
 fn not_installed(program: &str) -> Status {
     Status::NotRun(format!(
         "{program} is not installed{}",
-        install_hint(program).map(|h| format!(" (install: {h})")).unwrap_or_default()
+        install_hint(program)
+            .map(|h| format!(" (install: {h})"))
+            .unwrap_or_default()
     ))
 }
 
@@ -121,16 +127,33 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
 
     let status = match &tools.cloud_init {
         None => not_installed("cloud-init"),
-        Some(ci) => outcome(Cmd::new(ci).args(["schema", "-c"]).arg(dir.join(USER_DATA)).run_unchecked()),
+        Some(ci) => outcome(
+            Cmd::new(ci)
+                .args(["schema", "-c"])
+                .arg(dir.join(USER_DATA))
+                .run_unchecked(),
+        ),
     };
     add("cloud-init-schema", USER_DATA, status);
 
     match &tools.check_jsonschema {
         None => {
-            add("cloud-config-schema-24.04", USER_DATA, not_installed("check-jsonschema"));
-            add("netplan-v2-schema", NETWORK_CONFIG, not_installed("check-jsonschema"));
+            add(
+                "cloud-config-schema-24.04",
+                USER_DATA,
+                not_installed("check-jsonschema"),
+            );
+            add(
+                "netplan-v2-schema",
+                NETWORK_CONFIG,
+                not_installed("check-jsonschema"),
+            );
             if let Some(c) = &rendered.compose {
-                add("compose-spec", &format!("compose/{}/compose.yaml", c.name), not_installed("check-jsonschema"));
+                add(
+                    "compose-spec",
+                    &format!("compose/{}/compose.yaml", c.name),
+                    not_installed("check-jsonschema"),
+                );
             }
         }
         Some(cj) => {
@@ -138,21 +161,39 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
             let _ = std::fs::create_dir_all(&schemas);
             let cc = schemas.join("cloud-config-v1.json");
             let nc = schemas.join("network-config-v2.json");
-            let written = std::fs::write(&cc, CLOUD_CONFIG_SCHEMA).and_then(|_| std::fs::write(&nc, NETWORK_CONFIG_SCHEMA));
+            let written = std::fs::write(&cc, CLOUD_CONFIG_SCHEMA)
+                .and_then(|_| std::fs::write(&nc, NETWORK_CONFIG_SCHEMA));
             let run_schema = |schema: &Path, file: &str| match &written {
                 Err(e) => Status::Failed(format!("cannot write schema: {e}")),
                 Ok(()) => outcome(
-                    Cmd::new(cj).args(["--default-filetype", "yaml", "--schemafile"]).arg(schema).arg(dir.join(file)).run_unchecked(),
+                    Cmd::new(cj)
+                        .args(["--default-filetype", "yaml", "--schemafile"])
+                        .arg(schema)
+                        .arg(dir.join(file))
+                        .run_unchecked(),
                 ),
             };
-            add("cloud-config-schema-24.04", USER_DATA, run_schema(&cc, USER_DATA));
-            add("netplan-v2-schema", NETWORK_CONFIG, run_schema(&nc, NETWORK_CONFIG));
+            add(
+                "cloud-config-schema-24.04",
+                USER_DATA,
+                run_schema(&cc, USER_DATA),
+            );
+            add(
+                "netplan-v2-schema",
+                NETWORK_CONFIG,
+                run_schema(&nc, NETWORK_CONFIG),
+            );
             if let Some(c) = &rendered.compose {
                 let f = format!("compose/{}/compose.yaml", c.name);
                 add(
                     "compose-spec",
                     &f,
-                    outcome(Cmd::new(cj).args(["--builtin-schema", "vendor.compose-spec"]).arg(dir.join(&f)).run_unchecked()),
+                    outcome(
+                        Cmd::new(cj)
+                            .args(["--builtin-schema", "vendor.compose-spec"])
+                            .arg(dir.join(&f))
+                            .run_unchecked(),
+                    ),
                 );
             }
         }

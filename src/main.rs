@@ -14,10 +14,20 @@ use std::process::ExitCode;
 /// cloud-init from a declarative definition, builds in QEMU, smoke-boots, checksums and
 /// publishes to OpenStack Glance.
 #[derive(Parser, Debug)]
-#[command(name = "imgbuild", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "imgbuild",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// The folder with the image definitions (NAME.yaml).
-    #[arg(long, global = true, default_value = "images", env = "IMGBUILD_IMAGES_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "images",
+        env = "IMGBUILD_IMAGES_DIR"
+    )]
     images_dir: PathBuf,
     /// Machine-readable JSON on stdout instead of plain lines.
     #[arg(long, global = true)]
@@ -95,7 +105,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return 2;
         }
         if let Some(r) = cause.downcast_ref::<RenderError>() {
-            if matches!(r, RenderError::Definition(_) | RenderError::ArchNotListed { .. }) {
+            if matches!(
+                r,
+                RenderError::Definition(_) | RenderError::ArchNotListed { .. }
+            ) {
                 return 2;
             }
         }
@@ -113,8 +126,9 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMGBUILD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("imgbuild={level},exec={level}"))),
+            tracing_subscriber::EnvFilter::try_from_env("IMGBUILD_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("imgbuild={level},exec={level}"))
+            }),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -163,9 +177,18 @@ fn list(cli: &Cli, catalog: &Catalog) -> Result<()> {
     if cli.json {
         return print_json(&rows);
     }
-    let width = rows.iter().map(|r| r["name"].as_str().unwrap_or("").len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("").len())
+        .max()
+        .unwrap_or(0);
     for r in &rows {
-        let arch: Vec<&str> = r["arch"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+        let arch: Vec<&str> = r["arch"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .collect();
         println!(
             "{:width$}  {:13}  {}",
             r["name"].as_str().unwrap_or(""),
@@ -181,21 +204,36 @@ fn show(cli: &Cli, catalog: &Catalog, image: &str) -> Result<()> {
     if cli.json {
         print_json(&r.definition)
     } else {
-        print!("# {} (resolved: {})\n{}", image, chain(&r), serde_norway::to_string(&r.definition)?);
+        print!(
+            "# {} (resolved: {})\n{}",
+            image,
+            chain(&r),
+            imgbuild::render::yaml::to_string(&serde_json::to_value(&r.definition)?)
+        );
         Ok(())
     }
 }
 
 fn chain(r: &Resolved) -> String {
-    r.chain.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(" <- ")
+    r.chain
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" <- ")
 }
 
 fn packer_target(explicit: Option<&str>, tools: &Tools) -> (PackerTarget, String) {
     match explicit {
-        Some(v) => (PackerTarget::from_version(v), format!("Packer {v} (--packer-version)")),
+        Some(v) => (
+            PackerTarget::from_version(v),
+            format!("Packer {v} (--packer-version)"),
+        ),
         None => match tools.packer_version() {
             Some(v) => (PackerTarget::from_version(&v), format!("{v} (installed)")),
-            None => (PackerTarget::Modern, "current Packer (none installed)".into()),
+            None => (
+                PackerTarget::Modern,
+                "current Packer (none installed)".into(),
+            ),
         },
     }
 }
@@ -205,7 +243,12 @@ fn arches(r: &Resolved, only: Option<Arch>) -> Result<Vec<Arch>> {
         Some(a) if !r.definition.arch.contains(&a) => Err(UsageError(format!(
             "{} is not built for {a} (arch lists {})",
             r.name,
-            r.definition.arch.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+            r.definition
+                .arch
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .into()),
         Some(a) => Ok(vec![a]),
@@ -216,7 +259,11 @@ fn arches(r: &Resolved, only: Option<Arch>) -> Result<Vec<Arch>> {
 fn render_cmd(cli: &Cli, catalog: &Catalog, a: &RenderArgs) -> Result<()> {
     let r = catalog.load_checked(&a.image)?;
     if r.definition.is_abstract {
-        return Err(UsageError(format!("{} is abstract: render an image that extends it", a.image)).into());
+        return Err(UsageError(format!(
+            "{} is abstract: render an image that extends it",
+            a.image
+        ))
+        .into());
     }
     let tools = Tools::discover();
     let (target, why) = packer_target(a.packer_version.as_deref(), &tools);
@@ -225,9 +272,16 @@ fn render_cmd(cli: &Cli, catalog: &Catalog, a: &RenderArgs) -> Result<()> {
     for arch in arches(&r, a.arch)? {
         let rendered = render::render(&r, arch, RenderOptions { packer: target })?;
         let dir = a.out.join(arch.as_str());
-        rendered.write_to(&dir).with_context(|| format!("writing {}", dir.display()))?;
+        rendered
+            .write_to(&dir)
+            .with_context(|| format!("writing {}", dir.display()))?;
         if !cli.json {
-            println!("{} {arch}: {} ({} files)", a.image, dir.display(), rendered.files.len());
+            println!(
+                "{} {arch}: {} ({} files)",
+                a.image,
+                dir.display(),
+                rendered.files.len()
+            );
         }
         out.push(serde_json::json!({
             "image": a.image, "arch": arch, "dir": dir, "digest": rendered.digest(),
@@ -241,7 +295,11 @@ fn render_cmd(cli: &Cli, catalog: &Catalog, a: &RenderArgs) -> Result<()> {
 }
 
 fn validate(cli: &Cli, catalog: &Catalog, a: &ValidateArgs) -> Result<()> {
-    let names = if a.all { catalog.names()? } else { a.images.clone() };
+    let names = if a.all {
+        catalog.names()?
+    } else {
+        a.images.clone()
+    };
     let tools = Tools::discover();
     let (target, why) = packer_target(None, &tools);
     tracing::info!("validating HCL for {why}");
@@ -282,7 +340,10 @@ fn validate(cli: &Cli, catalog: &Catalog, a: &ValidateArgs) -> Result<()> {
                         Status::NotRun(d) if a.strict => ("FAIL", format!(" (not run: {d})")),
                         Status::NotRun(d) => ("skip", format!(" (not run: {d})")),
                     };
-                    println!("{word} {name} {arch} {}: {}{detail}", res.validator, res.file);
+                    println!(
+                        "{word} {name} {arch} {}: {}{detail}",
+                        res.validator, res.file
+                    );
                 }
                 results.push(res);
             }
@@ -290,9 +351,15 @@ fn validate(cli: &Cli, catalog: &Catalog, a: &ValidateArgs) -> Result<()> {
     }
     let failed = results
         .iter()
-        .filter(|r| matches!(r.status, Status::Failed(_)) || (a.strict && matches!(r.status, Status::NotRun(_))))
+        .filter(|r| {
+            matches!(r.status, Status::Failed(_))
+                || (a.strict && matches!(r.status, Status::NotRun(_)))
+        })
         .count();
-    let not_run = results.iter().filter(|r| matches!(r.status, Status::NotRun(_))).count();
+    let not_run = results
+        .iter()
+        .filter(|r| matches!(r.status, Status::NotRun(_)))
+        .count();
     if cli.json {
         print_json(&serde_json::json!({
             "results": results, "definition_errors": definition_errors,
@@ -301,7 +368,10 @@ fn validate(cli: &Cli, catalog: &Catalog, a: &ValidateArgs) -> Result<()> {
     } else {
         println!(
             "{} passed, {failed} failed, {not_run} not run",
-            results.iter().filter(|r| r.status == Status::Passed).count()
+            results
+                .iter()
+                .filter(|r| r.status == Status::Passed)
+                .count()
         );
         if not_run > 0 && !a.strict {
             tracing::warn!("{not_run} validator run(s) did not happen because a tool is missing; --strict makes that a failure");
@@ -317,5 +387,8 @@ fn validate(cli: &Cli, catalog: &Catalog, a: &ValidateArgs) -> Result<()> {
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

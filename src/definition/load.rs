@@ -145,8 +145,15 @@ impl Catalog {
         }
 
         let mut merged = Value::Mapping(Mapping::new());
-        for file in chain.iter().rev() {
-            merge(&mut merged, &file.value, "");
+        for (i, file) in chain.iter().enumerate().rev() {
+            let mut value = file.value.clone();
+            if i > 0 {
+                // `abstract` marks the file itself; an image extending a template is concrete.
+                if let Value::Mapping(m) = &mut value {
+                    m.remove("abstract");
+                }
+            }
+            merge(&mut merged, &value, "");
         }
         if let Value::Mapping(m) = &mut merged {
             m.remove("extends");

@@ -99,7 +99,10 @@ fn is_hex(s: &str, len: usize) -> bool {
 fn check_base(r: &Resolved, arch: Arch, err: &mut impl FnMut(&str, String)) {
     let path = format!("base.{arch}");
     let Some(spec) = r.definition.base.get(&arch) else {
-        err(&path, format!("missing: arch lists {arch} but no base is given for it"));
+        err(
+            &path,
+            format!("missing: arch lists {arch} but no base is given for it"),
+        );
         return;
     };
     match spec.kind() {
@@ -191,8 +194,15 @@ fn check_features(r: &Resolved, err: &mut impl FnMut(&str, String)) {
             }
         }
         for (i, p) in cs.profiles.iter().chain(&cs.prepull).enumerate() {
-            if p.is_empty() || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-                err(&format!("features.compose_stack.profiles[{i}]"), format!("`{p}` is not a profile name"));
+            if p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                err(
+                    &format!("features.compose_stack.profiles[{i}]"),
+                    format!("`{p}` is not a profile name"),
+                );
             }
         }
     }

@@ -26,7 +26,7 @@ pub mod markers {
 
 /// Serializes a cloud-config document with its mandatory first line.
 pub fn to_cloud_config(doc: &Value, comment: &str) -> String {
-    let body = serde_norway::to_string(doc).expect("JSON values serialize to YAML");
+    let body = super::yaml::to_string(doc);
     let mut out = String::from("#cloud-config\n");
     for line in comment.lines() {
         out.push_str("# ");
@@ -116,7 +116,10 @@ pub fn user_data(
                 if !u.groups.is_empty() {
                     m.insert("groups".into(), json!(u.groups.join(",")));
                 }
-                m.insert("shell".into(), json!(u.shell.clone().unwrap_or_else(|| "/bin/bash".into())));
+                m.insert(
+                    "shell".into(),
+                    json!(u.shell.clone().unwrap_or_else(|| "/bin/bash".into())),
+                );
                 if u.sudo {
                     m.insert("sudo".into(), json!("ALL=(ALL) NOPASSWD:ALL"));
                 }
@@ -138,10 +141,22 @@ pub fn user_data(
     }
     if let Some(c) = compose {
         let dir = format!("/opt/imgbuild/{}", c.name);
-        files.push(WriteFile::new(format!("{dir}/compose.yaml"), c.compose_yaml.clone(), "0644"));
-        files.push(WriteFile::new(format!("{dir}/settings.env"), c.settings_env.clone(), "0644"));
+        files.push(WriteFile::new(
+            format!("{dir}/compose.yaml"),
+            c.compose_yaml.clone(),
+            "0644",
+        ));
+        files.push(WriteFile::new(
+            format!("{dir}/settings.env"),
+            c.settings_env.clone(),
+            "0644",
+        ));
         if let Some(s) = &c.secrets_yaml {
-            files.push(WriteFile::new("/usr/local/share/imgbuild/secrets.yaml", s.clone(), "0644"));
+            files.push(WriteFile::new(
+                "/usr/local/share/imgbuild/secrets.yaml",
+                s.clone(),
+                "0644",
+            ));
         }
     }
     let mut extra_b64 = Vec::new();
@@ -157,19 +172,39 @@ pub fn user_data(
         let owner = f.owner.clone().unwrap_or_else(|| "root:root".into());
         let perms = f.permissions.clone().unwrap_or_else(|| "0644".into());
         match String::from_utf8(content) {
-            Ok(text) => files.push(WriteFile { path: f.path.clone(), content: text, permissions: perms, owner }),
+            Ok(text) => files.push(WriteFile {
+                path: f.path.clone(),
+                content: text,
+                permissions: perms,
+                owner,
+            }),
             Err(bin) => extra_b64.push((f.path.clone(), bin.into_bytes(), perms, owner)),
         }
     }
     for (i, s) in d.scripts.iter().enumerate() {
-        steps.push(Step { name: format!("50-{:02}-{}", i + 1, s.name), script: s.run.clone() });
+        steps.push(Step {
+            name: format!("50-{:02}-{}", i + 1, s.name),
+            script: s.run.clone(),
+        });
     }
     for s in &steps {
-        files.push(WriteFile::new(format!("{LIB}/steps/{}.sh", s.name), s.script.clone(), "0755"));
+        files.push(WriteFile::new(
+            format!("{LIB}/steps/{}.sh", s.name),
+            s.script.clone(),
+            "0755",
+        ));
     }
-    files.push(WriteFile::new(format!("{LIB}/provision"), PROVISION, "0755"));
+    files.push(WriteFile::new(
+        format!("{LIB}/provision"),
+        PROVISION,
+        "0755",
+    ));
     files.push(WriteFile::new(format!("{LIB}/hygiene"), HYGIENE, "0755"));
-    files.push(WriteFile::new("/etc/systemd/system/imgbuild-hygiene.service", HYGIENE_UNIT, "0644"));
+    files.push(WriteFile::new(
+        "/etc/systemd/system/imgbuild-hygiene.service",
+        HYGIENE_UNIT,
+        "0644",
+    ));
     files.push(WriteFile::new(
         "/etc/imgbuild/image.json",
         serde_json::to_string_pretty(&json!({
@@ -188,7 +223,10 @@ pub fn user_data(
         let mut m = Map::new();
         m.insert("path".into(), json!(path));
         m.insert("encoding".into(), json!("b64"));
-        m.insert("content".into(), json!(base64::engine::general_purpose::STANDARD.encode(bytes)));
+        m.insert(
+            "content".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        );
         m.insert("permissions".into(), json!(perms));
         m.insert("owner".into(), json!(owner.clone()));
         if owner != "root:root" {
@@ -209,7 +247,10 @@ pub fn user_data(
     );
     doc.insert(
         "final_message".into(),
-        json!(format!("{} cloud-init finished after $UPTIME seconds", markers::FINAL)),
+        json!(format!(
+            "{} cloud-init finished after $UPTIME seconds",
+            markers::FINAL
+        )),
     );
     Ok(to_cloud_config(
         &Value::Object(doc),
@@ -221,20 +262,18 @@ pub fn user_data(
 }
 
 pub fn meta_data(r: &Resolved, arch: Arch) -> String {
-    serde_norway::to_string(&json!({
+    super::yaml::to_string(&json!({
         "instance-id": format!("imgbuild-build-{}-{arch}", r.name),
         "local-hostname": r.name,
     }))
-    .expect("yaml")
 }
 
 /// DHCP on the first Ethernet interface, whatever it is called.
 pub fn network_config() -> String {
-    serde_norway::to_string(&json!({
+    super::yaml::to_string(&json!({
         "version": 2,
         "ethernets": {
             "primary": { "match": { "name": "e*" }, "dhcp4": true, "dhcp6": false }
         }
     }))
-    .expect("yaml")
 }

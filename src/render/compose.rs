@@ -24,12 +24,17 @@ pub struct ComposeProject {
 }
 
 fn read(path: &Path) -> Result<String, RenderError> {
-    std::fs::read_to_string(path).map_err(|source| RenderError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| RenderError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn parse(path: &Path) -> Result<Value, RenderError> {
-    serde_norway::from_str(&read(path)?)
-        .map_err(|e| RenderError::Compose { path: path.to_path_buf(), message: e.to_string() })
+    serde_norway::from_str(&read(path)?).map_err(|e| RenderError::Compose {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Escapes a string for compose interpolation.
@@ -59,11 +64,16 @@ pub fn project_dir(r: &Resolved, cs: &ComposeStack) -> PathBuf {
 }
 
 pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
-    let Some(cs) = &r.definition.features.compose_stack else { return Ok(None) };
+    let Some(cs) = &r.definition.features.compose_stack else {
+        return Ok(None);
+    };
     let dir = project_dir(r, cs);
     let main = dir.join("compose.yaml");
     let mut doc = parse(&main)?;
-    let bad = |message: String| RenderError::Compose { path: main.clone(), message };
+    let bad = |message: String| RenderError::Compose {
+        path: main.clone(),
+        message,
+    };
     if r.definition.features.nvidia.is_some() {
         let gpu = dir.join("compose.gpu.yaml");
         if gpu.is_file() {
@@ -77,7 +87,12 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
     let names: Vec<String> = services.keys().cloned().collect();
     let mut profiles: Vec<String> = Vec::new();
     for svc in services.values() {
-        for p in svc.get("profiles").and_then(Value::as_array).into_iter().flatten() {
+        for p in svc
+            .get("profiles")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(p) = p.as_str() {
                 if !profiles.iter().any(|x| x == p) {
                     profiles.push(p.to_string());
@@ -93,20 +108,39 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
                 line: loc.pos.line,
                 col: loc.pos.col,
                 field: "features.compose_stack.profiles".into(),
-                message: format!("profile `{p}` is not in {} ({})", main.display(), profiles.join(", ")),
-                help: crate::definition::diagnostic::did_you_mean(p, profiles.iter().map(String::as_str)),
+                message: format!(
+                    "profile `{p}` is not in {} ({})",
+                    main.display(),
+                    profiles.join(", ")
+                ),
+                help: crate::definition::diagnostic::did_you_mean(
+                    p,
+                    profiles.iter().map(String::as_str),
+                ),
             }));
         }
     }
     for svc in &cs.expose {
         let Some(s) = services.get_mut(svc) else {
-            return Err(unknown_service(r, "features.compose_stack.expose", svc, &names, &main));
+            return Err(unknown_service(
+                r,
+                "features.compose_stack.expose",
+                svc,
+                &names,
+                &main,
+            ));
         };
         expose_ports(s);
     }
     for (svc, vars) in &cs.environment {
         let Some(s) = services.get_mut(svc) else {
-            return Err(unknown_service(r, &format!("features.compose_stack.environment.{svc}"), svc, &names, &main));
+            return Err(unknown_service(
+                r,
+                &format!("features.compose_stack.environment.{svc}"),
+                svc,
+                &names,
+                &main,
+            ));
         };
         let env = normalize_env(s);
         for (k, v) in vars {
@@ -121,20 +155,33 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
     let compose_yaml = format!(
         "# Rendered by imgbuild from {}; edit that instead.\n{}",
         cs.project,
-        serde_norway::to_string(&doc).map_err(|e| bad(e.to_string()))?
+        super::yaml::to_string(&doc)
     );
     let secrets = dir.join("secrets.yaml");
     Ok(Some(ComposeProject {
-        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stack".into()),
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "stack".into()),
         compose_yaml,
-        secrets_yaml: if secrets.is_file() { Some(read(&secrets)?) } else { None },
+        secrets_yaml: if secrets.is_file() {
+            Some(read(&secrets)?)
+        } else {
+            None
+        },
         settings_env: settings,
         profiles,
         services: names,
     }))
 }
 
-fn unknown_service(r: &Resolved, field: &str, svc: &str, names: &[String], main: &Path) -> RenderError {
+fn unknown_service(
+    r: &Resolved,
+    field: &str,
+    svc: &str,
+    names: &[String],
+    main: &Path,
+) -> RenderError {
     let loc = r.locate(field);
     RenderError::Definition(crate::definition::Diagnostic {
         file: loc.file,
@@ -148,7 +195,9 @@ fn unknown_service(r: &Resolved, field: &str, svc: &str, names: &[String], main:
 
 /// Publishes a service's ports on all addresses instead of loopback.
 fn expose_ports(svc: &mut Value) {
-    let Some(ports) = svc.get_mut("ports").and_then(Value::as_array_mut) else { return };
+    let Some(ports) = svc.get_mut("ports").and_then(Value::as_array_mut) else {
+        return;
+    };
     for p in ports {
         match p {
             Value::String(s) => {
@@ -167,7 +216,9 @@ fn expose_ports(svc: &mut Value) {
 /// Turns a list-form `environment` into a map and returns it.
 fn normalize_env(svc: &mut Value) -> &mut Map<String, Value> {
     let obj = svc.as_object_mut().expect("a service is a map");
-    let current = obj.remove("environment").unwrap_or(Value::Object(Map::new()));
+    let current = obj
+        .remove("environment")
+        .unwrap_or(Value::Object(Map::new()));
     let map = match current {
         Value::Array(items) => items
             .into_iter()
@@ -181,7 +232,9 @@ fn normalize_env(svc: &mut Value) -> &mut Map<String, Value> {
         _ => Map::new(),
     };
     obj.insert("environment".into(), Value::Object(map));
-    obj.get_mut("environment").and_then(Value::as_object_mut).expect("just inserted")
+    obj.get_mut("environment")
+        .and_then(Value::as_object_mut)
+        .expect("just inserted")
 }
 
 #[cfg(test)]
@@ -193,7 +246,10 @@ mod tests {
     fn expose_drops_loopback_binding() {
         let mut s = json!({"ports": ["127.0.0.1:8080:8080", {"target": 80, "published": "81", "host_ip": "127.0.0.1"}]});
         expose_ports(&mut s);
-        assert_eq!(s, json!({"ports": ["8080:8080", {"target": 80, "published": "81"}]}));
+        assert_eq!(
+            s,
+            json!({"ports": ["8080:8080", {"target": 80, "published": "81"}]})
+        );
     }
 
     #[test]

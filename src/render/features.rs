@@ -15,7 +15,12 @@ pub struct WriteFile {
 
 impl WriteFile {
     pub fn new(path: impl Into<String>, content: impl Into<String>, permissions: &str) -> Self {
-        WriteFile { path: path.into(), content: content.into(), permissions: permissions.into(), owner: "root:root".into() }
+        WriteFile {
+            path: path.into(),
+            content: content.into(),
+            permissions: permissions.into(),
+            owner: "root:root".into(),
+        }
     }
 }
 
@@ -37,7 +42,10 @@ pub struct Fragment {
 
 impl Fragment {
     fn step(&mut self, name: &str, script: impl Into<String>) {
-        self.steps.push(Step { name: name.into(), script: script.into() });
+        self.steps.push(Step {
+            name: name.into(),
+            script: script.into(),
+        });
     }
     fn pkgs(&mut self, p: &[&str]) {
         self.packages.extend(p.iter().map(|s| s.to_string()));
@@ -103,7 +111,11 @@ fn hardening(h: &Hardening) -> Fragment {
     for (k, v) in &h.sysctl {
         sysctl.push_str(&format!("{k} = {v}\n"));
     }
-    fr.files.push(WriteFile::new("/etc/sysctl.d/60-imgbuild.conf", sysctl, "0644"));
+    fr.files.push(WriteFile::new(
+        "/etc/sysctl.d/60-imgbuild.conf",
+        sysctl,
+        "0644",
+    ));
     if h.unattended_upgrades {
         fr.pkgs(&["unattended-upgrades"]);
         fr.files.push(WriteFile::new(
@@ -129,12 +141,22 @@ fn docker(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
                     DOCKER_KEY_FPR,
                 ),
             ));
-            fr.pkgs(&["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin"]);
+            fr.pkgs(&[
+                "docker-ce",
+                "docker-ce-cli",
+                "containerd.io",
+                "docker-buildx-plugin",
+                "docker-compose-plugin",
+            ]);
         }
         DockerSource::Distro => {
             fr.pkgs(&["docker.io"]);
             // Compose v2 where the distribution has it, else v1.
-            fr.pkgs(&[if d.os.distro == "ubuntu" { "docker-compose-v2" } else { "docker-compose" }]);
+            fr.pkgs(&[if d.os.distro == "ubuntu" {
+                "docker-compose-v2"
+            } else {
+                "docker-compose"
+            }]);
         }
     }
     let mut script = String::from("systemctl enable docker.service containerd.service\n");
@@ -188,9 +210,20 @@ fn nvidia(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
 fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
     let mut fr = Fragment::default();
     fr.pkgs(&[
-        "xfce4", "xfce4-terminal", "xfce4-goodies", "dbus-x11", "xauth", "tigervnc-standalone-server",
-        "tigervnc-common", "novnc", "python3-websockify", "fonts-dejavu", "git", "python3-pip",
-        "python3-venv", "pipx",
+        "xfce4",
+        "xfce4-terminal",
+        "xfce4-goodies",
+        "dbus-x11",
+        "xauth",
+        "tigervnc-standalone-server",
+        "tigervnc-common",
+        "novnc",
+        "python3-websockify",
+        "fonts-dejavu",
+        "git",
+        "python3-pip",
+        "python3-venv",
+        "pipx",
     ]);
     if desk.rdp {
         fr.pkgs(&["xrdp"]);
@@ -199,7 +232,10 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
         // Ubuntu's firefox package is a snap shim; Mozilla's repository has the real one.
         fr.apt_sources.push((
             "mozilla.list".into(),
-            keyed_source("deb [signed-by=$KEY_FILE] https://packages.mozilla.org/apt mozilla main".into(), MOZILLA_KEY_FPR),
+            keyed_source(
+                "deb [signed-by=$KEY_FILE] https://packages.mozilla.org/apt mozilla main".into(),
+                MOZILLA_KEY_FPR,
+            ),
         ));
         fr.files.push(WriteFile::new(
             "/etc/apt/preferences.d/mozilla",
@@ -212,7 +248,10 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
     let port = 5900 + desk.vnc_display;
     fr.files.push(WriteFile::new(
         "/etc/imgbuild/desktop.env",
-        format!("VNC_DISPLAY=:{}\nVNC_PORT={port}\nNOVNC_PORT={}\n", desk.vnc_display, desk.novnc_port),
+        format!(
+            "VNC_DISPLAY=:{}\nVNC_PORT={port}\nNOVNC_PORT={}\n",
+            desk.vnc_display, desk.novnc_port
+        ),
         "0644",
     ));
     fr.files.push(WriteFile::new(
@@ -233,7 +272,8 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
         "systemctl enable imgbuild-novnc.service\n# The VNC user and password are set at launch (imgbuild userdata).\nmkdir -p /etc/tigervnc\nprintf 'session=xfce\\n' > /etc/tigervnc/vncserver-config-defaults\n",
     );
     if desk.rdp {
-        script.push_str("systemctl enable xrdp.service\necho xfce4-session > /etc/skel/.xsession\n");
+        script
+            .push_str("systemctl enable xrdp.service\necho xfce4-session > /etc/skel/.xsession\n");
     }
     fr.step("30-desktop", script);
     fr
@@ -242,7 +282,13 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
 fn shared_mount(s: &SharedMount) -> Fragment {
     let mut fr = Fragment::default();
     fr.pkgs(&["nfs-common"]);
-    fr.step("40-shared-mount", format!("mkdir -p {p}\n# The NFS export is given at launch (imgbuild userdata --shared).\n", p = crate::exec::quote(&s.path)));
+    fr.step(
+        "40-shared-mount",
+        format!(
+            "mkdir -p {p}\n# The NFS export is given at launch (imgbuild userdata --shared).\n",
+            p = crate::exec::quote(&s.path)
+        ),
+    );
     fr
 }
 
@@ -276,10 +322,22 @@ fn k3s(k: &K3s, arch: Arch) -> Fragment {
     }
     let cfg = format!(
         "# imgbuild: the k3s {role} joins with the token and URL given at launch.\n{}",
-        if cfg.is_empty() { String::new() } else { serde_norway::to_string(&cfg).expect("yaml") }
+        if cfg.is_empty() {
+            String::new()
+        } else {
+            super::yaml::to_string(&serde_json::Value::Object(cfg))
+        }
     );
-    fr.files.push(WriteFile::new("/etc/rancher/k3s/config.yaml.d/10-imgbuild.yaml", cfg, "0644"));
-    fr.files.push(WriteFile::new("/etc/imgbuild/k3s.env", format!("K3S_ROLE={role}\nK3S_VERSION={}\n", k.version), "0644"));
+    fr.files.push(WriteFile::new(
+        "/etc/rancher/k3s/config.yaml.d/10-imgbuild.yaml",
+        cfg,
+        "0644",
+    ));
+    fr.files.push(WriteFile::new(
+        "/etc/imgbuild/k3s.env",
+        format!("K3S_ROLE={role}\nK3S_VERSION={}\n", k.version),
+        "0644",
+    ));
     let url = format!(
         "https://github.com/k3s-io/k3s/releases/download/{}/k3s{suffix}",
         k.version.replace('+', "%2B")
@@ -297,30 +355,55 @@ fn drbd(d: &Definition, dr: &Drbd) -> Fragment {
     let mut fr = Fragment::default();
     fr.pkgs(&["drbd-utils", "lvm2", "thin-provisioning-tools"]);
     if dr.linstor && d.os.distro == "ubuntu" {
-        fr.apt_sources.push(("linbit".into(), json!({ "source": "ppa:linbit/linbit-drbd9-stack" })));
+        fr.apt_sources.push((
+            "linbit".into(),
+            json!({ "source": "ppa:linbit/linbit-drbd9-stack" }),
+        ));
         fr.pkgs(&["drbd-dkms", "linstor-satellite"]);
     }
-    fr.files.push(WriteFile::new("/etc/modules-load.d/drbd.conf", "drbd\n", "0644"));
+    fr.files.push(WriteFile::new(
+        "/etc/modules-load.d/drbd.conf",
+        "drbd\n",
+        "0644",
+    ));
     fr
 }
 
 fn kolla_host(k: &KollaHost) -> Fragment {
     let mut fr = Fragment::default();
     fr.pkgs(&[
-        "python3", "python3-venv", "python3-dev", "python3-docker", "libffi-dev", "gcc", "libssl-dev",
-        "chrony", "lvm2", "thin-provisioning-tools", "bridge-utils", "iptables", "qemu-guest-agent",
+        "python3",
+        "python3-venv",
+        "python3-dev",
+        "python3-docker",
+        "libffi-dev",
+        "gcc",
+        "libssl-dev",
+        "chrony",
+        "lvm2",
+        "thin-provisioning-tools",
+        "bridge-utils",
+        "iptables",
+        "qemu-guest-agent",
     ]);
     fr.files.push(WriteFile::new(
         "/etc/sysctl.d/60-kolla.conf",
         "net.ipv4.ip_forward = 1\nnet.ipv4.conf.all.rp_filter = 0\nnet.ipv4.conf.default.rp_filter = 0\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n",
         "0644",
     ));
-    fr.files.push(WriteFile::new("/etc/modules-load.d/kolla.conf", "br_netfilter\nopenvswitch\ndm_thin_pool\n", "0644"));
+    fr.files.push(WriteFile::new(
+        "/etc/modules-load.d/kolla.conf",
+        "br_netfilter\nopenvswitch\ndm_thin_pool\n",
+        "0644",
+    ));
     fr.files.push(WriteFile::new(
         "/etc/imgbuild/kolla.env",
         format!("OPENSTACK_RELEASE={}\n", k.openstack_release),
         "0644",
     ));
-    fr.step("40-kolla-host", "systemctl enable chrony.service\nsystemctl enable qemu-guest-agent.service || true\n");
+    fr.step(
+        "40-kolla-host",
+        "systemctl enable chrony.service\nsystemctl enable qemu-guest-agent.service || true\n",
+    );
     fr
 }

@@ -5,6 +5,7 @@ pub mod cloud_init;
 pub mod compose;
 pub mod features;
 pub mod packer;
+pub mod yaml;
 
 use crate::definition::{Arch, Diagnostic, Resolved};
 use packer::PackerTarget;
@@ -24,7 +25,11 @@ pub enum RenderError {
     #[error("{0}")]
     Definition(Diagnostic),
     #[error("{image} is not built for {arch} (arch lists {listed})")]
-    ArchNotListed { image: String, arch: Arch, listed: String },
+    ArchNotListed {
+        image: String,
+        arch: Arch,
+        listed: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +39,9 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions { packer: PackerTarget::Legacy }
+        RenderOptions {
+            packer: PackerTarget::Legacy,
+        }
     }
 }
 
@@ -66,32 +73,67 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
         return Err(RenderError::ArchNotListed {
             image: r.name.clone(),
             arch,
-            listed: d.arch.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
+            listed: d
+                .arch
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let frags = features::fragments(d, arch);
     let compose = compose::render(r)?;
     let mut files = vec![
-        RenderedFile { path: USER_DATA.into(), content: cloud_init::user_data(r, arch, &frags, compose.as_ref())? },
-        RenderedFile { path: META_DATA.into(), content: cloud_init::meta_data(r, arch) },
-        RenderedFile { path: NETWORK_CONFIG.into(), content: cloud_init::network_config() },
-        RenderedFile { path: "packer/packer.pkr.hcl".into(), content: packer::packer_block(opts.packer) },
-        RenderedFile { path: "packer/build.pkr.hcl".into(), content: packer::build_template(r, arch) },
+        RenderedFile {
+            path: USER_DATA.into(),
+            content: cloud_init::user_data(r, arch, &frags, compose.as_ref())?,
+        },
+        RenderedFile {
+            path: META_DATA.into(),
+            content: cloud_init::meta_data(r, arch),
+        },
+        RenderedFile {
+            path: NETWORK_CONFIG.into(),
+            content: cloud_init::network_config(),
+        },
+        RenderedFile {
+            path: "packer/packer.pkr.hcl".into(),
+            content: packer::packer_block(opts.packer),
+        },
+        RenderedFile {
+            path: "packer/build.pkr.hcl".into(),
+            content: packer::build_template(r, arch),
+        },
         RenderedFile {
             path: "packer/variables.pkrvars.hcl".into(),
             content: packer::variables_file(&packer::default_variables(r, arch)),
         },
     ];
     if let Some(c) = &compose {
-        files.push(RenderedFile { path: format!("compose/{}/compose.yaml", c.name), content: c.compose_yaml.clone() });
-        files.push(RenderedFile { path: format!("compose/{}/settings.env", c.name), content: c.settings_env.clone() });
+        files.push(RenderedFile {
+            path: format!("compose/{}/compose.yaml", c.name),
+            content: c.compose_yaml.clone(),
+        });
+        files.push(RenderedFile {
+            path: format!("compose/{}/settings.env", c.name),
+            content: c.settings_env.clone(),
+        });
     }
-    Ok(Rendered { image: r.name.clone(), arch, packer: opts.packer, files, compose })
+    Ok(Rendered {
+        image: r.name.clone(),
+        arch,
+        packer: opts.packer,
+        files,
+        compose,
+    })
 }
 
 impl Rendered {
     pub fn get(&self, path: &str) -> Option<&str> {
-        self.files.iter().find(|f| f.path == path).map(|f| f.content.as_str())
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| f.content.as_str())
     }
 
     /// sha256 over every file's path and content: changes whenever any rendered byte does.
@@ -117,7 +159,10 @@ impl Rendered {
         };
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io(parent))?;
-        let tmp = tempfile::Builder::new().prefix(".render-").tempdir_in(parent).map_err(io(parent))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".render-")
+            .tempdir_in(parent)
+            .map_err(io(parent))?;
         for f in &self.files {
             let p = tmp.path().join(&f.path);
             if let Some(d) = p.parent() {
@@ -136,7 +181,11 @@ impl Rendered {
             })).collect::<Vec<_>>(),
         });
         let ip = tmp.path().join("rendered.json");
-        std::fs::write(&ip, serde_json::to_string_pretty(&index).expect("json") + "\n").map_err(io(&ip))?;
+        std::fs::write(
+            &ip,
+            serde_json::to_string_pretty(&index).expect("json") + "\n",
+        )
+        .map_err(io(&ip))?;
         let tmp = tmp.keep();
         let old = parent.join(format!(".render-old-{}", std::process::id()));
         if dir.exists() {

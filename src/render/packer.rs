@@ -25,8 +25,14 @@ pub enum PackerTarget {
 impl PackerTarget {
     /// From `packer version` output such as "Packer v1.6.6".
     pub fn from_version(v: &str) -> PackerTarget {
-        let v = v.trim().trim_start_matches("Packer").trim().trim_start_matches('v');
-        let mut parts = v.split(['.', ' ', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+        let v = v
+            .trim()
+            .trim_start_matches("Packer")
+            .trim()
+            .trim_start_matches('v');
+        let mut parts = v
+            .split(['.', ' ', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if major > 1 || (major == 1 && minor >= 7) {
             PackerTarget::Modern
@@ -39,12 +45,36 @@ impl PackerTarget {
 /// The qemu plugin version current Packer is pinned to.
 pub const QEMU_PLUGIN_VERSION: &str = ">= 1.1.0";
 
+/// A literal HCL string: every character escaped by hand, since hcl-rs leaves an already
+/// escaped-looking `$${` alone (and so loses a `$` of a literal `$${`).
 fn s(v: impl Into<String>) -> Expression {
-    Expression::String(v.into())
+    let v: String = v.into();
+    let mut out = String::with_capacity(v.len() + 8);
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '$' | '%' if chars.peek() == Some(&'{') => {
+                out.push(c);
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Expression::TemplateExpr(Box::new(TemplateExpr::QuotedString(out)))
 }
 
 fn var(name: &str) -> Expression {
-    Expression::Traversal(Box::new(Traversal::builder(Variable::unchecked("var")).attr(name).build()))
+    Expression::Traversal(Box::new(
+        Traversal::builder(Variable::unchecked("var"))
+            .attr(name)
+            .build(),
+    ))
 }
 
 fn template(t: &str) -> Expression {
@@ -67,23 +97,30 @@ pub fn packer_block(target: PackerTarget) -> String {
     let mut b = Block::builder("packer");
     b = match target {
         PackerTarget::Legacy => b.add_attribute(("required_version", s(">= 1.6.6, < 1.7.0"))),
-        PackerTarget::Modern => b.add_attribute(("required_version", s(">= 1.7.0"))).add_block(
-            Block::builder("required_plugins")
-                .add_attribute(Attribute::new(
-                    "qemu",
-                    Expression::Object(
-                        [
-                            (hcl::ObjectKey::from("source"), s("github.com/hashicorp/qemu")),
-                            (hcl::ObjectKey::from("version"), s(QEMU_PLUGIN_VERSION)),
-                        ]
-                        .into_iter()
-                        .collect(),
-                    ),
-                ))
-                .build(),
-        ),
+        PackerTarget::Modern => b
+            .add_attribute(("required_version", s(">= 1.7.0")))
+            .add_block(
+                Block::builder("required_plugins")
+                    .add_attribute(Attribute::new(
+                        "qemu",
+                        Expression::Object(
+                            [
+                                (
+                                    hcl::ObjectKey::from("source"),
+                                    s("github.com/hashicorp/qemu"),
+                                ),
+                                (hcl::ObjectKey::from("version"), s(QEMU_PLUGIN_VERSION)),
+                            ]
+                            .into_iter()
+                            .collect(),
+                        ),
+                    ))
+                    .build(),
+            ),
     };
-    header() + &hcl::format::to_string(&Body::builder().add_block(b.build()).build()).expect("hcl formats")
+    header()
+        + &hcl::format::to_string(&Body::builder().add_block(b.build()).build())
+            .expect("hcl formats")
 }
 
 fn header() -> String {
@@ -100,17 +137,41 @@ pub fn build_template(r: &Resolved, arch: Arch) -> String {
     let uefi = d.build.firmware == Firmware::Uefi || arch == Arch::Arm64;
 
     let mut body = Body::builder()
-        .add_block(variable("base_image", "Path or URL of the base disk image.", None))
+        .add_block(variable(
+            "base_image",
+            "Path or URL of the base disk image.",
+            None,
+        ))
         .add_block(variable(
             "base_checksum",
             "`sha256:HEX` of the base image, or `none` for a base imgbuild verified itself.",
             Some(s("none")),
         ))
-        .add_block(variable("output_directory", "Where Packer writes the image.", Some(s("output"))))
-        .add_block(variable("seed_dir", "The folder with user-data, meta-data, network-config.", Some(s("../seed"))))
-        .add_block(variable("serial_log", "The guest's serial console log.", Some(s("serial.log"))))
-        .add_block(variable("accelerator", "kvm or tcg (imgbuild probes which works).", Some(s("tcg"))))
-        .add_block(variable("qemu_binary", "The QEMU system emulator.", Some(s(qemu_binary(arch)))))
+        .add_block(variable(
+            "output_directory",
+            "Where Packer writes the image.",
+            Some(s("output")),
+        ))
+        .add_block(variable(
+            "seed_dir",
+            "The folder with user-data, meta-data, network-config.",
+            Some(s("../seed")),
+        ))
+        .add_block(variable(
+            "serial_log",
+            "The guest's serial console log.",
+            Some(s("serial.log")),
+        ))
+        .add_block(variable(
+            "accelerator",
+            "kvm or tcg (imgbuild probes which works).",
+            Some(s("tcg")),
+        ))
+        .add_block(variable(
+            "qemu_binary",
+            "The QEMU system emulator.",
+            Some(s(qemu_binary(arch))),
+        ))
         .add_block(variable(
             "image_description",
             "The image definition's description.",
@@ -125,7 +186,10 @@ pub fn build_template(r: &Resolved, arch: Arch) -> String {
     }
 
     let cd_files = Expression::Array(
-        SEED_FILES.iter().map(|f| template(&format!("${{var.seed_dir}}/{f}"))).collect(),
+        SEED_FILES
+            .iter()
+            .map(|f| template(&format!("${{var.seed_dir}}/{f}")))
+            .collect(),
     );
     let mut qemuargs: Vec<Vec<Expression>> = vec![
         vec![s("-cpu"), s("max")],
@@ -145,7 +209,10 @@ pub fn build_template(r: &Resolved, arch: Arch) -> String {
         .add_label(&source_name)
         .add_attribute(("qemu_binary", var("qemu_binary")))
         .add_attribute(("accelerator", var("accelerator")))
-        .add_attribute(("machine_type", s(if arch == Arch::Arm64 { "virt" } else { "pc" })))
+        .add_attribute((
+            "machine_type",
+            s(if arch == Arch::Arm64 { "virt" } else { "pc" }),
+        ))
         .add_attribute(("disk_image", true))
         .add_attribute(("iso_url", var("base_image")))
         .add_attribute(("iso_checksum", var("base_checksum")))
@@ -171,7 +238,10 @@ pub fn build_template(r: &Resolved, arch: Arch) -> String {
         source = source.add_attribute(("net_device", s("virtio-net-pci")));
     }
     let build = Block::builder("build")
-        .add_attribute(("sources", Expression::Array(vec![s(format!("source.qemu.{source_name}"))])))
+        .add_attribute((
+            "sources",
+            Expression::Array(vec![s(format!("source.qemu.{source_name}"))]),
+        ))
         .build();
     let body = body.add_block(source.build()).add_block(build).build();
     header() + &hcl::format::to_string(&body).expect("hcl formats")
@@ -216,10 +286,19 @@ mod tests {
 
     #[test]
     fn packer_versions() {
-        assert_eq!(PackerTarget::from_version("Packer v1.6.6"), PackerTarget::Legacy);
-        assert_eq!(PackerTarget::from_version("Packer v1.11.2"), PackerTarget::Modern);
+        assert_eq!(
+            PackerTarget::from_version("Packer v1.6.6"),
+            PackerTarget::Legacy
+        );
+        assert_eq!(
+            PackerTarget::from_version("Packer v1.11.2"),
+            PackerTarget::Modern
+        );
         assert_eq!(PackerTarget::from_version("1.7.0"), PackerTarget::Modern);
-        assert_eq!(PackerTarget::from_version("Packer v2.0.0"), PackerTarget::Modern);
+        assert_eq!(
+            PackerTarget::from_version("Packer v2.0.0"),
+            PackerTarget::Modern
+        );
     }
 
     #[test]
@@ -227,8 +306,10 @@ mod tests {
         assert!(!packer_block(PackerTarget::Legacy).contains("required_plugins"));
         let m = packer_block(PackerTarget::Modern);
         assert!(m.contains("required_plugins"), "{m}");
-        let body: hcl::Body = hcl::from_str(&m).unwrap();
-        let v: hcl::Value = hcl::from_body(body).unwrap();
-        assert_eq!(v["packer"]["required_plugins"]["qemu"]["source"], hcl::Value::from("github.com/hashicorp/qemu"));
+        let v: serde_json::Value = hcl::from_str(&m).unwrap();
+        assert_eq!(
+            v["packer"]["required_plugins"]["qemu"]["source"],
+            "github.com/hashicorp/qemu"
+        );
     }
 }

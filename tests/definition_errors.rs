@@ -1,0 +1,225 @@
+//! Bad definitions fail with exit 2 and a message naming file, line and field.
+
+mod common;
+use common::*;
+
+fn assert_bad(files: &[(&str, &str)], image: &str, expect: &[&str]) {
+    let dir = catalog(files);
+    for args in [
+        vec!["show", image],
+        vec!["validate", image],
+        vec!["render", image],
+    ] {
+        let out = imgbuild(dir.path(), &args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: stdout={stdout} stderr={stderr}"
+        );
+        for e in expect {
+            assert!(stderr.contains(e), "{args:?}: expected `{e}` in:\n{stderr}");
+        }
+    }
+    // Nothing was rendered.
+    assert!(!dir.path().join("rendered").exists());
+}
+
+#[test]
+fn unknown_key_names_file_line_and_suggests() {
+    let body = format!("{MINIMAL}pakages: [curl]\n");
+    assert_bad(
+        &[("img", &body)],
+        "img",
+        &[
+            "images/img.yaml:8:1",
+            "unknown field `pakages`",
+            "did you mean `packages`?",
+        ],
+    );
+}
+
+#[test]
+fn unknown_nested_key_in_parent_file_names_that_file() {
+    let parent = format!("{MINIMAL}features:\n  docker:\n    sorce: distro\n");
+    assert_bad(
+        &[
+            ("parent", &parent),
+            ("child", "extends: parent\ndescription: child\n"),
+        ],
+        "child",
+        &[
+            "images/parent.yaml:10:5",
+            "features.docker",
+            "unknown field `sorce`",
+            "did you mean `source`?",
+        ],
+    );
+}
+
+#[test]
+fn wrong_type_names_file_and_line() {
+    let body = format!("{MINIMAL}build:\n  cpus: many\n");
+    assert_bad(
+        &[("img", &body)],
+        "img",
+        &["images/img.yaml:9:9", "build.cpus", "invalid type"],
+    );
+}
+
+#[test]
+fn missing_base_checksum_names_the_field_and_line() {
+    let body = "description: x
+os: {distro: ubuntu, version: \"24.04\", codename: noble}
+arch: [amd64]
+base:
+  amd64:
+    cloud_image:
+      url: https://example.org/noble.img
+";
+    assert_bad(
+        &[("img", body)],
+        "img",
+        &[
+            "images/img.yaml:6:5",
+            "base.amd64.cloud_image.checksum",
+            "missing",
+        ],
+    );
+}
+
+#[test]
+fn inherited_base_missing_checksum_points_at_the_parent() {
+    let parent = "abstract: true
+os: {distro: ubuntu, version: \"24.04\", codename: noble}
+arch: [amd64]
+base:
+  amd64:
+    cloud_image:
+      url: https://example.org/noble.img
+      checksum: sha256:abc
+";
+    assert_bad(
+        &[
+            ("parent", parent),
+            ("child", "extends: parent\ndescription: child\n"),
+        ],
+        "child",
+        &[
+            "images/parent.yaml:8:7",
+            "base.amd64.cloud_image.checksum",
+            "is not `sha256:<64 hex>`",
+        ],
+    );
+}
+
+#[test]
+fn extends_cycle_is_rejected_with_the_chain() {
+    assert_bad(
+        &[
+            ("a", "extends: b\ndescription: a\n"),
+            ("b", "extends: c\n"),
+            ("c", "extends: a\n"),
+        ],
+        "a",
+        &["images/c.yaml:1:1", "extends cycle: a -> b -> c -> a"],
+    );
+}
+
+#[test]
+fn self_extends_is_a_cycle() {
+    assert_bad(
+        &[("a", "extends: a\n")],
+        "a",
+        &["images/a.yaml:1:1", "extends cycle: a -> a"],
+    );
+}
+
+#[test]
+fn unknown_parent_suggests_a_name() {
+    let body = format!("{MINIMAL}");
+    assert_bad(
+        &[("base", &body), ("child", "extends: bsae\n")],
+        "child",
+        &[
+            "images/child.yaml:1:1",
+            "extends unknown image `bsae`",
+            "did you mean `base`?",
+        ],
+    );
+}
+
+#[test]
+fn yaml_syntax_error_names_line() {
+    let body = format!("{MINIMAL}packages: [curl\n");
+    let dir = catalog(&[("img", &body)]);
+    let out = imgbuild(dir.path(), &["show", "img"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("images/img.yaml:"), "{stderr}");
+}
+
+#[test]
+fn private_key_in_a_file_is_refused() {
+    let body = format!(
+        "{MINIMAL}files:\n  - path: /root/.ssh/id_ed25519\n    content: |\n      -----BEGIN OPENSSH PRIVATE KEY-----\n      abc\n"
+    );
+    assert_bad(
+        &[("img", &body)],
+        "img",
+        &["images/img.yaml:10:5", "files[0].content", "private key"],
+    );
+}
+
+#[test]
+fn secret_looking_glance_property_is_refused() {
+    let body = format!("{MINIMAL}publish:\n  properties:\n    admin_password: x\n");
+    assert_bad(
+        &[("img", &body)],
+        "img",
+        &[
+            "images/img.yaml:10:5",
+            "publish.properties.admin_password",
+            "secret",
+        ],
+    );
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let body = "description: \"\"
+os: {distro: arch, version: \"1\", codename: x}
+arch: [amd64, arm64]
+base:
+  amd64:
+    bootstrap:
+      suite: bookworm
+";
+    assert_bad(
+        &[("img", body)],
+        "img",
+        &["description: missing", "os.distro", "base.arm64: missing"],
+    );
+}
+
+#[test]
+fn unknown_image_suggests_a_name() {
+    let dir = catalog(&[("desktop", MINIMAL)]);
+    let out = imgbuild(dir.path(), &["show", "dekstop"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("did you mean `desktop`?"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = catalog(&[("img", MINIMAL)]);
+    assert_eq!(imgbuild(dir.path(), &["render"]).status.code(), Some(2));
+    assert_eq!(
+        imgbuild(dir.path(), &["render", "img", "--arch", "arm64"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(imgbuild(dir.path(), &["frobnicate"]).status.code(), Some(2));
+}
