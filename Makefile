@@ -1,0 +1,40 @@
+# imgbuild — see README.md. Every target is idempotent.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV  ?= .venv
+export IMGBUILD_VENV := $(abspath $(VENV))
+
+.PHONY: all host-tools venv build test lint demo clean
+
+all: build
+
+## Host tools: qemu-system (bookworm-backports), packer, mmdebstrap, cloud-init, xorriso, ovmf, ...
+host-tools: venv
+	bash scripts/install-host-tools.sh
+
+## Python validators (check-jsonschema, PyYAML) in a local venv.
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+build:
+	$(CARGO) build --release --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+## The test suite: unit tests and end-to-end tests against the real tools.
+test: host-tools
+	$(CARGO) test --locked -- --test-threads=2
+
+## The main job on this machine: validate the whole catalog with every real validator and
+## render the flagship image.
+demo: host-tools build
+	./target/release/imgbuild validate --all --strict
+	./target/release/imgbuild render desktop-ai -o rendered/desktop-ai
+
+clean:
+	rm -rf target rendered dist

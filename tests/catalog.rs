@@ -1,0 +1,82 @@
+//! The catalog: every image renders for every arch it declares and passes the real
+//! validators (packer, cloud-init, check-jsonschema) under --strict.
+
+mod common;
+use common::*;
+
+#[test]
+fn validate_all_strict_passes_with_every_validator_run() {
+    let out = imgbuild(&repo(), &["--json", "validate", "--all", "--strict"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["not_run"], 0, "a validator was not run: {stdout}");
+    let results = v["results"].as_array().unwrap();
+    // Every listed (image, arch) ran each validator.
+    let list = imgbuild(&repo(), &["--json", "list"]);
+    let images: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    for img in images.as_array().unwrap() {
+        let name = img["name"].as_str().unwrap();
+        for arch in img["arch"].as_array().unwrap() {
+            for validator in ["packer-validate", "cloud-init-schema", "cloud-config-schema-24.04", "netplan-v2-schema"] {
+                assert!(
+                    results.iter().any(|r| r["image"] == name && r["arch"] == *arch && r["validator"] == validator && r["status"] == "passed"),
+                    "{name} {arch} {validator} did not pass"
+                );
+            }
+        }
+    }
+    assert!(
+        results.iter().any(|r| r["image"] == "desktop-ai" && r["validator"] == "compose-spec" && r["status"] == "passed"),
+        "desktop-ai's compose project was not checked against compose-spec"
+    );
+}
+
+#[test]
+fn the_catalog_has_the_promised_images_and_arches() {
+    let out = imgbuild(&repo(), &["--json", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let arch_of = |n: &str| -> Vec<String> {
+        v.as_array().unwrap().iter().find(|i| i["name"] == n).unwrap_or_else(|| panic!("{n} missing"))["arch"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(arch_of("base"), ["amd64", "arm64"]);
+    assert_eq!(arch_of("desktop-ai"), ["amd64"]);
+    assert_eq!(arch_of("kolla-node"), ["amd64", "arm64"]);
+    for n in ["k3s-node", "k3s-server", "k3s-node-gpu", "k3s-node-drbd"] {
+        assert!(!arch_of(n).is_empty());
+    }
+    for i in v.as_array().unwrap() {
+        assert!(!i["description"].as_str().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_broken_render_is_caught_by_the_validators() {
+    // The validators can fail: a user-data key of the wrong type and a broken HCL file.
+    let dir = catalog(&[("img", MINIMAL)]);
+    let out = imgbuild(dir.path(), &["render", "img", "-o", "r", "--packer-version", "1.6.6"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let ud = dir.path().join("r/amd64/seed/user-data");
+    let mut s = std::fs::read_to_string(&ud).unwrap();
+    s.push_str("package_update: \"sometimes\"\n");
+    std::fs::write(&ud, s).unwrap();
+    let ci = std::process::Command::new("cloud-init").args(["schema", "-c"]).arg(&ud).output().unwrap();
+    assert!(!ci.status.success(), "cloud-init schema accepted a bad user-data");
+    let hcl = dir.path().join("r/amd64/packer/build.pkr.hcl");
+    let h = std::fs::read_to_string(&hcl).unwrap();
+    assert!(h.contains("headless"));
+    std::fs::write(&hcl, h.replace("headless", "headlesss")).unwrap();
+    let pv = std::process::Command::new("packer")
+        .args(["validate", "-var-file=variables.pkrvars.hcl", "."])
+        .current_dir(dir.path().join("r/amd64/packer"))
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()
+        .unwrap();
+    assert!(!pv.status.success(), "packer validate accepted a bad template");
+}
