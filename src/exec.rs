@@ -94,7 +94,8 @@ impl Cmd {
         s
     }
 
-    fn std(&self) -> std::process::Command {
+    /// The std command (for callers that need spawn-time hooks, such as the QEMU module).
+    pub fn std(&self) -> std::process::Command {
         let mut c = std::process::Command::new(&self.program);
         c.args(&self.args);
         for (k, v) in &self.envs {

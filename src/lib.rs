@@ -3,7 +3,9 @@
 //! Data flows one way: `definition` (load, extends, validate) → `render` (pure: Packer HCL,
 //! cloud-init, compose) → `check` (the real validators) → build stages.
 
+pub mod bootstrap;
 pub mod check;
 pub mod definition;
 pub mod exec;
+pub mod qemu;
 pub mod render;

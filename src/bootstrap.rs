@@ -1,0 +1,454 @@
+//! `bootstrap` bases: a bootable qcow2 made from an apt mirror with mmdebstrap, without loop
+//! devices or mounts (the build host may have neither). The disk is laid out like Ubuntu's
+//! cloud images: p14 BIOS boot, p15 EFI system partition, p1 root (labelled `rootfs`) last so
+//! growpart can grow it. The root filesystem is written straight into the raw file with
+//! `mkfs.ext4 -d`; GRUB boots it from BIOS (core.img in p14, boot code in the MBR with the
+//! sector pointers patched as grub-bios-setup does) and from UEFI (the removable-media path
+//! on the ESP, filled with mtools). This is how air-gapped builds work from a local mirror,
+//! and how this project gets real Debian bases where only Debian's archive is reachable.
+
+use crate::definition::{Arch, Bootstrap};
+use crate::exec::{Cmd, ExecError};
+use sha2::{Digest, Sha256};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Bump when the recipe changes, so cached bases are rebuilt.
+pub const RECIPE_VERSION: u32 = 1;
+
+const SECTOR: u64 = 512;
+const BIOS_BOOT_START: u64 = 2048;
+const BIOS_BOOT_SECTORS: u64 = 4 * 2048; // 4 MiB
+const ESP_SECTORS: u64 = 106 * 2048; // 106 MiB
+
+/// Packages every bootstrap base has besides the definition's.
+pub const BASE_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "cloud-init",
+    "cloud-guest-utils",
+    "openssh-server",
+    "sudo",
+    "netplan.io",
+    "systemd-resolved",
+    "isc-dhcp-client",
+    "iproute2",
+    "netbase",
+    "procps",
+    "ca-certificates",
+    "e2fsprogs",
+    "gdisk",
+    "fdisk",
+    "python3",
+    "locales",
+    "gpg",
+    "dirmngr",
+    "apt-transport-https",
+    "curl",
+    "less",
+    "qemu-guest-agent",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bootstrap bases are made for amd64 only so far, not {0}")]
+    UnsupportedArch(Arch),
+    #[error("{0}")]
+    Layout(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError + '_ {
+    move |source| BootstrapError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn kernel_package(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "linux-image-cloud-amd64",
+        Arch::Arm64 => "linux-image-cloud-arm64",
+    }
+}
+
+/// The cache key: every input of the recipe, hashed.
+pub fn cache_key(spec: &Bootstrap, arch: Arch) -> String {
+    let mut h = Sha256::new();
+    let canon = serde_json::json!({
+        "recipe": RECIPE_VERSION,
+        "arch": arch,
+        "suite": spec.suite,
+        "mirror": spec.mirror,
+        "components": spec.components,
+        "packages": spec.packages,
+        "size_gib": spec.size_gib,
+        "base_packages": BASE_PACKAGES,
+    });
+    h.update(canon.to_string().as_bytes());
+    crate::render::hex(&h.finalize())
+}
+
+fn check(cancel: &AtomicBool) -> Result<(), BootstrapError> {
+    if cancel.load(Ordering::SeqCst) {
+        Err(BootstrapError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Builds the base into `out` (qcow2), using `work` for the tree and the raw disk. `out` appears
+/// only when complete.
+pub fn bootstrap(
+    spec: &Bootstrap,
+    arch: Arch,
+    work: &Path,
+    out: &Path,
+    cancel: &AtomicBool,
+) -> Result<(), BootstrapError> {
+    if arch != Arch::Amd64 {
+        return Err(BootstrapError::UnsupportedArch(arch));
+    }
+    std::fs::create_dir_all(work).map_err(io(work))?;
+    let root = work.join("root");
+    if root.exists() {
+        std::fs::remove_dir_all(&root).map_err(io(&root))?;
+    }
+    let mut include: Vec<String> = vec![kernel_package(arch).to_string()];
+    include.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
+    include.extend(spec.packages.iter().cloned());
+    tracing::info!("bootstrap: mmdebstrap {} from {}", spec.suite, spec.mirror);
+    Cmd::new("mmdebstrap")
+        .args(["--variant=minbase", "--mode=root"])
+        .arg(format!("--architectures={arch}"))
+        .arg(format!("--components={}", spec.components.join(",")))
+        .arg(format!("--include={}", include.join(",")))
+        .arg(&spec.suite)
+        .arg(&root)
+        .arg(&spec.mirror)
+        .run()?;
+    check(cancel)?;
+    configure_tree(&root)?;
+    check(cancel)?;
+    let raw = work.join("disk.raw");
+    assemble_disk(&root, &raw, spec.size_gib as u64 * 1024 * 1024 * 1024, work)?;
+    check(cancel)?;
+    let tmp = out.with_extension("qcow2.part");
+    Cmd::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&tmp)
+        .run()?;
+    std::fs::rename(&tmp, out).map_err(io(out))?;
+    let _ = std::fs::remove_file(&raw);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+fn write(path: &Path, content: &str) -> Result<(), BootstrapError> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    std::fs::write(path, content).map_err(io(path))
+}
+
+pub const GRUB_CFG: &str = "# imgbuild bootstrap base
+set timeout=1
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+menuentry 'Debian GNU/Linux' {
+  search --no-floppy --label rootfs --set=root
+  linux /vmlinuz root=LABEL=rootfs ro console=tty1 console=ttyS0,115200n8
+  initrd /initrd.img
+}
+";
+
+const GRUB_EMBED: &str = "search --no-floppy --label rootfs --set=root
+set prefix=($root)/boot/grub
+configfile $prefix/grub.cfg
+";
+
+/// What a cloud image has that mmdebstrap does not: fstab, locale, cloud-init's datasources,
+/// networking through netplan (as on Ubuntu), a boot menu; and no per-instance state.
+pub fn configure_tree(root: &Path) -> Result<(), BootstrapError> {
+    write(
+        &root.join("etc/fstab"),
+        "LABEL=rootfs / ext4 defaults,discard,errors=remount-ro 0 1\n",
+    )?;
+    write(&root.join("etc/hostname"), "localhost\n")?;
+    write(
+        &root.join("etc/hosts"),
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+    )?;
+    write(&root.join("etc/default/locale"), "LANG=C.UTF-8\n")?;
+    write(
+        &root.join("etc/cloud/cloud.cfg.d/90-imgbuild.cfg"),
+        "# imgbuild bootstrap base\ndatasource_list: [NoCloud, ConfigDrive, OpenStack, None]\nlocale: C.UTF-8\nmanage_etc_hosts: true\nsystem_info:\n  network:\n    renderers: [netplan]\n",
+    )?;
+    write(&root.join("boot/grub/grub.cfg"), GRUB_CFG)?;
+    Cmd::new("chroot")
+        .arg(root)
+        .args([
+            "systemctl",
+            "enable",
+            "systemd-networkd.service",
+            "systemd-resolved.service",
+        ])
+        .run()?;
+    // Per-instance state is made at first boot.
+    std::fs::write(root.join("etc/machine-id"), "").map_err(io(root))?;
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    if dbus_id.exists() && !dbus_id.is_symlink() {
+        std::fs::remove_file(&dbus_id).map_err(io(&dbus_id))?;
+    }
+    for e in std::fs::read_dir(root.join("etc/ssh"))
+        .map_err(io(root))?
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+        }
+    }
+    let _ = std::fs::remove_file(root.join("var/lib/systemd/random-seed"));
+    Ok(())
+}
+
+/// The partition layout for a disk of `size` bytes: (start, sectors) of p14, p15, p1.
+pub fn layout(size: u64) -> Result<[(u64, u64); 3], BootstrapError> {
+    let total = size / SECTOR;
+    let esp_start = BIOS_BOOT_START + BIOS_BOOT_SECTORS;
+    let root_start = esp_start + ESP_SECTORS;
+    // The backup GPT takes the last 33 sectors; keep the root 1 MiB-aligned in size.
+    let root_sectors = ((total - 34 - root_start) / 2048) * 2048;
+    if total < root_start + 2048 * 512 {
+        return Err(BootstrapError::Layout(format!(
+            "a disk of {size} bytes is too small"
+        )));
+    }
+    Ok([
+        (BIOS_BOOT_START, BIOS_BOOT_SECTORS),
+        (esp_start, ESP_SECTORS),
+        (root_start, root_sectors),
+    ])
+}
+
+/// Writes partition table, root filesystem, ESP and both boot loaders into `raw`.
+pub fn assemble_disk(
+    root: &Path,
+    raw: &Path,
+    size: u64,
+    work: &Path,
+) -> Result<(), BootstrapError> {
+    let [bios, esp, rootp] = layout(size)?;
+    let f = std::fs::File::create(raw).map_err(io(raw))?;
+    f.set_len(size).map_err(io(raw))?;
+    drop(f);
+    Cmd::new("sgdisk")
+        .args(["--clear", "--disk-guid=R"])
+        .arg(format!("--new=14:{}:{}", bios.0, bios.0 + bios.1 - 1))
+        .args(["--typecode=14:ef02", "--change-name=14:bios"])
+        .arg(format!("--new=15:{}:{}", esp.0, esp.0 + esp.1 - 1))
+        .args(["--typecode=15:ef00", "--change-name=15:UEFI"])
+        .arg(format!("--new=1:{}:{}", rootp.0, rootp.0 + rootp.1 - 1))
+        .args(["--typecode=1:8300", "--change-name=1:rootfs"])
+        .arg(raw)
+        .run()?;
+    tracing::info!("bootstrap: writing the root filesystem");
+    Cmd::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "rootfs",
+            "-b",
+            "4096",
+            "-O",
+            "^orphan_file,^metadata_csum_seed",
+        ])
+        .arg("-E")
+        .arg(format!("offset={}", rootp.0 * SECTOR))
+        .arg("-d")
+        .arg(root)
+        .arg(raw)
+        .arg(format!("{}k", rootp.1 * SECTOR / 1024))
+        .run()?;
+
+    let embed = work.join("grub-embed.cfg");
+    write(&embed, GRUB_EMBED)?;
+    // UEFI: GRUB on the removable-media path of a FAT ESP.
+    let efi = work.join("BOOTX64.EFI");
+    Cmd::new("grub-mkimage")
+        .args(["-O", "x86_64-efi", "-p", "/boot/grub", "-c"])
+        .arg(&embed)
+        .arg("-o")
+        .arg(&efi)
+        .args([
+            "part_gpt",
+            "part_msdos",
+            "ext2",
+            "fat",
+            "search",
+            "search_label",
+            "normal",
+            "linux",
+            "configfile",
+            "echo",
+            "test",
+            "serial",
+            "terminal",
+            "gzio",
+            "efi_gop",
+            "all_video",
+        ])
+        .run()?;
+    let esp_img = work.join("esp.img");
+    let _ = std::fs::remove_file(&esp_img);
+    Cmd::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "UEFI", "-C"])
+        .arg(&esp_img)
+        .arg((esp.1 * SECTOR / 1024).to_string())
+        .run()?;
+    Cmd::new("mmd")
+        .arg("-i")
+        .arg(&esp_img)
+        .args(["::/EFI", "::/EFI/BOOT"])
+        .run()?;
+    Cmd::new("mcopy")
+        .arg("-i")
+        .arg(&esp_img)
+        .arg(&efi)
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .run()?;
+    let esp_bytes = std::fs::read(&esp_img).map_err(io(&esp_img))?;
+    write_at(raw, esp.0 * SECTOR, &esp_bytes)?;
+
+    // BIOS: core.img in the BIOS boot partition, boot.img's code in the MBR.
+    let core = work.join("core.img");
+    Cmd::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-p", "/boot/grub", "-c"])
+        .arg(&embed)
+        .arg("-o")
+        .arg(&core)
+        .args([
+            "biosdisk",
+            "part_gpt",
+            "part_msdos",
+            "ext2",
+            "search",
+            "search_label",
+            "normal",
+            "linux",
+            "configfile",
+            "echo",
+            "test",
+            "serial",
+            "terminal",
+            "gzio",
+        ])
+        .run()?;
+    let mut core_img = std::fs::read(&core).map_err(io(&core))?;
+    let mut boot_img = std::fs::read("/usr/lib/grub/i386-pc/boot.img")
+        .map_err(io(Path::new("/usr/lib/grub/i386-pc/boot.img")))?;
+    patch_bios_boot(&mut boot_img, &mut core_img, bios.0, bios.1)?;
+    write_at(raw, bios.0 * SECTOR, &core_img)?;
+    write_at(raw, 0, &boot_img[..440])?;
+    Ok(())
+}
+
+/// What grub-bios-setup does for a core.img at `core_sector`: point boot.img at core.img's
+/// first sector, and core.img's first blocklist at the rest of itself.
+pub fn patch_bios_boot(
+    boot_img: &mut [u8],
+    core_img: &mut [u8],
+    core_sector: u64,
+    max_sectors: u64,
+) -> Result<(), BootstrapError> {
+    if boot_img.len() != 512 {
+        return Err(BootstrapError::Layout("boot.img is not 512 bytes".into()));
+    }
+    let sectors = core_img.len().div_ceil(SECTOR as usize) as u64;
+    if sectors > max_sectors || sectors > u16::MAX as u64 {
+        return Err(BootstrapError::Layout(format!(
+            "core.img ({sectors} sectors) does not fit the BIOS boot partition"
+        )));
+    }
+    // GRUB_BOOT_MACHINE_KERNEL_SECTOR, _BOOT_DRIVE (0xff: the drive BIOS booted), _DRIVE_CHECK (nop).
+    boot_img[0x5c..0x64].copy_from_slice(&core_sector.to_le_bytes());
+    boot_img[0x64] = 0xff;
+    boot_img[0x66] = 0x90;
+    boot_img[0x67] = 0x90;
+    // The first blocklist entry sits at the end of diskboot's sector: start u64, len u16, segment u16.
+    let bl = 512 - 12;
+    core_img[bl..bl + 8].copy_from_slice(&(core_sector + 1).to_le_bytes());
+    core_img[bl + 8..bl + 10].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
+    core_img[bl + 10..bl + 12].copy_from_slice(&0x820u16.to_le_bytes());
+    Ok(())
+}
+
+fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), BootstrapError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    f.seek(SeekFrom::Start(offset)).map_err(io(path))?;
+    f.write_all(data).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_is_stable_and_sensitive() {
+        let a = Bootstrap {
+            suite: "bookworm".into(),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        assert_eq!(cache_key(&a, Arch::Amd64), cache_key(&b, Arch::Amd64));
+        b.packages.push("docker.io".into());
+        assert_ne!(cache_key(&a, Arch::Amd64), cache_key(&b, Arch::Amd64));
+        assert_ne!(cache_key(&a, Arch::Amd64), cache_key(&a, Arch::Arm64));
+    }
+
+    #[test]
+    fn layout_puts_root_last_and_aligned() {
+        let [bios, esp, root] = layout(3 << 30).unwrap();
+        assert_eq!(bios.0, 2048);
+        assert_eq!(esp.0, bios.0 + bios.1);
+        assert_eq!(root.0, esp.0 + esp.1);
+        assert_eq!(root.1 % 2048, 0);
+        assert!((root.0 + root.1) * 512 <= (3 << 30) - 34 * 512);
+        assert!(layout(100 << 20).is_err());
+    }
+
+    #[test]
+    fn bios_patch_points_at_core() {
+        let mut boot = vec![0u8; 512];
+        let mut core = vec![0u8; 512 * 60 + 7];
+        patch_bios_boot(&mut boot, &mut core, 2048, 8192).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(boot[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
+        assert_eq!(u64::from_le_bytes(core[500..508].try_into().unwrap()), 2049);
+        assert_eq!(u16::from_le_bytes(core[508..510].try_into().unwrap()), 60);
+        assert_eq!(
+            u16::from_le_bytes(core[510..512].try_into().unwrap()),
+            0x820
+        );
+    }
+}

@@ -1,0 +1,726 @@
+//! The one place that knows QEMU: accelerator probing (never trusting that /dev/kvm exists),
+//! firmware, disks and seeds, the serial console, QMP, and making sure no QEMU outlives
+//! imgbuild (PR_SET_PDEATHSIG at spawn, kill on drop).
+
+use crate::definition::Arch;
+use crate::exec::{Cmd, ExecError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("{what} did not happen within {secs} s; last serial console lines:\n{tail}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        tail: String,
+    },
+    #[error("QEMU exited ({status}) before {what}; last serial console lines:\n{tail}\nQEMU said: {stderr}")]
+    Exited {
+        what: String,
+        status: ExitStatus,
+        tail: String,
+        stderr: String,
+    },
+    #[error("interrupted")]
+    Interrupted,
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no UEFI firmware for {0} (install ovmf / qemu-efi-aarch64)")]
+    NoFirmware(Arch),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
+    move |source| QemuError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+    fn args(self) -> Vec<String> {
+        match self {
+            Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
+            Accel::Tcg => vec![
+                "-accel".into(),
+                "tcg,thread=multi".into(),
+                "-cpu".into(),
+                "max".into(),
+            ],
+        }
+    }
+}
+
+pub fn qemu_binary(arch: Arch) -> &'static str {
+    crate::render::packer::qemu_binary(arch)
+}
+
+/// UEFI firmware code and variable-store template for `arch`.
+pub fn uefi_firmware(arch: Arch) -> Option<(PathBuf, PathBuf)> {
+    let candidates: &[(&str, &str)] = match arch {
+        Arch::Amd64 => &[
+            (
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            ),
+            (
+                "/usr/share/OVMF/OVMF_CODE.fd",
+                "/usr/share/OVMF/OVMF_VARS.fd",
+            ),
+        ],
+        Arch::Arm64 => &[(
+            "/usr/share/AAVMF/AAVMF_CODE.fd",
+            "/usr/share/AAVMF/AAVMF_VARS.fd",
+        )],
+    };
+    candidates
+        .iter()
+        .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+        .find(|(c, v)| c.is_file() && v.is_file())
+}
+
+static ACCEL: OnceLock<AccelChoice> = OnceLock::new();
+
+/// KVM if a guest really runs under it here, else TCG, with the reason. `IMGBUILD_ACCEL=tcg|kvm`
+/// skips the probe. Probed once per process.
+pub fn probe_accel(arch: Arch) -> AccelChoice {
+    if arch != Arch::host() {
+        return AccelChoice {
+            accel: Accel::Tcg,
+            reason: format!("{arch} guest on a {} host", Arch::host()),
+        };
+    }
+    ACCEL
+        .get_or_init(|| match std::env::var("IMGBUILD_ACCEL").as_deref() {
+            Ok("tcg") => AccelChoice {
+                accel: Accel::Tcg,
+                reason: "IMGBUILD_ACCEL=tcg".into(),
+            },
+            Ok("kvm") => AccelChoice {
+                accel: Accel::Kvm,
+                reason: "IMGBUILD_ACCEL=kvm".into(),
+            },
+            _ => probe_kvm(arch),
+        })
+        .clone()
+}
+
+/// Boots UEFI firmware under KVM and watches the serial console for the boot manager. On
+/// hosts whose /dev/kvm cannot run a stock guest (e.g. pagetable-based kvm_pvm) QEMU aborts
+/// or the firmware dies, and the answer is TCG.
+fn probe_kvm(arch: Arch) -> AccelChoice {
+    let tcg = |reason: String| AccelChoice {
+        accel: Accel::Tcg,
+        reason,
+    };
+    let kvm = Path::new("/dev/kvm");
+    if !kvm.exists() {
+        return tcg("no /dev/kvm".into());
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(kvm)
+        .is_err()
+    {
+        return tcg("/dev/kvm is not accessible".into());
+    }
+    let Some((code, vars)) = uefi_firmware(arch) else {
+        return tcg("no UEFI firmware to probe KVM with".into());
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        return tcg("no temp dir for the KVM probe".into());
+    };
+    let vars_copy = dir.path().join("vars.fd");
+    if std::fs::copy(&vars, &vars_copy).is_err() {
+        return tcg("cannot copy UEFI variables".into());
+    }
+    let spec = VmSpec {
+        arch,
+        accel: Accel::Kvm,
+        firmware: Firmware::Uefi,
+        cpus: 1,
+        memory_mib: 256,
+        disk: None,
+        seed_iso: None,
+        serial_log: dir.path().join("serial.log"),
+        qmp_socket: None,
+        uefi_vars: Some(vars_copy),
+        hostfwd: Vec::new(),
+    };
+    let _ = code;
+    let mut vm = match Vm::start(&spec) {
+        Ok(vm) => vm,
+        Err(e) => return tcg(format!("KVM probe could not start QEMU: {e}")),
+    };
+    let never = AtomicBool::new(false);
+    match vm.wait_for(
+        &["BdsDxe", "Boot Manager", "UEFI Interactive Shell", "Shell>"],
+        Duration::from_secs(8),
+        "UEFI boot manager under KVM",
+        &never,
+    ) {
+        Ok(_) => AccelChoice {
+            accel: Accel::Kvm,
+            reason: "KVM ran UEFI firmware to its boot manager".into(),
+        },
+        Err(QemuError::Exited { stderr, .. }) => tcg(format!(
+            "KVM is present but unusable: {}",
+            stderr.lines().last().unwrap_or("QEMU exited")
+        )),
+        Err(e) => tcg(format!(
+            "KVM is present but a guest did not run under it ({})",
+            first_line(&e.to_string())
+        )),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// A VM to start.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    pub arch: Arch,
+    pub accel: Accel,
+    pub firmware: Firmware,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// The system disk (qcow2), attached as virtio with discard.
+    pub disk: Option<PathBuf>,
+    /// A NoCloud seed ISO.
+    pub seed_iso: Option<PathBuf>,
+    pub serial_log: PathBuf,
+    pub qmp_socket: Option<PathBuf>,
+    /// A writable copy of the UEFI variable store (UEFI only).
+    pub uefi_vars: Option<PathBuf>,
+    /// (host port on 127.0.0.1, guest port).
+    pub hostfwd: Vec<(u16, u16)>,
+}
+
+impl VmSpec {
+    pub fn cmd(&self) -> Result<Cmd, QemuError> {
+        let mut c = Cmd::new(qemu_binary(self.arch))
+            .args([
+                "-name",
+                "imgbuild",
+                "-nodefaults",
+                "-no-user-config",
+                "-no-reboot",
+            ])
+            .args([
+                "-machine",
+                if self.arch == Arch::Arm64 {
+                    "virt"
+                } else {
+                    "q35"
+                },
+            ])
+            .args(self.accel.args())
+            .args([
+                "-smp",
+                &self.cpus.to_string(),
+                "-m",
+                &self.memory_mib.to_string(),
+            ])
+            .args([
+                "-display",
+                "none",
+                "-device",
+                if self.arch == Arch::Arm64 {
+                    "virtio-gpu-pci"
+                } else {
+                    "VGA"
+                },
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", self.serial_log.display()))
+            .args([
+                "-object",
+                "rng-random,filename=/dev/urandom,id=rng0",
+                "-device",
+                "virtio-rng-pci,rng=rng0",
+            ]);
+        if self.firmware == Firmware::Uefi || self.arch == Arch::Arm64 {
+            let (code, _) = uefi_firmware(self.arch).ok_or(QemuError::NoFirmware(self.arch))?;
+            c = c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ));
+            if let Some(v) = &self.uefi_vars {
+                c = c
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", v.display()));
+            }
+        }
+        if let Some(d) = &self.disk {
+            c = c.arg("-drive").arg(format!(
+                "file={},if=none,id=disk0,format=qcow2,discard=unmap,detect-zeroes=unmap,cache=unsafe",
+                d.display()
+            ));
+            c = c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+        }
+        if let Some(s) = &self.seed_iso {
+            c = c.arg("-drive").arg(format!(
+                "file={},if=none,id=seed,format=raw,readonly=on,media=cdrom",
+                s.display()
+            ));
+            c = c.args([
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-cd,drive=seed,bus=scsi0.0",
+            ]);
+        }
+        let mut net = String::from("user,id=net0");
+        for (h, g) in &self.hostfwd {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
+        c = c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
+        if let Some(q) = &self.qmp_socket {
+            c = c
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", q.display()));
+        }
+        Ok(c)
+    }
+}
+
+/// A running QEMU. Dropping it kills and reaps the process.
+pub struct Vm {
+    child: Option<Child>,
+    serial_log: PathBuf,
+    stderr_log: PathBuf,
+    qmp_socket: Option<PathBuf>,
+    offset: u64,
+    pending: String,
+    tail: std::collections::VecDeque<String>,
+}
+
+impl Vm {
+    pub fn start(spec: &VmSpec) -> Result<Vm, QemuError> {
+        let cmd = spec.cmd()?;
+        let stderr_log = spec.serial_log.with_extension("qemu.log");
+        std::fs::write(&spec.serial_log, b"").map_err(io(&spec.serial_log))?;
+        let err = std::fs::File::create(&stderr_log).map_err(io(&stderr_log))?;
+        tracing::debug!(target: "exec", "{}", cmd.cmdline());
+        let mut std_cmd = cmd.std();
+        std_cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
+        // The kernel kills QEMU when the thread that started it goes away, whatever the reason.
+        unsafe {
+            std_cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = std_cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                QemuError::Exec(ExecError::NotFound {
+                    program: cmd.program(),
+                    hint: crate::exec::install_hint(&cmd.program())
+                        .map(|h| format!(" (install: {h})"))
+                        .unwrap_or_default(),
+                })
+            } else {
+                QemuError::Io {
+                    path: PathBuf::from(cmd.program()),
+                    source: e,
+                }
+            }
+        })?;
+        Ok(Vm {
+            child: Some(child),
+            serial_log: spec.serial_log.clone(),
+            stderr_log,
+            qmp_socket: spec.qmp_socket.clone(),
+            offset: 0,
+            pending: String::new(),
+            tail: Default::default(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// New complete lines of the serial console since the last call.
+    fn new_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let Ok(mut f) = std::fs::File::open(&self.serial_log) else {
+            return lines;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return lines;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return lines;
+        }
+        self.offset += buf.len() as u64;
+        self.pending.push_str(&String::from_utf8_lossy(&buf));
+        while let Some(i) = self.pending.find('\n') {
+            let line: String = self.pending.drain(..=i).collect();
+            let line = strip_ansi(line.trim_end_matches(['\n', '\r']));
+            self.tail.push_back(line.clone());
+            if self.tail.len() > 60 {
+                self.tail.pop_front();
+            }
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// The last lines of the serial console.
+    pub fn serial_tail(&mut self) -> String {
+        self.new_lines();
+        let mut t: Vec<String> = self.tail.iter().cloned().collect();
+        if !self.pending.trim().is_empty() {
+            t.push(self.pending.clone());
+        }
+        t.join("\n")
+    }
+
+    fn stderr_text(&self) -> String {
+        crate::exec::tail(
+            &std::fs::read_to_string(&self.stderr_log).unwrap_or_default(),
+            2000,
+        )
+    }
+
+    /// Waits until a serial line contains one of `patterns`; returns its index and the line.
+    /// Every line seen is passed to `on_line` (for progress output).
+    pub fn wait_for_with(
+        &mut self,
+        patterns: &[&str],
+        timeout: Duration,
+        what: &str,
+        cancel: &AtomicBool,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(usize, String), QemuError> {
+        let start = Instant::now();
+        loop {
+            for line in self.new_lines() {
+                on_line(&line);
+                if let Some(i) = patterns.iter().position(|p| line.contains(p)) {
+                    return Ok((i, line));
+                }
+            }
+            if cancel.load(Ordering::SeqCst) {
+                self.kill();
+                return Err(QemuError::Interrupted);
+            }
+            if let Some(status) = self.try_wait()? {
+                // Read what was written just before the exit.
+                for line in self.new_lines() {
+                    on_line(&line);
+                    if let Some(i) = patterns.iter().position(|p| line.contains(p)) {
+                        return Ok((i, line));
+                    }
+                }
+                return Err(QemuError::Exited {
+                    what: what.into(),
+                    status,
+                    tail: self.serial_tail(),
+                    stderr: self.stderr_text(),
+                });
+            }
+            if start.elapsed() >= timeout {
+                let tail = self.serial_tail();
+                self.kill();
+                return Err(QemuError::Timeout {
+                    what: what.into(),
+                    secs: timeout.as_secs(),
+                    tail,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn wait_for(
+        &mut self,
+        patterns: &[&str],
+        timeout: Duration,
+        what: &str,
+        cancel: &AtomicBool,
+    ) -> Result<(usize, String), QemuError> {
+        self.wait_for_with(patterns, timeout, what, cancel, &mut |_| {})
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, QemuError> {
+        match self.child.as_mut() {
+            None => Ok(None),
+            Some(c) => c.try_wait().map_err(|source| QemuError::Io {
+                path: "qemu".into(),
+                source,
+            }),
+        }
+    }
+
+    /// Waits for QEMU to exit (the guest powered off); returns its status.
+    pub fn wait_exit(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        cancel: &AtomicBool,
+    ) -> Result<ExitStatus, QemuError> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_wait()? {
+                self.child = None;
+                return Ok(s);
+            }
+            if cancel.load(Ordering::SeqCst) {
+                self.kill();
+                return Err(QemuError::Interrupted);
+            }
+            if start.elapsed() >= timeout {
+                let tail = self.serial_tail();
+                self.kill();
+                return Err(QemuError::Timeout {
+                    what: what.into(),
+                    secs: timeout.as_secs(),
+                    tail,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills QEMU and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A QMP command; returns its `return` value.
+    pub fn qmp(
+        &self,
+        command: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, QemuError> {
+        let sock = self
+            .qmp_socket
+            .as_ref()
+            .ok_or_else(|| QemuError::Qmp("no QMP socket".into()))?;
+        let mut s = UnixStream::connect(sock).map_err(io(sock))?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut reader = std::io::BufReader::new(s.try_clone().map_err(io(sock))?);
+        let read_reply =
+            |reader: &mut std::io::BufReader<UnixStream>| -> Result<serde_json::Value, QemuError> {
+                loop {
+                    let mut line = String::new();
+                    std::io::BufRead::read_line(reader, &mut line).map_err(io(sock))?;
+                    if line.is_empty() {
+                        return Err(QemuError::Qmp("connection closed".into()));
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_str(&line).map_err(|e| QemuError::Qmp(e.to_string()))?;
+                    if v.get("event").is_some() {
+                        continue;
+                    }
+                    if let Some(e) = v.get("error") {
+                        return Err(QemuError::Qmp(e.to_string()));
+                    }
+                    return Ok(v);
+                }
+            };
+        read_reply(&mut reader)?; // greeting
+        writeln!(s, "{}", serde_json::json!({"execute": "qmp_capabilities"})).map_err(io(sock))?;
+        read_reply(&mut reader)?;
+        let mut cmd = serde_json::json!({ "execute": command });
+        if !args.is_null() {
+            cmd["arguments"] = args;
+        }
+        writeln!(s, "{cmd}").map_err(io(sock))?;
+        Ok(read_reply(&mut reader)?
+            .get("return")
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Saves the display as PNG (QEMU ≥ 7.1 writes PNG itself).
+    pub fn screendump(&self, png: &Path) -> Result<(), QemuError> {
+        self.qmp(
+            "screendump",
+            serde_json::json!({ "filename": png, "format": "png" }),
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for n in chars.by_ref() {
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Image information from `qemu-img info`.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct ImgInfo {
+    pub format: String,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    #[serde(rename = "actual-size", default)]
+    pub actual_size: u64,
+}
+
+pub fn img_info(path: &Path) -> Result<ImgInfo, QemuError> {
+    let out = Cmd::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .read()?;
+    serde_json::from_str(&out).map_err(|e| QemuError::Qmp(format!("qemu-img info: {e}")))
+}
+
+/// A copy-on-write overlay on `backing`, optionally larger.
+pub fn create_overlay(backing: &Path, overlay: &Path, size: Option<u64>) -> Result<(), QemuError> {
+    let fmt = img_info(backing)?.format;
+    let backing_abs = std::fs::canonicalize(backing).map_err(io(backing))?;
+    let mut c = Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", &fmt, "-b"])
+        .arg(&backing_abs)
+        .arg(overlay);
+    if let Some(s) = size {
+        let base = img_info(backing)?.virtual_size;
+        c = c.arg(s.max(base).to_string());
+    }
+    c.run()?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zlib,
+    Zstd,
+}
+
+/// Converts (and so compacts: unallocated and zeroed clusters are dropped) `src` to `dst`.
+pub fn convert(
+    src: &Path,
+    dst: &Path,
+    format: &str,
+    compression: Compression,
+) -> Result<(), QemuError> {
+    let mut c = Cmd::new("qemu-img").args(["convert", "-O", format]);
+    if format == "qcow2" {
+        match compression {
+            Compression::None => {}
+            Compression::Zlib => c = c.arg("-c"),
+            Compression::Zstd => c = c.args(["-c", "-o", "compression_type=zstd"]),
+        }
+    }
+    c.args(["-m", "4", "-W"]).arg(src).arg(dst).run()?;
+    Ok(())
+}
+
+/// Does this qemu-img write zstd-compressed qcow2 (QEMU ≥ 5.1)?
+pub fn qemu_supports_zstd() -> bool {
+    Cmd::new("qemu-img")
+        .args(["create", "-f", "qcow2", "-o", "help"])
+        .read()
+        .map(|s| s.contains("zstd"))
+        .unwrap_or(false)
+}
+
+/// A NoCloud seed ISO (volume label `cidata`) from the given files.
+pub fn make_seed_iso(files: &[(&str, &Path)], out: &Path) -> Result<(), QemuError> {
+    let dir = tempfile::tempdir().map_err(io(out))?;
+    for (name, src) in files {
+        std::fs::copy(src, dir.path().join(name)).map_err(io(src))?;
+    }
+    Cmd::new("xorriso")
+        .args([
+            "-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-o",
+        ])
+        .arg(out)
+        .arg(dir.path())
+        .run()?;
+    Ok(())
+}
+
+pub fn qemu_version(arch: Arch) -> Option<String> {
+    Cmd::new(qemu_binary(arch))
+        .arg("--version")
+        .read()
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(strip_ansi("\u{1b}[0;32m OK \u{1b}[0m done\r"), " OK  done");
+    }
+}
