@@ -1,0 +1,213 @@
+//! Base images: cloud images downloaded (http, https, file) and verified against the
+//! definition's checksum, and bootstrap bases built with mmdebstrap; both kept in a
+//! content-addressed cache. A download never appears under its final name before it is
+//! complete and verified; builds of the same base serialize on a lock file.
+
+use crate::bootstrap::{self, BootstrapError};
+use crate::definition::{Arch, Base, BaseSpec};
+use sha2::{Digest, Sha256, Sha512};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("downloading {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("{url}: checksum mismatch: expected {expected}, actual {actual}")]
+    Mismatch { url: String, expected: String, actual: String },
+    #[error("no base for {0}")]
+    Missing(Arch),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BaseError + '_ {
+    move |source| BaseError::Io { path: path.to_path_buf(), source }
+}
+
+/// The cache folder: `$IMGBUILD_CACHE_DIR`, else `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("IMGBUILD_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("imgbuild");
+    }
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp")).join(".cache/imgbuild")
+}
+
+/// An exclusive lock on a file in the cache, held until dropped.
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    pub fn acquire(path: &Path) -> Result<Lock, BaseError> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io(path))?;
+        use std::os::fd::AsRawFd;
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            tracing::info!("waiting for {} (another build holds it)", path.display());
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(BaseError::Io { path: path.into(), source: std::io::Error::last_os_error() });
+            }
+        }
+        Ok(Lock(f))
+    }
+}
+
+/// A base image ready to build on.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BaseImage {
+    pub path: PathBuf,
+    /// `cloud_image` or `bootstrap`.
+    pub kind: &'static str,
+    /// URL, or `mmdebstrap SUITE MIRROR`.
+    pub source: String,
+    pub sha256: String,
+    pub cache_hit: bool,
+}
+
+/// Gets the base for `arch` from the cache, downloading or bootstrapping it if needed.
+pub fn ensure(spec: &BaseSpec, arch: Arch, cache: &Path, cancel: &AtomicBool, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<BaseImage, BaseError> {
+    match spec.kind().ok_or(BaseError::Missing(arch))? {
+        Base::CloudImage(c) => {
+            let (algo, hex) = c.checksum.split_once(':').unwrap_or(("sha256", &c.checksum));
+            let path = cache.join("images").join(format!("{algo}-{hex}.img"));
+            let sidecar = path.with_extension("sha256");
+            let _lock = Lock::acquire(&path.with_extension("lock"))?;
+            let cache_hit = path.is_file() && sidecar.is_file();
+            if !cache_hit {
+                fetch(&c.url, algo, hex, &path, cancel, progress)?;
+                let d = crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Download { url: c.url.clone(), message: e.to_string() })?;
+                std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
+            }
+            let sha256 = std::fs::read_to_string(&sidecar).map_err(io(&sidecar))?.trim().to_string();
+            Ok(BaseImage { path, kind: "cloud_image", source: c.url.clone(), sha256, cache_hit })
+        }
+        Base::Bootstrap(b) => {
+            let key = bootstrap::cache_key(b, arch);
+            let dir = cache.join("bootstrap");
+            let path = dir.join(format!("{key}.qcow2"));
+            let sidecar = path.with_extension("sha256");
+            let _lock = Lock::acquire(&path.with_extension("lock"))?;
+            let cache_hit = path.is_file() && sidecar.is_file();
+            if !cache_hit {
+                let work = dir.join(format!("{key}.work"));
+                let result = bootstrap::bootstrap(b, arch, &work, &path, cancel);
+                let _ = std::fs::remove_dir_all(&work);
+                result?;
+                let d = crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+                std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
+            }
+            let sha256 = std::fs::read_to_string(&sidecar).map_err(io(&sidecar))?.trim().to_string();
+            Ok(BaseImage { path, kind: "bootstrap", source: format!("mmdebstrap {} {}", b.suite, b.mirror), sha256, cache_hit })
+        }
+    }
+}
+
+enum Hasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(b),
+            Hasher::Sha512(h) => h.update(b),
+        }
+    }
+    fn hex(self) -> String {
+        match self {
+            Hasher::Sha256(h) => crate::render::hex(&h.finalize()),
+            Hasher::Sha512(h) => crate::render::hex(&h.finalize()),
+        }
+    }
+}
+
+/// Downloads `url` to `dest` (via `dest.part`), hashing as it goes; only a verified file is
+/// renamed into place. A mismatch deletes the partial file and names both digests.
+pub fn fetch(url: &str, algo: &str, expected: &str, dest: &Path, cancel: &AtomicBool, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<(), BaseError> {
+    let dl = |message: String| BaseError::Download { url: url.to_string(), message };
+    if let Some(d) = dest.parent() {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    let part = dest.with_extension("part");
+    let mut hasher = match algo {
+        "sha512" => Hasher::Sha512(Sha512::new()),
+        _ => Hasher::Sha256(Sha256::new()),
+    };
+    let (mut reader, total): (Box<dyn Read>, Option<u64>) = if let Some(p) = url.strip_prefix("file://") {
+        let f = std::fs::File::open(p).map_err(|e| dl(e.to_string()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    } else {
+        tracing::debug!(target: "exec", "GET {url}");
+        let resp = ureq::get(url).call().map_err(|e| dl(e.to_string()))?;
+        let len = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        (Box::new(resp.into_body().into_reader()), len)
+    };
+    let result = (|| {
+        let mut out = std::fs::File::create(&part).map_err(io(&part))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(BaseError::Interrupted);
+            }
+            let n = reader.read(&mut buf).map_err(|e| dl(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io(&part))?;
+            done += n as u64;
+            progress(done, total);
+        }
+        out.sync_all().map_err(io(&part))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    let actual = hasher.hex();
+    if !actual.eq_ignore_ascii_case(expected) {
+        let _ = std::fs::remove_file(&part);
+        return Err(BaseError::Mismatch { url: url.into(), expected: format!("{algo}:{expected}"), actual: format!("{algo}:{actual}") });
+    }
+    std::fs::rename(&part, dest).map_err(io(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_url_is_verified_and_a_mismatch_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        std::fs::write(&src, b"hello").unwrap();
+        let url = format!("file://{}", src.display());
+        let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let dest = dir.path().join("cache/x.img");
+        let never = AtomicBool::new(false);
+        fetch(&url, "sha256", good, &dest, &never, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        let bad_dest = dir.path().join("cache/y.img");
+        let e = fetch(&url, "sha256", &"0".repeat(64), &bad_dest, &never, &mut |_, _| {}).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("expected sha256:{}", "0".repeat(64))) && msg.contains(good), "{msg}");
+        assert!(!bad_dest.exists() && !bad_dest.with_extension("part").exists());
+    }
+}

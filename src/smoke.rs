@@ -1,0 +1,327 @@
+//! Smoke boot: the artifact boots on a throw-away overlay (the artifact is never written) with
+//! a fresh instance-id and a smoke seed; the guest runs the definition's checks and imgbuild's
+//! built-in ones (cloud-init clean, host keys and machine-id made at this boot, no build
+//! leftovers) and reports each on the serial console. Results go to report.json, junit.xml
+//! (for GitLab/GitHub test reports) and serial.log, plus a screenshot for desktop images.
+
+use crate::definition::{Arch, Check, Firmware, Resolved};
+use crate::qemu::{self, Accel, QemuError, Vm, VmSpec};
+use crate::render::cloud_init::to_cloud_config;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+pub const RUNNER: &str = include_str!("../cloud-init/guest/smoke.py");
+pub const BUILTIN_CHECKS: [&str; 5] =
+    ["cloud-init-no-errors", "fresh-ssh-host-keys", "fresh-machine-id", "fresh-cloud-init-state", "no-build-leftovers"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SmokeError + '_ {
+    move |source| SmokeError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckOutcome {
+    pub name: String,
+    /// builtin, command, unit, port, file.
+    pub kind: String,
+    pub passed: bool,
+    pub detail: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SmokeReport {
+    pub image: String,
+    pub arch: Arch,
+    pub artifact: String,
+    pub accel: String,
+    pub passed: bool,
+    pub checks: Vec<CheckOutcome>,
+    /// Seconds from QEMU start to the smoke runner's end.
+    pub boot_seconds: f64,
+    pub screenshot: Option<String>,
+    /// Set when the smoke boot itself failed (timeout, crash).
+    pub error: Option<String>,
+}
+
+impl SmokeReport {
+    pub fn failed_checks(&self) -> Vec<&CheckOutcome> {
+        self.checks.iter().filter(|c| !c.passed).collect()
+    }
+}
+
+fn check_json(c: &Check) -> serde_json::Value {
+    let kind = if c.command.is_some() {
+        "command"
+    } else if c.unit.is_some() {
+        "unit"
+    } else if c.port.is_some() {
+        "port"
+    } else {
+        "file"
+    };
+    let mut v = serde_json::to_value(c).expect("plain data");
+    v["kind"] = json!(kind);
+    v
+}
+
+/// The checks the guest runs: built-ins first, then the definition's.
+pub fn checks(r: &Resolved) -> Vec<serde_json::Value> {
+    let mut v: Vec<serde_json::Value> =
+        BUILTIN_CHECKS.iter().map(|b| json!({"name": b, "kind": "builtin", "builtin": b})).collect();
+    v.extend(r.definition.smoke.checks.iter().map(check_json));
+    v
+}
+
+/// The smoke seed's user-data (pure).
+pub fn user_data(r: &Resolved, instance_id: &str) -> String {
+    let checks = serde_json::to_string_pretty(&checks(r)).expect("json");
+    let doc = json!({
+        "write_files": [
+            {"path": "/run/imgbuild-smoke/checks.json", "content": checks, "permissions": "0600"},
+            {"path": "/run/imgbuild-smoke/smoke.py", "content": RUNNER, "permissions": "0700"},
+        ],
+        "runcmd": [["env", format!("IMGBUILD_SMOKE_INSTANCE={instance_id}"), "python3", "/run/imgbuild-smoke/smoke.py"]],
+    });
+    to_cloud_config(&doc, &format!("imgbuild smoke seed for {}", r.name))
+}
+
+pub struct SmokeOptions<'a> {
+    pub accel: Accel,
+    pub out_dir: &'a Path,
+    pub cancel: &'a AtomicBool,
+    pub on_line: &'a mut dyn FnMut(&str),
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    crate::render::hex(&b)
+}
+
+/// Boots `artifact` and runs the checks; writes report.json, junit.xml, serial.log (and
+/// screenshot.png) into `opts.out_dir`. A failed check is a report with `passed: false`, not
+/// an error; a boot that never reaches the end is a report with `error` set.
+pub fn smoke(r: &Resolved, arch: Arch, artifact: &Path, opts: SmokeOptions) -> Result<SmokeReport, SmokeError> {
+    let out = opts.out_dir;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let work = tempfile::Builder::new().prefix(".smoke-").tempdir_in(out).map_err(io(out))?;
+    let w = work.path();
+    let instance = format!("imgbuild-smoke-{}", random_hex(8));
+    let seed_dir = w.join("seed");
+    std::fs::create_dir_all(&seed_dir).map_err(io(&seed_dir))?;
+    let files = [
+        ("user-data", user_data(r, &instance)),
+        ("meta-data", crate::render::yaml::to_string(&json!({"instance-id": instance, "local-hostname": format!("{}-smoke", r.name)}))),
+        ("network-config", crate::render::cloud_init::network_config()),
+    ];
+    let mut seed_files = Vec::new();
+    for (name, content) in &files {
+        let p = seed_dir.join(name);
+        std::fs::write(&p, content).map_err(io(&p))?;
+        seed_files.push((*name, p));
+    }
+    let seed_iso = w.join("seed.iso");
+    let refs: Vec<(&str, &Path)> = seed_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    qemu::make_seed_iso(&refs, &seed_iso)?;
+    let overlay = w.join("overlay.qcow2");
+    qemu::create_overlay(artifact, &overlay, None)?;
+    let firmware = if r.definition.build.firmware == Firmware::Uefi { qemu::Firmware::Uefi } else { qemu::Firmware::Bios };
+    let uefi_vars = if firmware == qemu::Firmware::Uefi || arch == Arch::Arm64 {
+        let (_, vars) = qemu::uefi_firmware(arch).ok_or(QemuError::NoFirmware(arch))?;
+        let copy = w.join("vars.fd");
+        std::fs::copy(&vars, &copy).map_err(io(&copy))?;
+        Some(copy)
+    } else {
+        None
+    };
+    let serial = out.join("serial.log");
+    let spec = VmSpec {
+        arch,
+        accel: opts.accel,
+        firmware,
+        cpus: r.definition.build.cpus.min(num_cpus()),
+        memory_mib: r.definition.build.memory,
+        disk: Some(overlay),
+        seed_iso: Some(seed_iso),
+        serial_log: serial.clone(),
+        qmp_socket: Some(w.join("qmp.sock")),
+        uefi_vars,
+        hostfwd: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut vm = Vm::start(&spec)?;
+    let mut results: Vec<CheckOutcome> = Vec::new();
+    let on_line = opts.on_line;
+    let wait = vm.wait_for_with(
+        &["IMGBUILD-SMOKE-DONE", "Kernel panic", "end Kernel panic"],
+        Duration::from_secs(r.definition.smoke.timeout as u64 * 60),
+        "the smoke checks",
+        opts.cancel,
+        &mut |line| {
+            on_line(line);
+            if let Some(j) = line.split("IMGBUILD-SMOKE-RESULT ").nth(1) {
+                if let Ok(c) = serde_json::from_str::<CheckOutcome>(j.trim()) {
+                    results.push(c);
+                }
+            }
+        },
+    );
+    let boot_seconds = started.elapsed().as_secs_f64();
+    let mut error = None;
+    match wait {
+        Ok((0, _)) => {}
+        Ok((_, line)) => error = Some(format!("the guest crashed: {line}\n{}", vm.serial_tail())),
+        Err(QemuError::Interrupted) => return Err(QemuError::Interrupted.into()),
+        Err(e) => error = Some(e.to_string()),
+    }
+    let wants_shot = r.definition.smoke.screenshot.unwrap_or(r.definition.features.desktop.is_some());
+    let mut screenshot = None;
+    if wants_shot && error.is_none() {
+        let png = out.join("screenshot.png");
+        match vm.screendump(&png) {
+            Ok(()) => screenshot = Some("screenshot.png".to_string()),
+            Err(e) => error = Some(format!("screenshot failed: {e}")),
+        }
+    }
+    vm.kill();
+    // Every expected check must have reported.
+    for c in checks(r) {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        if !results.iter().any(|x| x.name == name) {
+            results.push(CheckOutcome {
+                name,
+                kind: c["kind"].as_str().unwrap_or_default().into(),
+                passed: false,
+                detail: "did not report (the smoke boot did not get this far)".into(),
+                seconds: 0.0,
+            });
+        }
+    }
+    let passed = error.is_none() && results.iter().all(|c| c.passed);
+    let report = SmokeReport {
+        image: r.name.clone(),
+        arch,
+        artifact: artifact.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        accel: opts.accel.as_str().into(),
+        passed,
+        checks: results,
+        boot_seconds,
+        screenshot,
+        error,
+    };
+    let rp = out.join("report.json");
+    std::fs::write(&rp, serde_json::to_string_pretty(&report).expect("json") + "\n").map_err(io(&rp))?;
+    let jp = out.join("junit.xml");
+    std::fs::write(&jp, junit(&report)).map_err(io(&jp))?;
+    Ok(report)
+}
+
+fn num_cpus() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => o.push_str(&format!("&#x{:x};", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// JUnit XML as GitLab and GitHub test reports read it.
+pub fn junit(r: &SmokeReport) -> String {
+    let failures = r.checks.iter().filter(|c| !c.passed).count() + usize::from(r.error.is_some());
+    let total: f64 = r.checks.iter().map(|c| c.seconds).sum();
+    let suite = format!("imgbuild-smoke.{}.{}", r.image, r.arch);
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!(
+        "<testsuites name=\"imgbuild smoke\" tests=\"{}\" failures=\"{failures}\" time=\"{:.2}\">\n",
+        r.checks.len() + usize::from(r.error.is_some()),
+        r.boot_seconds
+    ));
+    x.push_str(&format!(
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{total:.2}\">\n",
+        xml_escape(&suite),
+        r.checks.len() + usize::from(r.error.is_some())
+    ));
+    if let Some(e) = &r.error {
+        x.push_str(&format!(
+            "    <testcase classname=\"{}\" name=\"boot\" time=\"{:.2}\">\n      <failure message=\"smoke boot failed\">{}</failure>\n    </testcase>\n",
+            xml_escape(&suite),
+            r.boot_seconds,
+            xml_escape(e)
+        ));
+    }
+    for c in &r.checks {
+        x.push_str(&format!(
+            "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{:.2}\">",
+            xml_escape(&suite),
+            xml_escape(&c.kind),
+            xml_escape(&c.name),
+            c.seconds
+        ));
+        if c.passed {
+            x.push_str(&format!("<system-out>{}</system-out></testcase>\n", xml_escape(&c.detail)));
+        } else {
+            x.push_str(&format!(
+                "\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                xml_escape(c.detail.lines().next().unwrap_or("failed")),
+                xml_escape(&c.detail)
+            ));
+        }
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junit_counts_and_escapes() {
+        let r = SmokeReport {
+            image: "img".into(),
+            arch: Arch::Amd64,
+            artifact: "a.qcow2".into(),
+            accel: "tcg".into(),
+            passed: false,
+            checks: vec![
+                CheckOutcome { name: "ok".into(), kind: "unit".into(), passed: true, detail: "fine".into(), seconds: 1.0 },
+                CheckOutcome { name: "bad<&>".into(), kind: "command".into(), passed: false, detail: "exit 1 \"x\"".into(), seconds: 2.0 },
+            ],
+            boot_seconds: 40.0,
+            screenshot: None,
+            error: None,
+        };
+        let x = junit(&r);
+        assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
+        assert!(x.contains("name=\"bad&lt;&amp;&gt;\""), "{x}");
+        assert!(x.contains("<failure message=\"exit 1 &quot;x&quot;\">"), "{x}");
+    }
+}
