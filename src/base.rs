@@ -21,7 +21,11 @@ pub enum BaseError {
     #[error("downloading {url}: {message}")]
     Download { url: String, message: String },
     #[error("{url}: checksum mismatch: expected {expected}, actual {actual}")]
-    Mismatch { url: String, expected: String, actual: String },
+    Mismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error("no base for {0}")]
     Missing(Arch),
     #[error(transparent)]
@@ -31,7 +35,10 @@ pub enum BaseError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BaseError + '_ {
-    move |source| BaseError::Io { path: path.to_path_buf(), source }
+    move |source| BaseError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The cache folder: `$IMGBUILD_CACHE_DIR`, else `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
@@ -42,7 +49,10 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("imgbuild");
     }
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp")).join(".cache/imgbuild")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+        .join(".cache/imgbuild")
 }
 
 /// An exclusive lock on a file in the cache, held until dropped.
@@ -53,12 +63,20 @@ impl Lock {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io(path))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
         use std::os::fd::AsRawFd;
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             tracing::info!("waiting for {} (another build holds it)", path.display());
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(BaseError::Io { path: path.into(), source: std::io::Error::last_os_error() });
+                return Err(BaseError::Io {
+                    path: path.into(),
+                    source: std::io::Error::last_os_error(),
+                });
             }
         }
         Ok(Lock(f))
@@ -78,21 +96,43 @@ pub struct BaseImage {
 }
 
 /// Gets the base for `arch` from the cache, downloading or bootstrapping it if needed.
-pub fn ensure(spec: &BaseSpec, arch: Arch, cache: &Path, cancel: &AtomicBool, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<BaseImage, BaseError> {
+pub fn ensure(
+    spec: &BaseSpec,
+    arch: Arch,
+    cache: &Path,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<BaseImage, BaseError> {
     match spec.kind().ok_or(BaseError::Missing(arch))? {
         Base::CloudImage(c) => {
-            let (algo, hex) = c.checksum.split_once(':').unwrap_or(("sha256", &c.checksum));
+            let (algo, hex) = c
+                .checksum
+                .split_once(':')
+                .unwrap_or(("sha256", &c.checksum));
             let path = cache.join("images").join(format!("{algo}-{hex}.img"));
             let sidecar = path.with_extension("sha256");
             let _lock = Lock::acquire(&path.with_extension("lock"))?;
             let cache_hit = path.is_file() && sidecar.is_file();
             if !cache_hit {
                 fetch(&c.url, algo, hex, &path, cancel, progress)?;
-                let d = crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Download { url: c.url.clone(), message: e.to_string() })?;
+                let d =
+                    crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Download {
+                        url: c.url.clone(),
+                        message: e.to_string(),
+                    })?;
                 std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
             }
-            let sha256 = std::fs::read_to_string(&sidecar).map_err(io(&sidecar))?.trim().to_string();
-            Ok(BaseImage { path, kind: "cloud_image", source: c.url.clone(), sha256, cache_hit })
+            let sha256 = std::fs::read_to_string(&sidecar)
+                .map_err(io(&sidecar))?
+                .trim()
+                .to_string();
+            Ok(BaseImage {
+                path,
+                kind: "cloud_image",
+                source: c.url.clone(),
+                sha256,
+                cache_hit,
+            })
         }
         Base::Bootstrap(b) => {
             let key = bootstrap::cache_key(b, arch);
@@ -106,11 +146,23 @@ pub fn ensure(spec: &BaseSpec, arch: Arch, cache: &Path, cancel: &AtomicBool, pr
                 let result = bootstrap::bootstrap(b, arch, &work, &path, cancel);
                 let _ = std::fs::remove_dir_all(&work);
                 result?;
-                let d = crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+                let d = crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
                 std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
             }
-            let sha256 = std::fs::read_to_string(&sidecar).map_err(io(&sidecar))?.trim().to_string();
-            Ok(BaseImage { path, kind: "bootstrap", source: format!("mmdebstrap {} {}", b.suite, b.mirror), sha256, cache_hit })
+            let sha256 = std::fs::read_to_string(&sidecar)
+                .map_err(io(&sidecar))?
+                .trim()
+                .to_string();
+            Ok(BaseImage {
+                path,
+                kind: "bootstrap",
+                source: format!("mmdebstrap {} {}", b.suite, b.mirror),
+                sha256,
+                cache_hit,
+            })
         }
     }
 }
@@ -137,8 +189,18 @@ impl Hasher {
 
 /// Downloads `url` to `dest` (via `dest.part`), hashing as it goes; only a verified file is
 /// renamed into place. A mismatch deletes the partial file and names both digests.
-pub fn fetch(url: &str, algo: &str, expected: &str, dest: &Path, cancel: &AtomicBool, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<(), BaseError> {
-    let dl = |message: String| BaseError::Download { url: url.to_string(), message };
+pub fn fetch(
+    url: &str,
+    algo: &str,
+    expected: &str,
+    dest: &Path,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<(), BaseError> {
+    let dl = |message: String| BaseError::Download {
+        url: url.to_string(),
+        message,
+    };
     if let Some(d) = dest.parent() {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
@@ -147,16 +209,21 @@ pub fn fetch(url: &str, algo: &str, expected: &str, dest: &Path, cancel: &Atomic
         "sha512" => Hasher::Sha512(Sha512::new()),
         _ => Hasher::Sha256(Sha256::new()),
     };
-    let (mut reader, total): (Box<dyn Read>, Option<u64>) = if let Some(p) = url.strip_prefix("file://") {
-        let f = std::fs::File::open(p).map_err(|e| dl(e.to_string()))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        (Box::new(f), len)
-    } else {
-        tracing::debug!(target: "exec", "GET {url}");
-        let resp = ureq::get(url).call().map_err(|e| dl(e.to_string()))?;
-        let len = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        (Box::new(resp.into_body().into_reader()), len)
-    };
+    let (mut reader, total): (Box<dyn Read>, Option<u64>) =
+        if let Some(p) = url.strip_prefix("file://") {
+            let f = std::fs::File::open(p).map_err(|e| dl(e.to_string()))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        } else {
+            tracing::debug!(target: "exec", "GET {url}");
+            let resp = ureq::get(url).call().map_err(|e| dl(e.to_string()))?;
+            let len = resp
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            (Box::new(resp.into_body().into_reader()), len)
+        };
     let result = (|| {
         let mut out = std::fs::File::create(&part).map_err(io(&part))?;
         let mut buf = vec![0u8; 1 << 20];
@@ -184,7 +251,11 @@ pub fn fetch(url: &str, algo: &str, expected: &str, dest: &Path, cancel: &Atomic
     let actual = hasher.hex();
     if !actual.eq_ignore_ascii_case(expected) {
         let _ = std::fs::remove_file(&part);
-        return Err(BaseError::Mismatch { url: url.into(), expected: format!("{algo}:{expected}"), actual: format!("{algo}:{actual}") });
+        return Err(BaseError::Mismatch {
+            url: url.into(),
+            expected: format!("{algo}:{expected}"),
+            actual: format!("{algo}:{actual}"),
+        });
     }
     std::fs::rename(&part, dest).map_err(io(dest))
 }
@@ -205,9 +276,20 @@ mod tests {
         fetch(&url, "sha256", good, &dest, &never, &mut |_, _| {}).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
         let bad_dest = dir.path().join("cache/y.img");
-        let e = fetch(&url, "sha256", &"0".repeat(64), &bad_dest, &never, &mut |_, _| {}).unwrap_err();
+        let e = fetch(
+            &url,
+            "sha256",
+            &"0".repeat(64),
+            &bad_dest,
+            &never,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains(&format!("expected sha256:{}", "0".repeat(64))) && msg.contains(good), "{msg}");
+        assert!(
+            msg.contains(&format!("expected sha256:{}", "0".repeat(64))) && msg.contains(good),
+            "{msg}"
+        );
         assert!(!bad_dest.exists() && !bad_dest.with_extension("part").exists());
     }
 }

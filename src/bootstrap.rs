@@ -230,13 +230,14 @@ pub fn layout(size: u64) -> Result<[(u64, u64); 3], BootstrapError> {
     let total = size / SECTOR;
     let esp_start = BIOS_BOOT_START + BIOS_BOOT_SECTORS;
     let root_start = esp_start + ESP_SECTORS;
-    // The backup GPT takes the last 33 sectors; keep the root 1 MiB-aligned in size.
-    let root_sectors = ((total - 34 - root_start) / 2048) * 2048;
-    if total < root_start + 2048 * 512 {
+    if total < root_start + 34 + 2048 * 512 {
         return Err(BootstrapError::Layout(format!(
-            "a disk of {size} bytes is too small"
+            "a disk of {size} bytes is too small (at least {} MiB)",
+            (root_start + 34 + 2048 * 512) / 2048 + 1
         )));
     }
+    // The backup GPT takes the last 33 sectors; keep the root 1 MiB-aligned in size.
+    let root_sectors = ((total - 34 - root_start) / 2048) * 2048;
     Ok([
         (BIOS_BOOT_START, BIOS_BOOT_SECTORS),
         (esp_start, ESP_SECTORS),

@@ -41,7 +41,12 @@ pub enum DigestError {
         source: std::io::Error,
     },
     #[error("{path}: {algo:?} mismatch: expected {expected}, actual {actual}")]
-    Mismatch { path: PathBuf, algo: Algo, expected: String, actual: String },
+    Mismatch {
+        path: PathBuf,
+        algo: Algo,
+        expected: String,
+        actual: String,
+    },
     #[error("{file}:{line}: not a `HEX  NAME` line")]
     BadLine { file: PathBuf, line: usize },
 }
@@ -51,7 +56,10 @@ const CHUNK: usize = 4 << 20;
 /// Reads `path` once, feeding every chunk to the three hashers. The reader thread and the
 /// hashing threads overlap: sha512 and md5 run beside sha256 on their own cores.
 pub fn digest_file(path: &Path, mut progress: impl FnMut(u64)) -> Result<Digests, DigestError> {
-    let io = |source| DigestError::Io { path: path.to_path_buf(), source };
+    let io = |source| DigestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let (tx512, rx512) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
     let (txmd5, rxmd5) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
@@ -119,7 +127,10 @@ pub fn parse_sums(text: &str, file: &Path) -> Result<Vec<(String, String)>, Dige
             .split_once("  ")
             .or_else(|| line.split_once(" *"))
             .filter(|(h, _)| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or(DigestError::BadLine { file: file.to_path_buf(), line: i + 1 })?;
+            .ok_or(DigestError::BadLine {
+                file: file.to_path_buf(),
+                line: i + 1,
+            })?;
         out.push((hex.to_ascii_lowercase(), name.to_string()));
     }
     Ok(out)
@@ -145,7 +156,10 @@ mod tests {
         let p = dir.path().join("abc");
         std::fs::write(&p, b"abc").unwrap();
         let d = digest_file(&p, |_| {}).unwrap();
-        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
         assert!(d.sha512.starts_with("ddaf35a193617aba"));
         assert_eq!(d.size, 3);
@@ -154,7 +168,13 @@ mod tests {
     #[test]
     fn parses_both_sum_formats() {
         let v = parse_sums("ab12  a.img\nCD34 *b.img\n", Path::new("S")).unwrap();
-        assert_eq!(v, vec![("ab12".into(), "a.img".into()), ("cd34".into(), "b.img".into())]);
+        assert_eq!(
+            v,
+            vec![
+                ("ab12".into(), "a.img".into()),
+                ("cd34".into(), "b.img".into())
+            ]
+        );
         assert!(parse_sums("nothex  x\n", Path::new("S")).is_err());
     }
 }

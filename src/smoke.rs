@@ -14,8 +14,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 pub const RUNNER: &str = include_str!("../cloud-init/guest/smoke.py");
-pub const BUILTIN_CHECKS: [&str; 5] =
-    ["cloud-init-no-errors", "fresh-ssh-host-keys", "fresh-machine-id", "fresh-cloud-init-state", "no-build-leftovers"];
+pub const BUILTIN_CHECKS: [&str; 5] = [
+    "cloud-init-no-errors",
+    "fresh-ssh-host-keys",
+    "fresh-machine-id",
+    "fresh-cloud-init-state",
+    "no-build-leftovers",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SmokeError {
@@ -30,7 +35,10 @@ pub enum SmokeError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SmokeError + '_ {
-    move |source| SmokeError::Io { path: path.to_path_buf(), source }
+    move |source| SmokeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -81,8 +89,10 @@ fn check_json(c: &Check) -> serde_json::Value {
 
 /// The checks the guest runs: built-ins first, then the definition's.
 pub fn checks(r: &Resolved) -> Vec<serde_json::Value> {
-    let mut v: Vec<serde_json::Value> =
-        BUILTIN_CHECKS.iter().map(|b| json!({"name": b, "kind": "builtin", "builtin": b})).collect();
+    let mut v: Vec<serde_json::Value> = BUILTIN_CHECKS
+        .iter()
+        .map(|b| json!({"name": b, "kind": "builtin", "builtin": b}))
+        .collect();
     v.extend(r.definition.smoke.checks.iter().map(check_json));
     v
 }
@@ -118,18 +128,34 @@ fn random_hex(n: usize) -> String {
 /// Boots `artifact` and runs the checks; writes report.json, junit.xml, serial.log (and
 /// screenshot.png) into `opts.out_dir`. A failed check is a report with `passed: false`, not
 /// an error; a boot that never reaches the end is a report with `error` set.
-pub fn smoke(r: &Resolved, arch: Arch, artifact: &Path, opts: SmokeOptions) -> Result<SmokeReport, SmokeError> {
+pub fn smoke(
+    r: &Resolved,
+    arch: Arch,
+    artifact: &Path,
+    opts: SmokeOptions,
+) -> Result<SmokeReport, SmokeError> {
     let out = opts.out_dir;
     std::fs::create_dir_all(out).map_err(io(out))?;
-    let work = tempfile::Builder::new().prefix(".smoke-").tempdir_in(out).map_err(io(out))?;
+    let work = tempfile::Builder::new()
+        .prefix(".smoke-")
+        .tempdir_in(out)
+        .map_err(io(out))?;
     let w = work.path();
     let instance = format!("imgbuild-smoke-{}", random_hex(8));
     let seed_dir = w.join("seed");
     std::fs::create_dir_all(&seed_dir).map_err(io(&seed_dir))?;
     let files = [
         ("user-data", user_data(r, &instance)),
-        ("meta-data", crate::render::yaml::to_string(&json!({"instance-id": instance, "local-hostname": format!("{}-smoke", r.name)}))),
-        ("network-config", crate::render::cloud_init::network_config()),
+        (
+            "meta-data",
+            crate::render::yaml::to_string(
+                &json!({"instance-id": instance, "local-hostname": format!("{}-smoke", r.name)}),
+            ),
+        ),
+        (
+            "network-config",
+            crate::render::cloud_init::network_config(),
+        ),
     ];
     let mut seed_files = Vec::new();
     for (name, content) in &files {
@@ -142,7 +168,11 @@ pub fn smoke(r: &Resolved, arch: Arch, artifact: &Path, opts: SmokeOptions) -> R
     qemu::make_seed_iso(&refs, &seed_iso)?;
     let overlay = w.join("overlay.qcow2");
     qemu::create_overlay(artifact, &overlay, None)?;
-    let firmware = if r.definition.build.firmware == Firmware::Uefi { qemu::Firmware::Uefi } else { qemu::Firmware::Bios };
+    let firmware = if r.definition.build.firmware == Firmware::Uefi {
+        qemu::Firmware::Uefi
+    } else {
+        qemu::Firmware::Bios
+    };
     let uefi_vars = if firmware == qemu::Firmware::Uefi || arch == Arch::Arm64 {
         let (_, vars) = qemu::uefi_firmware(arch).ok_or(QemuError::NoFirmware(arch))?;
         let copy = w.join("vars.fd");
@@ -191,7 +221,11 @@ pub fn smoke(r: &Resolved, arch: Arch, artifact: &Path, opts: SmokeOptions) -> R
         Err(QemuError::Interrupted) => return Err(QemuError::Interrupted.into()),
         Err(e) => error = Some(e.to_string()),
     }
-    let wants_shot = r.definition.smoke.screenshot.unwrap_or(r.definition.features.desktop.is_some());
+    let wants_shot = r
+        .definition
+        .smoke
+        .screenshot
+        .unwrap_or(r.definition.features.desktop.is_some());
     let mut screenshot = None;
     if wants_shot && error.is_none() {
         let png = out.join("screenshot.png");
@@ -218,7 +252,10 @@ pub fn smoke(r: &Resolved, arch: Arch, artifact: &Path, opts: SmokeOptions) -> R
     let report = SmokeReport {
         image: r.name.clone(),
         arch,
-        artifact: artifact.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        artifact: artifact
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         accel: opts.accel.as_str().into(),
         passed,
         checks: results,
@@ -227,14 +264,20 @@ pub fn smoke(r: &Resolved, arch: Arch, artifact: &Path, opts: SmokeOptions) -> R
         error,
     };
     let rp = out.join("report.json");
-    std::fs::write(&rp, serde_json::to_string_pretty(&report).expect("json") + "\n").map_err(io(&rp))?;
+    std::fs::write(
+        &rp,
+        serde_json::to_string_pretty(&report).expect("json") + "\n",
+    )
+    .map_err(io(&rp))?;
     let jp = out.join("junit.xml");
     std::fs::write(&jp, junit(&report)).map_err(io(&jp))?;
     Ok(report)
 }
 
 fn num_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 fn xml_escape(s: &str) -> String {
@@ -246,7 +289,9 @@ fn xml_escape(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => o.push_str(&format!("&#x{:x};", c as u32)),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {
+                o.push_str(&format!("&#x{:x};", c as u32))
+            }
             c => o.push(c),
         }
     }
@@ -286,7 +331,10 @@ pub fn junit(r: &SmokeReport) -> String {
             c.seconds
         ));
         if c.passed {
-            x.push_str(&format!("<system-out>{}</system-out></testcase>\n", xml_escape(&c.detail)));
+            x.push_str(&format!(
+                "<system-out>{}</system-out></testcase>\n",
+                xml_escape(&c.detail)
+            ));
         } else {
             x.push_str(&format!(
                 "\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
@@ -312,8 +360,20 @@ mod tests {
             accel: "tcg".into(),
             passed: false,
             checks: vec![
-                CheckOutcome { name: "ok".into(), kind: "unit".into(), passed: true, detail: "fine".into(), seconds: 1.0 },
-                CheckOutcome { name: "bad<&>".into(), kind: "command".into(), passed: false, detail: "exit 1 \"x\"".into(), seconds: 2.0 },
+                CheckOutcome {
+                    name: "ok".into(),
+                    kind: "unit".into(),
+                    passed: true,
+                    detail: "fine".into(),
+                    seconds: 1.0,
+                },
+                CheckOutcome {
+                    name: "bad<&>".into(),
+                    kind: "command".into(),
+                    passed: false,
+                    detail: "exit 1 \"x\"".into(),
+                    seconds: 2.0,
+                },
             ],
             boot_seconds: 40.0,
             screenshot: None,
@@ -322,6 +382,9 @@ mod tests {
         let x = junit(&r);
         assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
         assert!(x.contains("name=\"bad&lt;&amp;&gt;\""), "{x}");
-        assert!(x.contains("<failure message=\"exit 1 &quot;x&quot;\">"), "{x}");
+        assert!(
+            x.contains("<failure message=\"exit 1 &quot;x&quot;\">"),
+            "{x}"
+        );
     }
 }

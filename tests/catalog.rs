@@ -19,16 +19,26 @@ fn validate_all_strict_passes_with_every_validator_run() {
     for img in images.as_array().unwrap() {
         let name = img["name"].as_str().unwrap();
         for arch in img["arch"].as_array().unwrap() {
-            for validator in ["packer-validate", "cloud-init-schema", "cloud-config-schema-24.04", "netplan-v2-schema"] {
+            for validator in [
+                "packer-validate",
+                "cloud-init-schema",
+                "cloud-config-schema-24.04",
+                "netplan-v2-schema",
+            ] {
                 assert!(
-                    results.iter().any(|r| r["image"] == name && r["arch"] == *arch && r["validator"] == validator && r["status"] == "passed"),
+                    results.iter().any(|r| r["image"] == name
+                        && r["arch"] == *arch
+                        && r["validator"] == validator
+                        && r["status"] == "passed"),
                     "{name} {arch} {validator} did not pass"
                 );
             }
         }
     }
     assert!(
-        results.iter().any(|r| r["image"] == "desktop-ai" && r["validator"] == "compose-spec" && r["status"] == "passed"),
+        results.iter().any(|r| r["image"] == "desktop-ai"
+            && r["validator"] == "compose-spec"
+            && r["status"] == "passed"),
         "desktop-ai's compose project was not checked against compose-spec"
     );
 }
@@ -38,7 +48,11 @@ fn the_catalog_has_the_promised_images_and_arches() {
     let out = imgbuild(&repo(), &["--json", "list"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let arch_of = |n: &str| -> Vec<String> {
-        v.as_array().unwrap().iter().find(|i| i["name"] == n).unwrap_or_else(|| panic!("{n} missing"))["arch"]
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing"))["arch"]
             .as_array()
             .unwrap()
             .iter()
@@ -60,14 +74,24 @@ fn the_catalog_has_the_promised_images_and_arches() {
 fn a_broken_render_is_caught_by_the_validators() {
     // The validators can fail: a user-data key of the wrong type and a broken HCL file.
     let dir = catalog(&[("img", MINIMAL)]);
-    let out = imgbuild(dir.path(), &["render", "img", "-o", "r", "--packer-version", "1.6.6"]);
+    let out = imgbuild(
+        dir.path(),
+        &["render", "img", "-o", "r", "--packer-version", "1.6.6"],
+    );
     assert!(out.status.success(), "{:?}", text(&out));
     let ud = dir.path().join("r/amd64/seed/user-data");
     let mut s = std::fs::read_to_string(&ud).unwrap();
     s.push_str("package_update: \"sometimes\"\n");
     std::fs::write(&ud, s).unwrap();
-    let ci = std::process::Command::new("cloud-init").args(["schema", "-c"]).arg(&ud).output().unwrap();
-    assert!(!ci.status.success(), "cloud-init schema accepted a bad user-data");
+    let ci = std::process::Command::new("cloud-init")
+        .args(["schema", "-c"])
+        .arg(&ud)
+        .output()
+        .unwrap();
+    assert!(
+        !ci.status.success(),
+        "cloud-init schema accepted a bad user-data"
+    );
     let hcl = dir.path().join("r/amd64/packer/build.pkr.hcl");
     let h = std::fs::read_to_string(&hcl).unwrap();
     assert!(h.contains("headless"));
@@ -78,5 +102,8 @@ fn a_broken_render_is_caught_by_the_validators() {
         .env("CHECKPOINT_DISABLE", "1")
         .output()
         .unwrap();
-    assert!(!pv.status.success(), "packer validate accepted a bad template");
+    assert!(
+        !pv.status.success(),
+        "packer validate accepted a bad template"
+    );
 }

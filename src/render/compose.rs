@@ -30,11 +30,23 @@ fn read(path: &Path) -> Result<String, RenderError> {
     })
 }
 
+/// Parses a compose file, resolving YAML anchors and `<<` merge keys as compose does.
 fn parse(path: &Path) -> Result<Value, RenderError> {
-    serde_norway::from_str(&read(path)?).map_err(|e| RenderError::Compose {
+    let err = |e: serde_norway::Error| RenderError::Compose {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })
+    };
+    let mut doc: serde_norway::Value = serde_norway::from_str(&read(path)?).map_err(err)?;
+    // A merged map may itself carry `<<` (an anchor built on another anchor): repeat until
+    // nothing changes, bounded so a pathological file cannot spin.
+    for _ in 0..16 {
+        let before = doc.clone();
+        doc.apply_merge().map_err(err)?;
+        if doc == before {
+            break;
+        }
+    }
+    serde_norway::from_value(doc).map_err(err)
 }
 
 /// Escapes a string for compose interpolation.
