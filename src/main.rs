@@ -56,6 +56,82 @@ enum Command {
     /// Check definitions and run the real validators over their rendered files: packer
     /// validate, cloud-init schema, check-jsonschema (cloud-config 24.04, netplan v2, compose-spec).
     Validate(ValidateArgs),
+    /// Build an image: base, provisioning in QEMU (native or Packer), hygiene, compaction,
+    /// smoke boot, digests and manifest, into OUT/IMAGE/VERSION (atomically).
+    #[command(disable_version_flag = true)]
+    Build(BuildArgs),
+    /// Boot a built artifact on a throw-away overlay and run the image's smoke checks
+    /// (the artifact is never modified); writes report.json, junit.xml, serial.log.
+    Smoke(SmokeArgs),
+    /// Print sha256sum-format lines for files, or verify files against a SHA256SUMS file.
+    Checksum(ChecksumArgs),
+    /// Check the host: tool versions, whether KVM really works, free disk in the cache.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// The image to build.
+    image: String,
+    /// The arch to build (default: the host's, if the image lists it, else its first).
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// qemu: imgbuild drives QEMU itself; packer: `packer build` on the rendered HCL.
+    #[arg(long, value_enum, default_value = "qemu")]
+    backend: imgbuild::build::Backend,
+    /// The version (default: UTC date and short git commit, e.g. 20261123-1a2b3c4).
+    #[arg(long = "version", value_name = "V")]
+    image_version: Option<String>,
+    /// The dist folder; the build lands in OUT/IMAGE/VERSION.
+    #[arg(long, default_value = "dist")]
+    out: PathBuf,
+    /// Skip the smoke boot (the manifest then says so).
+    #[arg(long)]
+    no_smoke: bool,
+    /// Replace an existing OUT/IMAGE/VERSION.
+    #[arg(long)]
+    force: bool,
+    /// qcow2 compression of the artifact.
+    #[arg(long, value_enum, default_value = "auto")]
+    compression: imgbuild::build::CompressionChoice,
+    /// Cache for base images and work folders (default: $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct SmokeArgs {
+    /// The artifact (qcow2 or raw) to boot; it is never written.
+    artifact: PathBuf,
+    /// The image definition whose smoke checks to run.
+    #[arg(long)]
+    image: String,
+    /// The artifact's arch (default: the host's, if the image lists it, else its first).
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// Where report.json, junit.xml, serial.log (and screenshot.png) go.
+    #[arg(short = 'o', long = "out", default_value = "smoke")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ChecksumArgs {
+    /// Files to hash (with --verify: only these entries; default all).
+    files: Vec<PathBuf>,
+    /// Verify against this sha256sum-format file (sha512/md5 lines are recognised by length);
+    /// names are relative to its folder.
+    #[arg(long, value_name = "SUMS")]
+    verify: Option<PathBuf>,
+    /// The digest to print.
+    #[arg(long, value_enum, default_value = "sha256")]
+    algo: imgbuild::digest::Algo,
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Cache folder to report free space for (default: $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +179,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<DefinitionError>() || cause.is::<UsageError>() {
             return 2;
+        }
+        if let Some(b) = cause.downcast_ref::<imgbuild::build::BuildError>() {
+            return if b.is_usage() { 2 } else { 1 };
         }
         if let Some(r) = cause.downcast_ref::<RenderError>() {
             if matches!(
@@ -152,6 +231,10 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Show { image } => show(cli, &catalog, image),
         Command::Render(a) => render_cmd(cli, &catalog, a),
         Command::Validate(a) => validate(cli, &catalog, a),
+        Command::Build(a) => build_cmd(cli, &catalog, a),
+        Command::Smoke(a) => smoke_cmd(cli, &catalog, a),
+        Command::Checksum(a) => checksum_cmd(cli, a),
+        Command::Doctor(a) => doctor_cmd(cli, a),
     }
 }
 
@@ -391,4 +474,268 @@ fn indent(s: &str) -> String {
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Ctrl-C and SIGTERM set the flag (the build stops and cleans up); a second one exits at once.
+fn cancel_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(flag)
+}
+
+/// The arch to build or boot: the given one, else the host's if listed, else the first listed.
+fn one_arch(r: &Resolved, only: Option<Arch>) -> Result<Arch> {
+    let listed = arches(r, only)?;
+    Ok(if listed.contains(&Arch::host()) {
+        Arch::host()
+    } else {
+        listed[0]
+    })
+}
+
+fn buildable(catalog: &Catalog, image: &str) -> Result<Resolved> {
+    let r = catalog.load_checked(image)?;
+    if r.definition.is_abstract {
+        return Err(UsageError(format!(
+            "{image} is abstract: build an image that extends it"
+        ))
+        .into());
+    }
+    Ok(r)
+}
+
+fn build_cmd(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
+    use imgbuild::build::{self, BuildOptions};
+    let r = buildable(catalog, &a.image)?;
+    let arch = one_arch(&r, a.arch)?;
+    let cancel = cancel_flag()?;
+    let opts = BuildOptions {
+        arch,
+        backend: a.backend,
+        version: a.image_version.clone(),
+        out: a.out.clone(),
+        cache: a
+            .cache_dir
+            .clone()
+            .unwrap_or_else(imgbuild::base::default_cache_dir),
+        smoke: !a.no_smoke,
+        compression: a.compression,
+        force: a.force,
+    };
+    let mut p = imgbuild::progress::Progress::new(cli.quiet);
+    let m = build::build(&r, &opts, &cancel, &mut p)?;
+    let dir = a.out.join(&m.image).join(&m.version);
+    if cli.json {
+        print_json(&m)?;
+    } else {
+        println!("{}", dir.join(&m.artifact.file).display());
+        println!("sha256 {}", m.digests.sha256);
+        println!(
+            "{} {} {}: built in {:.0} s ({}, {}), smoke {}",
+            m.image,
+            m.version,
+            m.arch,
+            m.build.duration_seconds,
+            m.backend,
+            m.accel,
+            match &m.smoke {
+                Some(s) => format!("passed ({} checks)", s.checks),
+                None => "skipped".into(),
+            }
+        );
+    }
+    Ok(())
+}
+
+fn smoke_cmd(cli: &Cli, catalog: &Catalog, a: &SmokeArgs) -> Result<()> {
+    let r = buildable(catalog, &a.image)?;
+    let arch = one_arch(&r, a.arch)?;
+    if !a.artifact.is_file() {
+        return Err(UsageError(format!("{}: no such file", a.artifact.display())).into());
+    }
+    let cancel = cancel_flag()?;
+    let accel = imgbuild::qemu::probe_accel(arch);
+    let mut p = imgbuild::progress::Progress::new(cli.quiet);
+    p.line(&format!(
+        "accelerator: {} ({})",
+        accel.accel.as_str(),
+        accel.reason
+    ));
+    p.stage("smoke");
+    let mut seen = std::collections::HashSet::new();
+    let mut on_line = |line: &str| {
+        if let Some(j) = line.split("IMGBUILD-SMOKE-RESULT ").nth(1) {
+            if let Ok(c) = serde_json::from_str::<imgbuild::smoke::CheckOutcome>(j.trim()) {
+                if !seen.insert(c.name.clone()) {
+                    return;
+                }
+                p.status(
+                    &format!("{} {}", if c.passed { "ok  " } else { "FAIL" }, c.name),
+                    true,
+                );
+            }
+        }
+    };
+    let report = imgbuild::smoke::smoke(
+        &r,
+        arch,
+        &a.artifact,
+        imgbuild::smoke::SmokeOptions {
+            accel: accel.accel,
+            out_dir: &a.out,
+            cancel: &cancel,
+            on_line: &mut on_line,
+        },
+    )?;
+    if report.passed {
+        p.done("");
+    } else {
+        p.fail();
+    }
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        for c in &report.checks {
+            println!(
+                "{} {}: {}",
+                if c.passed { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+        if let Some(e) = &report.error {
+            println!("error: {e}");
+        }
+        println!("report: {}", a.out.join("report.json").display());
+    }
+    if !report.passed {
+        let failed: Vec<String> = report
+            .failed_checks()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        return Err(Failed(format!(
+            "smoke test failed{}{}",
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", failed.join(", "))
+            },
+            report
+                .error
+                .as_ref()
+                .map(|e| format!("; {}", e.lines().next().unwrap_or_default()))
+                .unwrap_or_default()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn checksum_cmd(cli: &Cli, a: &ChecksumArgs) -> Result<()> {
+    use imgbuild::digest;
+    if let Some(sums) = &a.verify {
+        let text = std::fs::read_to_string(sums)
+            .map_err(|e| UsageError(format!("{}: {e}", sums.display())))?;
+        let entries = digest::parse_sums(&text, sums).map_err(|e| UsageError(e.to_string()))?;
+        let base = sums.parent().unwrap_or(std::path::Path::new("."));
+        let wanted: Vec<String> = a
+            .files
+            .iter()
+            .map(|f| {
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        for w in &wanted {
+            if !entries.iter().any(|(_, n)| n.trim_start_matches("./") == w) {
+                return Err(UsageError(format!("{w} is not listed in {}", sums.display())).into());
+            }
+        }
+        let mut results = Vec::new();
+        let mut bad = 0;
+        for (hex, name) in &entries {
+            let short = name.trim_start_matches("./");
+            if !wanted.is_empty() && !wanted.iter().any(|w| w == short) {
+                continue;
+            }
+            let algo = digest::algo_of(hex).ok_or_else(|| {
+                UsageError(format!(
+                    "{}: `{hex}` is no sha256, sha512 or md5 digest",
+                    sums.display()
+                ))
+            })?;
+            let path = base.join(name);
+            let (ok, actual) = match digest::digest_file(&path, |_| {}) {
+                Ok(d) => (d.get(algo) == hex, d.get(algo).to_string()),
+                Err(e) => (false, format!("unreadable: {e}")),
+            };
+            if !ok {
+                bad += 1;
+            }
+            if !cli.json {
+                if ok {
+                    println!("{name}: OK");
+                } else {
+                    println!("{name}: FAILED\n  expected {algo:?}: {hex}\n  actual:   {actual}");
+                }
+            }
+            results.push(serde_json::json!({
+                "file": name, "algo": algo, "ok": ok, "expected": hex, "actual": actual,
+            }));
+        }
+        if cli.json {
+            print_json(&results)?;
+        }
+        if bad > 0 {
+            return Err(Failed(format!(
+                "{bad} of {} checksum(s) did not match",
+                results.len()
+            ))
+            .into());
+        }
+        return Ok(());
+    }
+    if a.files.is_empty() {
+        return Err(UsageError("give files to hash, or --verify SUMS".into()).into());
+    }
+    let mut out = Vec::new();
+    for f in &a.files {
+        let d =
+            digest::digest_file(f, |_| {}).with_context(|| format!("hashing {}", f.display()))?;
+        if cli.json {
+            out.push(serde_json::json!({
+                "file": f, "size": d.size, "sha256": d.sha256, "sha512": d.sha512, "md5": d.md5,
+            }));
+        } else {
+            print!("{}", digest::sum_line(d.get(a.algo), &f.to_string_lossy()));
+        }
+    }
+    if cli.json {
+        print_json(&out)?;
+    }
+    Ok(())
+}
+
+fn doctor_cmd(cli: &Cli, a: &DoctorArgs) -> Result<()> {
+    let cache = a
+        .cache_dir
+        .clone()
+        .unwrap_or_else(imgbuild::base::default_cache_dir);
+    let report = imgbuild::doctor::run(&cache);
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.text());
+    }
+    if !report.ready {
+        return Err(Failed("required tools are missing (see above)".into()).into());
+    }
+    Ok(())
 }

@@ -329,12 +329,65 @@ impl VmSpec {
 /// A running QEMU. Dropping it kills and reaps the process.
 pub struct Vm {
     child: Option<Child>,
-    serial_log: PathBuf,
+    serial: SerialReader,
     stderr_log: PathBuf,
     qmp_socket: Option<PathBuf>,
+}
+
+/// Follows a serial console log file (written by QEMU's `-serial file:`) line by line.
+pub struct SerialReader {
+    path: PathBuf,
     offset: u64,
     pending: String,
     tail: std::collections::VecDeque<String>,
+}
+
+impl SerialReader {
+    pub fn new(path: &Path) -> SerialReader {
+        SerialReader {
+            path: path.to_path_buf(),
+            offset: 0,
+            pending: String::new(),
+            tail: Default::default(),
+        }
+    }
+
+    /// New complete lines since the last call, ANSI escapes removed.
+    pub fn new_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return lines;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return lines;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return lines;
+        }
+        self.offset += buf.len() as u64;
+        self.pending.push_str(&String::from_utf8_lossy(&buf));
+        while let Some(i) = self.pending.find('\n') {
+            let line: String = self.pending.drain(..=i).collect();
+            let line = strip_ansi(line.trim_end_matches(['\n', '\r']));
+            self.tail.push_back(line.clone());
+            if self.tail.len() > 60 {
+                self.tail.pop_front();
+            }
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// The last (up to 60) lines, including an unfinished one.
+    pub fn tail(&mut self) -> String {
+        self.new_lines();
+        let mut t: Vec<String> = self.tail.iter().cloned().collect();
+        if !self.pending.trim().is_empty() {
+            t.push(strip_ansi(&self.pending));
+        }
+        t.join("\n")
+    }
 }
 
 impl Vm {
@@ -375,12 +428,9 @@ impl Vm {
         })?;
         Ok(Vm {
             child: Some(child),
-            serial_log: spec.serial_log.clone(),
+            serial: SerialReader::new(&spec.serial_log),
             stderr_log,
             qmp_socket: spec.qmp_socket.clone(),
-            offset: 0,
-            pending: String::new(),
-            tail: Default::default(),
         })
     }
 
@@ -388,41 +438,13 @@ impl Vm {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// New complete lines of the serial console since the last call.
     fn new_lines(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
-        let Ok(mut f) = std::fs::File::open(&self.serial_log) else {
-            return lines;
-        };
-        if f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return lines;
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return lines;
-        }
-        self.offset += buf.len() as u64;
-        self.pending.push_str(&String::from_utf8_lossy(&buf));
-        while let Some(i) = self.pending.find('\n') {
-            let line: String = self.pending.drain(..=i).collect();
-            let line = strip_ansi(line.trim_end_matches(['\n', '\r']));
-            self.tail.push_back(line.clone());
-            if self.tail.len() > 60 {
-                self.tail.pop_front();
-            }
-            lines.push(line);
-        }
-        lines
+        self.serial.new_lines()
     }
 
     /// The last lines of the serial console.
     pub fn serial_tail(&mut self) -> String {
-        self.new_lines();
-        let mut t: Vec<String> = self.tail.iter().cloned().collect();
-        if !self.pending.trim().is_empty() {
-            t.push(self.pending.clone());
-        }
-        t.join("\n")
+        self.serial.tail()
     }
 
     fn stderr_text(&self) -> String {
@@ -682,13 +704,21 @@ pub fn convert(
     Ok(())
 }
 
-/// Does this qemu-img write zstd-compressed qcow2 (QEMU ≥ 5.1)?
+/// Does this qemu-img write zstd-compressed qcow2 (QEMU ≥ 5.1, built with zstd)? Probed by
+/// creating a tiny image with it.
 pub fn qemu_supports_zstd() -> bool {
-    Cmd::new("qemu-img")
-        .args(["create", "-f", "qcow2", "-o", "help"])
-        .read()
-        .map(|s| s.contains("zstd"))
-        .unwrap_or(false)
+    static ZSTD: OnceLock<bool> = OnceLock::new();
+    *ZSTD.get_or_init(|| {
+        let Ok(dir) = tempfile::tempdir() else {
+            return false;
+        };
+        Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd"])
+            .arg(dir.path().join("probe.qcow2"))
+            .arg("1M")
+            .run()
+            .is_ok()
+    })
 }
 
 /// A NoCloud seed ISO (volume label `cidata`) from the given files.

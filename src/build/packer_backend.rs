@@ -1,0 +1,220 @@
+//! The Packer backend: real `packer build` on the rendered HCL, unmodified, with the local
+//! values (base image path, seed folder, serial log, accelerator) passed as `-var`s. Packer's
+//! QEMU builder has no communicator here: it waits for the guest to power off by itself,
+//! while imgbuild reads the same serial console markers as the native backend, so a failed
+//! provisioning stops Packer at once instead of after `shutdown_timeout`.
+
+use super::qemu_backend::{failure, log_name};
+use super::watch::{Event, Watch};
+use super::{io, BuildError, ProvisionInput, Provisioned};
+use crate::exec::Cmd;
+use crate::progress::Progress;
+use crate::qemu::SerialReader;
+use crate::render::PACKER_DIR;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned, BuildError> {
+    let d = &input.resolved.definition;
+    let w = input.work;
+    let packer_dir = input.rendered_dir.join(PACKER_DIR);
+    let out_dir = w.join("packer-out");
+    let tmp = w.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let serial = input.logs.join("serial-build.log");
+    let abs = |p: &Path| std::fs::canonicalize(p).map_err(io(p));
+    let seed_dir = abs(&input.rendered_dir.join("seed"))?;
+    let logs = abs(input.logs)?;
+    let serial_abs = logs.join("serial-build.log");
+
+    let cmd = Cmd::new("packer")
+        .args(["build", "-color=false", "-var-file=variables.pkrvars.hcl"])
+        .arg("-var")
+        .arg(format!("base_image={}", abs(&input.base.path)?.display()))
+        .args(["-var", "base_checksum=none"])
+        .arg("-var")
+        .arg(format!("output_directory={}", out_dir.display()))
+        .arg("-var")
+        .arg(format!("seed_dir={}", seed_dir.display()))
+        .arg("-var")
+        .arg(format!("serial_log={}", serial_abs.display()))
+        .arg("-var")
+        .arg(format!("accelerator={}", input.accel.as_str()))
+        .arg(".")
+        .current_dir(&packer_dir)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_NO_COLOR", "1")
+        .env("TMPDIR", &tmp)
+        .env("PACKER_CACHE_DIR", w.join("packer_cache"));
+    tracing::debug!(target: "exec", "{}", cmd.cmdline());
+    let log_path = input.logs.join("packer.log");
+    let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+    let mut std_cmd = cmd.std();
+    std_cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io(&log_path))?)
+        .stderr(log)
+        // Its own process group, so that stopping it reaches the QEMU it started.
+        .process_group(0);
+    unsafe {
+        std_cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = std_cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            BuildError::Exec(crate::exec::ExecError::NotFound {
+                program: "packer".into(),
+                hint: crate::exec::install_hint("packer")
+                    .map(|h| format!(" (install: {h})"))
+                    .unwrap_or_default(),
+            })
+        } else {
+            io(Path::new("packer"))(e)
+        }
+    })?;
+    let mut packer = Group(Some(child));
+    let mut reader = SerialReader::new(&serial);
+    let mut watch = Watch::default();
+    // Packer's own shutdown_timeout is the build timeout; allow for its start-up and copy.
+    let timeout = Duration::from_secs(d.build.timeout as u64 * 60 + 600);
+    let start = Instant::now();
+    let mut last_packer_line = String::new();
+    loop {
+        for line in reader.new_lines() {
+            match watch.line(&line) {
+                Event::Step(s) => p.status(&format!("step {s}"), true),
+                Event::ProvisionFailed => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    for l in reader.new_lines() {
+                        watch.line(&l);
+                    }
+                    packer.stop();
+                    return Err(failure(&watch, &serial));
+                }
+                Event::Panic(l) => {
+                    packer.stop();
+                    return Err(BuildError::Provision {
+                        summary: format!("the guest kernel panicked: {l}"),
+                        log: format!("\n{}", reader.tail()),
+                        serial: log_name(&serial),
+                    });
+                }
+                Event::ProvisionOk => p.status("provisioned; hygiene and poweroff", true),
+                _ => {}
+            }
+        }
+        if let Some(l) = last_line(&log_path) {
+            if l != last_packer_line {
+                p.status(&format!("packer: {l}"), false);
+                last_packer_line = l;
+            }
+        }
+        if input.cancel.load(Ordering::SeqCst) {
+            packer.stop();
+            return Err(BuildError::Interrupted);
+        }
+        if let Some(status) = packer.try_wait().map_err(io(Path::new("packer")))? {
+            for line in reader.new_lines() {
+                watch.line(&line);
+            }
+            let packer_log = crate::exec::tail(
+                &std::fs::read_to_string(&log_path).unwrap_or_default(),
+                3000,
+            );
+            if !status.success() {
+                return Err(BuildError::Backend(format!(
+                    "packer build exited with {status}; logs/packer.log ends:\n{packer_log}"
+                )));
+            }
+            if !watch.provision_ok || !watch.hygiene_done {
+                return Err(BuildError::Backend(format!(
+                    "packer build succeeded but the guest never reported {}; serial console ends:\n{}",
+                    if watch.provision_ok {
+                        "IMGBUILD-HYGIENE-DONE"
+                    } else {
+                        "IMGBUILD-PROVISION-OK"
+                    },
+                    reader.tail()
+                )));
+            }
+            break;
+        }
+        if start.elapsed() > timeout {
+            packer.stop();
+            return Err(BuildError::Backend(format!(
+                "packer build did not finish within {} min; serial console ends:\n{}",
+                timeout.as_secs() / 60,
+                reader.tail()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let disk = out_dir.join(format!("{}-{}.qcow2", input.resolved.name, input.arch));
+    if !disk.is_file() {
+        return Err(BuildError::Backend(format!(
+            "packer build succeeded but wrote no {}",
+            disk.display()
+        )));
+    }
+    Ok(Provisioned { disk })
+}
+
+fn last_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+/// Packer and everything it started (its process group). Stopped on drop.
+struct Group(Option<Child>);
+
+impl Group {
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self.0.as_mut() {
+            None => Ok(None),
+            Some(c) => {
+                let s = c.try_wait()?;
+                if s.is_some() {
+                    self.0 = None;
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// SIGTERM to the group (Packer then stops QEMU and removes its output), SIGKILL after 30 s.
+    fn stop(&mut self) {
+        let Some(mut c) = self.0.take() else { return };
+        let pgid = c.id() as i32;
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

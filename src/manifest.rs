@@ -1,0 +1,94 @@
+//! manifest.json: what was built, from what, how, and with which digests. Publish, Lima and
+//! CI pipelines read it; it holds no secret.
+
+use crate::definition::Arch;
+use crate::digest::Digests;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const FILE: &str = "manifest.json";
+pub const SUMS: &str = "SHA256SUMS";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub image: String,
+    pub version: String,
+    pub arch: Arch,
+    pub description: String,
+    /// `qemu` or `packer`.
+    pub backend: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    pub base: BaseRef,
+    /// sha256 of the resolved definition (JSON).
+    pub definition_sha256: String,
+    /// sha256 over the rendered files (see `imgbuild render`'s rendered.json).
+    pub rendered_sha256: String,
+    pub artifact: Artifact,
+    pub digests: Digests,
+    /// None with `--no-smoke`.
+    pub smoke: Option<SmokeSummary>,
+    pub build: BuildInfo,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BaseRef {
+    /// `cloud_image` or `bootstrap`.
+    pub kind: String,
+    pub source: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Artifact {
+    /// File name inside the version folder.
+    pub file: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    /// `zstd`, `zlib` or `none` (qcow2 cluster compression).
+    pub compression: String,
+    /// Bytes on disk.
+    pub size: u64,
+    /// Bytes the guest sees.
+    pub virtual_size: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SmokeSummary {
+    pub passed: bool,
+    pub checks: usize,
+    pub failed: usize,
+    pub boot_seconds: f64,
+    pub report: String,
+    pub junit: String,
+    pub screenshot: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BuildInfo {
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub duration_seconds: f64,
+    pub tool: String,
+    pub tool_version: String,
+    /// The commit of the definitions' repository, if it is one.
+    pub git_commit: Option<String>,
+    pub git_dirty: bool,
+    pub host: String,
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> std::io::Result<Manifest> {
+        let text = std::fs::read_to_string(path)?;
+        serde_json::from_str(&text).map_err(std::io::Error::other)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plain data") + "\n"
+    }
+
+    /// SHA256SUMS in `sha256sum -c` format.
+    pub fn sums(&self) -> String {
+        crate::digest::sum_line(&self.digests.sha256, &self.artifact.file)
+    }
+}
