@@ -30,11 +30,13 @@ lint:
 test: host-tools
 	$(CARGO) test --locked -- --test-threads=2
 
-## The main job on this machine: validate the whole catalog with every real validator and
-## render the flagship image.
+## The main job on this machine: validate the whole catalog with every real validator, render
+## the flagship image, and build the Debian 12 base image end to end (smoke-booted, checksummed).
 demo: host-tools build
 	./target/release/imgbuild validate --all --strict
 	./target/release/imgbuild render desktop-ai -o rendered/desktop-ai
+	./target/release/imgbuild build debian12-base --force --version demo
+	cd dist/debian12-base/demo && sha256sum -c SHA256SUMS
 
 clean:
 	rm -rf target rendered dist

@@ -137,7 +137,7 @@ fn self_extends_is_a_cycle() {
 
 #[test]
 fn unknown_parent_suggests_a_name() {
-    let body = format!("{MINIMAL}");
+    let body = MINIMAL.to_string();
     assert_bad(
         &[("base", &body), ("child", "extends: bsae\n")],
         "child",

@@ -58,11 +58,23 @@ def builtin_instance(_):
 
 
 def builtin_no_build_leftovers(_):
-    left = [p for p in ("/usr/local/lib/imgbuild/provision", "/usr/local/lib/imgbuild/steps", "/etc/systemd/system/imgbuild-hygiene.service") if os.path.exists(p)]
+    left = [p for p in ("/usr/local/lib/imgbuild/provision", "/usr/local/lib/imgbuild/steps",
+                        "/etc/systemd/system/imgbuild-hygiene.service",
+                        "/etc/systemd/system/poweroff.target.wants/imgbuild-hygiene.service",
+                        "/root/.bash_history") if os.path.lexists(p)]
     lists = [f for f in os.listdir("/var/lib/apt/lists") if f not in ("lock", "partial", "auxfiles")] if os.path.isdir("/var/lib/apt/lists") else []
-    if left or lists:
-        return False, f"build leftovers: {left} apt lists: {lists[:3]}"
-    return True, "no provisioning machinery, no apt lists"
+    # No account may have a usable password: images are entered with keys given at launch.
+    passwords = []
+    try:
+        for line in open("/etc/shadow"):
+            f = line.split(":")
+            if len(f) > 1 and f[1] and not f[1].startswith(("!", "*")):
+                passwords.append(f[0])
+    except OSError as e:
+        return False, f"cannot read /etc/shadow: {e}"
+    if left or lists or passwords:
+        return False, f"build leftovers: {left} apt lists: {lists[:3]} accounts with a password: {passwords}"
+    return True, "no provisioning machinery, no apt lists, no account with a password"
 
 
 BUILTIN = {

@@ -47,7 +47,7 @@ impl Backend {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompressionChoice {
-    /// zstd where qemu-img supports it, zlib otherwise.
+    /// The definition's `disk.compression` (zstd by default; zlib where qemu-img lacks zstd).
     Auto,
     Zstd,
     Zlib,
@@ -289,12 +289,25 @@ fn build_in(
 
     p.stage("compact");
     let format = r.definition.disk.format;
-    let compression = match (format, opts.compression) {
-        (DiskFormat::Raw, _) | (_, CompressionChoice::None) => Compression::None,
-        (_, CompressionChoice::Zlib) => Compression::Zlib,
-        (_, CompressionChoice::Zstd) => Compression::Zstd,
-        (_, CompressionChoice::Auto) if qemu::qemu_supports_zstd() => Compression::Zstd,
-        (_, CompressionChoice::Auto) => Compression::Zlib,
+    // --compression wins; `auto` takes the definition's disk.compression. zstd falls back to
+    // zlib (with a line saying so) where qemu-img cannot write it.
+    let wanted = match opts.compression {
+        CompressionChoice::Auto => match r.definition.disk.compression {
+            crate::definition::Compression::None => Compression::None,
+            crate::definition::Compression::Zlib => Compression::Zlib,
+            crate::definition::Compression::Zstd => Compression::Zstd,
+        },
+        CompressionChoice::None => Compression::None,
+        CompressionChoice::Zlib => Compression::Zlib,
+        CompressionChoice::Zstd => Compression::Zstd,
+    };
+    let compression = match (format, wanted) {
+        (DiskFormat::Raw, _) => Compression::None,
+        (_, Compression::Zstd) if !qemu::qemu_supports_zstd() => {
+            p.line("qemu-img cannot write zstd-compressed qcow2 here: using zlib");
+            Compression::Zlib
+        }
+        (_, c) => c,
     };
     let file = format!("{}-{version}-{arch}.{}", r.name, format.as_str());
     let artifact = stage_dir.join(&file);

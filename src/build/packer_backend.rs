@@ -107,6 +107,7 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
                     });
                 }
                 Event::ProvisionOk => p.status("provisioned; hygiene and poweroff", true),
+                _ if !line.trim().is_empty() => p.status(line.trim(), false),
                 _ => {}
             }
         }

@@ -470,13 +470,11 @@ pub fn looks_secret_name(k: &str) -> bool {
 /// Private keys and the like have no place in a definition.
 fn scan_secrets(v: &serde_json::Value, path: &str, err: &mut impl FnMut(&str, String)) {
     match v {
-        serde_json::Value::String(s) => {
-            if s.contains("PRIVATE KEY-----") {
-                err(
-                    path,
-                    "contains a private key: images carry no secrets".into(),
-                );
-            }
+        serde_json::Value::String(s) if s.contains("PRIVATE KEY-----") => {
+            err(
+                path,
+                "contains a private key: images carry no secrets".into(),
+            );
         }
         serde_json::Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {

@@ -1,0 +1,461 @@
+//! End-to-end builds with the real tools: mmdebstrap makes a Debian 12 base (cached once in
+//! target/e2e-cache for every test), QEMU (TCG here) provisions it natively or under real
+//! `packer build`, the artifact is smoke-booted, checksummed and lands in dist/. Failures
+//! (provisioning, smoke, SIGTERM) must leave nothing in dist/ and no QEMU behind.
+
+mod common;
+
+use common::{repo, text};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn cache() -> PathBuf {
+    repo().join("target/e2e-cache")
+}
+
+fn fixtures() -> PathBuf {
+    repo().join("tests/fixtures/images")
+}
+
+fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(common::bin());
+    c.arg("--images-dir")
+        .arg(fixtures())
+        .args(args)
+        .current_dir(repo())
+        .env("IMGBUILD_CACHE_DIR", cache())
+        .env("IMGBUILD_VENV", repo().join(".venv"));
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    cmd(args).output().expect("imgbuild runs")
+}
+
+/// QEMU processes whose command line mentions `needle`.
+fn qemu_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if line.contains("qemu-system") && line.contains(needle) {
+                found.push(line);
+            }
+        }
+    }
+    found
+}
+
+fn coreutils(tool: &str, file: &Path) -> String {
+    let o = Command::new(tool).arg(file).output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn assert_nothing_left(out: &Path, image: &str, version: &str) {
+    let image_dir = out.join(image);
+    let leftovers: Vec<_> = std::fs::read_dir(&image_dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "dist/{image} must stay empty, has {leftovers:?}"
+    );
+    let tag = format!("{image}-{version}-amd64.");
+    assert!(
+        qemu_processes(&tag).is_empty(),
+        "a QEMU of the build is still running"
+    );
+    let work: Vec<_> = std::fs::read_dir(cache().join("work"))
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(work.is_empty(), "work folder left behind: {work:?}");
+}
+
+#[test]
+fn qemu_backend_builds_a_smoked_checksummed_image() {
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "--json",
+        "build",
+        "e2e",
+        "--version",
+        "q1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "build failed:\n{stderr}");
+    let dir = out.path().join("e2e/q1");
+    let m: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints the manifest");
+    assert_eq!(m, read_json(&dir.join("manifest.json")));
+    assert_eq!(m["image"], "e2e");
+    assert_eq!(m["version"], "q1");
+    assert_eq!(m["arch"], "amd64");
+    assert_eq!(m["backend"], "qemu");
+    assert!(m["accel"] == "tcg" || m["accel"] == "kvm");
+    assert!(
+        stderr.contains("accelerator: "),
+        "the output says which accelerator"
+    );
+    assert_eq!(m["base"]["kind"], "bootstrap");
+    assert_eq!(m["base"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(m["definition_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(m["rendered_sha256"].as_str().unwrap().len(), 64);
+    assert!(m["build"]["git_commit"].as_str().unwrap().len() >= 40);
+    assert!(m["build"]["duration_seconds"].as_f64().unwrap() > 0.0);
+
+    // The artifact: standalone qcow2 of the declared size, named as the manifest says.
+    let artifact = dir.join("e2e-q1-amd64.qcow2");
+    assert_eq!(m["artifact"]["file"], "e2e-q1-amd64.qcow2");
+    assert_eq!(m["artifact"]["format"], "qcow2");
+    assert_eq!(m["artifact"]["virtual_size"], 4u64 << 30);
+    assert_eq!(
+        m["artifact"]["size"],
+        std::fs::metadata(&artifact).unwrap().len()
+    );
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&artifact)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert!(info.get("backing-filename").is_none(), "no backing file");
+
+    // Digests agree with coreutils; SHA256SUMS passes `sha256sum -c`.
+    let first = |s: String| s.split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        m["digests"]["sha256"],
+        first(coreutils("sha256sum", &artifact))
+    );
+    assert_eq!(
+        m["digests"]["sha512"],
+        first(coreutils("sha512sum", &artifact))
+    );
+    assert_eq!(m["digests"]["md5"], first(coreutils("md5sum", &artifact)));
+    let c = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stdout));
+    assert_eq!(
+        String::from_utf8_lossy(&c.stdout),
+        "e2e-q1-amd64.qcow2: OK\n"
+    );
+
+    // Provisioning and hygiene happened, as the serial console says.
+    let serial = std::fs::read_to_string(dir.join("logs/serial-build.log")).unwrap();
+    for marker in [
+        "IMGBUILD-STEP-OK 50-01-mark",
+        "IMGBUILD-PROVISION-OK",
+        "IMGBUILD-HYGIENE-DONE",
+    ] {
+        assert!(serial.contains(marker), "serial log lacks {marker}");
+    }
+
+    // The smoke report: every check once, all passed, in JSON and JUnit.
+    let report = read_json(&dir.join("smoke/report.json"));
+    assert_eq!(report["passed"], true);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "cloud-init-no-errors",
+        "fresh-ssh-host-keys",
+        "fresh-machine-id",
+        "fresh-cloud-init-state",
+        "no-build-leftovers",
+        "file-present",
+        "user-present",
+        "ssh-listening",
+        "docker-active",
+        "docker-answers",
+        "marker-from-script",
+    ] {
+        assert_eq!(
+            names.iter().filter(|n| **n == want).count(),
+            1,
+            "check {want} reported once"
+        );
+    }
+    assert_eq!(names.len(), 11);
+    assert!(report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["passed"] == true));
+    assert_eq!(m["smoke"]["passed"], true);
+    assert_eq!(m["smoke"]["checks"], 11);
+    let junit = std::fs::read_to_string(dir.join("smoke/junit.xml")).unwrap();
+    assert!(junit.starts_with("<?xml"));
+    assert!(junit.contains("tests=\"11\" failures=\"0\""), "{junit}");
+    assert_eq!(junit.matches("<testcase ").count(), 11);
+    assert!(junit.contains("name=\"docker-active\""));
+    assert!(!junit.contains("<failure"));
+    assert!(dir.join("smoke/serial.log").is_file());
+
+    // `imgbuild checksum` on the artifact is what coreutils print.
+    for (algo, tool) in [
+        ("sha256", "sha256sum"),
+        ("sha512", "sha512sum"),
+        ("md5", "md5sum"),
+    ] {
+        let o = Command::new(common::bin())
+            .args(["checksum", "--algo", algo])
+            .arg(&artifact)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            coreutils(tool, &artifact)
+        );
+    }
+    let v = Command::new(common::bin())
+        .args(["checksum", "--verify"])
+        .arg(dir.join("SHA256SUMS"))
+        .output()
+        .unwrap();
+    assert!(v.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout),
+        "e2e-q1-amd64.qcow2: OK\n"
+    );
+
+    // Nothing of the build is left: no QEMU, no work folder, no hidden partials.
+    assert!(qemu_processes("e2e-q1-amd64.").is_empty());
+    let names: Vec<_> = std::fs::read_dir(out.path().join("e2e"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("q1")]);
+}
+
+#[test]
+fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "--json",
+        "build",
+        "e2e",
+        "--backend",
+        "packer",
+        "--no-smoke",
+        "--version",
+        "p1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "packer build failed:\n{stderr}");
+    let m: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(m["backend"], "packer");
+    assert!(m["smoke"].is_null(), "--no-smoke is recorded");
+    let dir = out.path().join("e2e/p1");
+    let log = std::fs::read_to_string(dir.join("logs/packer.log")).unwrap();
+    assert!(
+        log.contains("Builds finished"),
+        "real packer build ran:\n{log}"
+    );
+    let serial = std::fs::read_to_string(dir.join("logs/serial-build.log")).unwrap();
+    assert!(serial.contains("IMGBUILD-PROVISION-OK") && serial.contains("IMGBUILD-HYGIENE-DONE"));
+
+    // The standalone smoke command on Packer's artifact: the same checks pass, and the
+    // artifact is not modified by booting it.
+    let artifact = dir.join("e2e-p1-amd64.qcow2");
+    let before = coreutils("sha256sum", &artifact);
+    let smoke_dir = out.path().join("smoke");
+    let o = run(&[
+        "--json",
+        "smoke",
+        artifact.to_str().unwrap(),
+        "--image",
+        "e2e",
+        "-o",
+        smoke_dir.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "smoke failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["checks"].as_array().unwrap().len(), 11);
+    assert!(report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "docker-active" && c["passed"] == true));
+    assert_eq!(report, read_json(&smoke_dir.join("report.json")));
+    assert!(smoke_dir.join("junit.xml").is_file());
+    assert_eq!(
+        before,
+        coreutils("sha256sum", &artifact),
+        "smoke must not write the artifact"
+    );
+    assert!(qemu_processes("e2e-p1-amd64").is_empty());
+}
+
+#[test]
+fn failed_provisioning_names_the_step_and_leaves_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "build",
+        "e2e-fail-provision",
+        "--version",
+        "fp1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("provisioning failed"), "{stderr}");
+    assert!(
+        stderr.contains("50-01-doomed-step"),
+        "names the step:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("about to fail on purpose"),
+        "shows the step's output:\n{stderr}"
+    );
+    assert_nothing_left(out.path(), "e2e-fail-provision", "fp1");
+    // The logs of the failed build are kept outside dist/.
+    let kept = cache().join("failed/e2e-fail-provision-fp1-amd64/serial-build.log");
+    assert!(
+        std::fs::read_to_string(&kept)
+            .unwrap()
+            .contains("IMGBUILD-STEP-FAILED 50-01-doomed-step exit=3"),
+        "{}",
+        kept.display()
+    );
+}
+
+#[test]
+fn failed_smoke_check_names_the_check_and_leaves_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "build",
+        "e2e-fail-smoke",
+        "--version",
+        "fs1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("smoke test failed"), "{stderr}");
+    assert!(
+        stderr.contains("impossible-file"),
+        "names the check:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("check `file-present`"),
+        "only failing checks are named:\n{stderr}"
+    );
+    assert_nothing_left(out.path(), "e2e-fail-smoke", "fs1");
+    let kept = cache().join("failed/e2e-fail-smoke-fs1-amd64/smoke-report.json");
+    assert_eq!(read_json(&kept)["passed"], false);
+}
+
+#[test]
+fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = cmd(&[
+        "build",
+        "e2e-fail-smoke",
+        "--version",
+        "int1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait for the build VM: its serial console log appears in the work folder.
+    let started = Instant::now();
+    let mut seen = false;
+    while started.elapsed() < Duration::from_secs(1200) {
+        if !qemu_processes("e2e-fail-smoke-int1-amd64.").is_empty() {
+            seen = true;
+            break;
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("build ended early: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(seen, "the build VM never started");
+    std::thread::sleep(Duration::from_secs(5));
+    unsafe {
+        libc_kill(child.id() as i32, 15);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "build did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_nothing_left(out.path(), "e2e-fail-smoke", "int1");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn an_existing_version_or_a_bad_one_is_refused_before_any_work() {
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("e2e/x1")).unwrap();
+    std::fs::write(out.path().join("e2e/x1/keep"), "mine").unwrap();
+    let o = run(&[
+        "build",
+        "e2e",
+        "--version",
+        "x1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("e2e/x1/keep")).unwrap(),
+        "mine"
+    );
+    for bad in ["../escape", "a/b", "-x"] {
+        let o = run(&[
+            "build",
+            "e2e",
+            &format!("--version={bad}"),
+            "--out",
+            out.path().to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o).1);
+    }
+    let o = run(&["build", "e2e-common"]);
+    assert_eq!(o.status.code(), Some(2), "abstract images are not built");
+}
