@@ -107,3 +107,83 @@ fn a_broken_render_is_caught_by_the_validators() {
         "packer validate accepted a bad template"
     );
 }
+
+/// The AI stack as rendered into desktop-ai: every published port on loopback (the
+/// definition exposes none), and no literal secret: secret-looking variables only ever
+/// interpolate a variable that the first-boot unit generates (named in secrets.yaml).
+#[test]
+fn the_ai_stack_publishes_on_loopback_only_and_carries_no_literal_secret() {
+    let out = tempfile::tempdir().unwrap();
+    let o = imgbuild(
+        &repo(),
+        &["render", "desktop-ai", "-o", out.path().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let compose = common::python_yaml(&out.path().join("amd64/compose/ai-stack/compose.yaml"));
+    let secrets = common::python_yaml(&repo().join("compose/ai-stack/secrets.yaml"));
+    let services = compose["services"].as_object().unwrap();
+    for want in [
+        "ollama",
+        "qdrant",
+        "open-webui",
+        "flowise",
+        "n8n",
+        "appflowy-cloud",
+        "affine",
+        "openproject",
+        "gitlab",
+        "searxng",
+        "supabase-db",
+        "langfuse-web",
+    ] {
+        assert!(services.contains_key(want), "{want} missing from the stack");
+    }
+    let secret_name = looks_secret;
+    for (name, svc) in services {
+        for p in svc["ports"].as_array().into_iter().flatten() {
+            let p = p.as_str().expect("short port syntax");
+            assert!(
+                p.starts_with("127.0.0.1:"),
+                "{name} publishes {p} beyond loopback"
+            );
+        }
+        let image = svc["image"].as_str().unwrap();
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "{name}: image {image} is not pinned"
+        );
+        for (k, v) in svc["environment"].as_object().into_iter().flatten() {
+            let v = v.as_str().unwrap_or_default();
+            if secret_name(k) {
+                let var = v
+                    .split("${")
+                    .nth(1)
+                    .and_then(|r| r.split([':', '}']).next())
+                    .unwrap_or_else(|| panic!("{name}.{k} holds a literal value"));
+                assert!(
+                    secrets.get(var).is_some(),
+                    "{name}.{k} uses ${{{var}}}, which secrets.yaml does not generate"
+                );
+                assert!(v.contains(":?"), "{name}.{k} must fail when {var} is unset");
+            }
+            // Connection strings carry passwords too.
+            if let Some(after_scheme) = v.split("://").nth(1) {
+                if let Some((cred, _)) = after_scheme.split_once('@') {
+                    if let Some((_, pw)) = cred.split_once(':') {
+                        assert!(pw.starts_with("${"), "{name}.{k} embeds a literal password");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn looks_secret(k: &str) -> bool {
+    let k = k.to_ascii_uppercase();
+    ["PASSWORD", "SECRET", "_KEY", "SALT", "TOKEN"]
+        .iter()
+        .any(|w| k.contains(w))
+        // An S3 access key is the account name, not the secret.
+        && !k.ends_with("_ACCESS_KEY_ID")
+        && !k.ends_with("_ACCESS_KEY")
+}

@@ -223,3 +223,27 @@ fn usage_errors_exit_2() {
     );
     assert_eq!(imgbuild(dir.path(), &["frobnicate"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_null_removes_an_inherited_struct_entry() {
+    // `base.arm64: null` in a child deletes the parent's arm64 base (a struct, not an Option).
+    let parent = format!("{MINIMAL}  arm64:\n    bootstrap:\n      suite: bookworm\n")
+        .replace("arch: [amd64]", "arch: [amd64, arm64]");
+    let dir = catalog(&[
+        ("parent", &parent),
+        (
+            "child",
+            "extends: parent\narch: [amd64]\nbase:\n  arm64: null\n",
+        ),
+    ]);
+    let o = imgbuild(dir.path(), &["--json", "show", "child"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["base"].get("arm64").is_none(), "{v}");
+    assert!(v["base"]["amd64"]["bootstrap"].is_object());
+    // A null where the type allows none is still an error, with the file and line.
+    let dir = catalog(&[("bad", &format!("{MINIMAL}disk:\n  size: [1]\n"))]);
+    let o = imgbuild(dir.path(), &["show", "bad"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("bad.yaml:"), "{}", text(&o).1);
+}

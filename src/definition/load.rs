@@ -196,8 +196,23 @@ impl Catalog {
         };
         // Types and unknown keys, with this file's own line numbers.
         if !text.trim().is_empty() {
-            serde_norway::from_str::<Definition>(&text)
-                .map_err(|e| diag(e.location().map(|l| (l.line(), l.column())), e.to_string()))?;
+            if let Err(e) = serde_norway::from_str::<Definition>(&text) {
+                // A `null` that removes an inherited entry is valid anywhere in a file: accept
+                // the file if it type-checks with those entries taken out.
+                let only_nulls = e.to_string().contains("invalid type: unit value")
+                    && serde_norway::from_str::<Value>(&text)
+                        .ok()
+                        .map(|mut v| {
+                            strip_nulls(&mut v);
+                            serde_norway::from_value::<Definition>(v).is_ok()
+                        })
+                        .unwrap_or(false);
+                if !only_nulls {
+                    return Err(
+                        diag(e.location().map(|l| (l.line(), l.column())), e.to_string()).into(),
+                    );
+                }
+            }
         }
         let value: Value = if text.trim().is_empty() {
             Value::Mapping(Mapping::new())
@@ -277,6 +292,20 @@ fn child_path(prefix: &str, key: &str) -> String {
 }
 
 /// Merges `child` into `base` by the module's rules.
+/// Removes map entries whose value is `null` (at any depth).
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Mapping(m) => {
+            m.retain(|_, x| !x.is_null());
+            for (_, x) in m.iter_mut() {
+                strip_nulls(x);
+            }
+        }
+        Value::Sequence(s) => s.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 pub fn merge(base: &mut Value, child: &Value, path: &str) {
     match (base, child) {
         (Value::Mapping(b), Value::Mapping(c)) => {
