@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 pub const LIB: &str = "/usr/local/lib/imgbuild";
 pub const PROVISION: &str = include_str!("../../cloud-init/guest/provision");
 pub const HYGIENE: &str = include_str!("../../cloud-init/guest/hygiene");
+pub const FIRSTBOOT_SECRETS: &str = include_str!("../../cloud-init/guest/firstboot-secrets");
 pub const HYGIENE_UNIT: &str = include_str!("../../cloud-init/guest/imgbuild-hygiene.service");
 
 /// The serial-console lines the guest prints (see cloud-init/guest/provision).
@@ -151,12 +152,46 @@ pub fn user_data(
             c.settings_env.clone(),
             "0644",
         ));
-        if let Some(s) = &c.secrets_yaml {
+        if let Some(spec) = &c.secrets_spec {
+            // Names and sizes only; the values are made per instance at first boot.
+            let spec_path = format!("/usr/local/share/imgbuild/{}/secrets.json", c.name);
+            files.push(WriteFile::new(spec_path.clone(), spec.clone(), "0644"));
             files.push(WriteFile::new(
-                "/usr/local/share/imgbuild/secrets.yaml",
-                s.clone(),
+                format!("{LIB}/firstboot-secrets"),
+                FIRSTBOOT_SECRETS,
+                "0755",
+            ));
+            let unit = format!("imgbuild-secrets-{}.service", c.name);
+            files.push(WriteFile::new(
+                format!("/etc/systemd/system/{unit}"),
+                format!(
+                    "# Makes this instance's secrets for the {name} stack at first boot (never baked\n\
+                     # into the image); keeps existing ones. Before Docker, so the stack never starts\n\
+                     # without them.\n\
+                     [Unit]\n\
+                     Description=imgbuild: per-instance secrets of the {name} compose stack\n\
+                     After=local-fs.target\n\
+                     Before=docker.service multi-user.target\n\n\
+                     [Service]\n\
+                     Type=oneshot\n\
+                     RemainAfterExit=yes\n\
+                     UMask=0077\n\
+                     ExecStart={LIB}/firstboot-secrets {spec_path} {env}\n\n\
+                     [Install]\n\
+                     WantedBy=multi-user.target\n",
+                    name = c.name,
+                    env = secrets_env_path(&c.name),
+                ),
                 "0644",
             ));
+            steps.push(Step {
+                name: "45-stack-secrets".into(),
+                script: format!(
+                    "# Enabled, not started: the values are made at the first boot of an instance.\n\
+                     systemctl enable {unit}\nrm -f {env}\n",
+                    env = secrets_env_path(&c.name)
+                ),
+            });
         }
     }
     let mut extra_b64 = Vec::new();
@@ -276,4 +311,9 @@ pub fn network_config() -> String {
             "primary": { "match": { "name": "e*" }, "dhcp4": true, "dhcp6": false }
         }
     }))
+}
+
+/// Where an instance keeps its generated secrets for compose project `name` (mode 0600).
+pub fn secrets_env_path(name: &str) -> String {
+    format!("/var/lib/imgbuild/{name}/secrets.env")
 }

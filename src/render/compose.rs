@@ -14,8 +14,9 @@ pub struct ComposeProject {
     /// Folder name of the project (e.g. `ai-stack`).
     pub name: String,
     pub compose_yaml: String,
-    /// The project's secrets.yaml, copied as is (it names secrets, holds none).
-    pub secrets_yaml: Option<String>,
+    /// The project's secrets.yaml as the first-boot generator reads it (JSON): each secret's
+    /// name and how to make it, never a value.
+    pub secrets_spec: Option<String>,
     /// Non-secret settings for the stack's env file.
     pub settings_env: String,
     /// All profiles the project defines.
@@ -176,8 +177,8 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "stack".into()),
         compose_yaml,
-        secrets_yaml: if secrets.is_file() {
-            Some(read(&secrets)?)
+        secrets_spec: if secrets.is_file() {
+            Some(secrets_spec(&secrets)?)
         } else {
             None
         },
@@ -185,6 +186,58 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
         profiles,
         services: names,
     }))
+}
+
+/// Checks secrets.yaml (`NAME: {bytes: N, encoding: hex|base64url}`) and turns it into the
+/// generator's JSON. A name must be an env variable name; 16 to 128 bytes of randomness.
+fn secrets_spec(path: &Path) -> Result<String, RenderError> {
+    let bad = |message: String| RenderError::Compose {
+        path: path.to_path_buf(),
+        message,
+    };
+    let doc = parse(path)?;
+    let map = doc
+        .as_object()
+        .ok_or_else(|| bad("must map secret names to {bytes, encoding}".into()))?;
+    let mut out = Map::new();
+    for (name, spec) in map {
+        let valid_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !valid_name {
+            return Err(bad(format!("`{name}` is not an environment variable name")));
+        }
+        let bytes = spec.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+        if !(16..=128).contains(&bytes) {
+            return Err(bad(format!("{name}.bytes: 16 to 128 bytes of randomness")));
+        }
+        let encoding = spec
+            .get("encoding")
+            .and_then(Value::as_str)
+            .unwrap_or("hex");
+        if !matches!(encoding, "hex" | "base64url") {
+            return Err(bad(format!(
+                "{name}.encoding: `{encoding}` is not hex or base64url"
+            )));
+        }
+        if let Some(extra) = spec
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "bytes" && *k != "encoding"))
+        {
+            return Err(bad(format!(
+                "{name}: unknown setting `{extra}` (bytes, encoding)"
+            )));
+        }
+        out.insert(
+            name.clone(),
+            serde_json::json!({"bytes": bytes, "encoding": encoding}),
+        );
+    }
+    Ok(serde_json::to_string_pretty(&Value::Object(out)).expect("json") + "\n")
 }
 
 fn unknown_service(

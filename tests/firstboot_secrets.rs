@@ -1,0 +1,177 @@
+//! The first-boot secrets generator as desktop-ai's user-data installs it: the script and its
+//! spec are taken from the rendered user-data and run for real (python3): mode 0600, every
+//! secret of the stack made with the declared size and encoding, kept on re-runs, different
+//! per instance; and the image carries names only.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn write_file<'a>(user_data: &'a serde_json::Value, path: &str) -> &'a str {
+    user_data["write_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} is not in user-data"))["content"]
+        .as_str()
+        .unwrap()
+}
+
+fn env(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn first_boot_makes_private_per_instance_secrets_and_keeps_them() {
+    let out = tempfile::tempdir().unwrap();
+    let o = imgbuild(
+        &repo(),
+        &["render", "desktop-ai", "-o", out.path().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let rendered = out.path().join("amd64");
+    let ud = python_yaml(&rendered.join("seed/user-data"));
+    let spec_text = write_file(&ud, "/usr/local/share/imgbuild/ai-stack/secrets.json");
+    let script = write_file(&ud, "/usr/local/lib/imgbuild/firstboot-secrets");
+    let unit = write_file(&ud, "/etc/systemd/system/imgbuild-secrets-ai-stack.service");
+    assert!(unit.contains("Before=docker.service"), "{unit}");
+    assert!(unit.contains("/var/lib/imgbuild/ai-stack/secrets.env"));
+    let spec: serde_json::Value = serde_json::from_str(spec_text).unwrap();
+
+    // Every secret the compose file interpolates is generated.
+    let compose = std::fs::read_to_string(rendered.join("compose/ai-stack/compose.yaml")).unwrap();
+    for part in compose.split("${").skip(1) {
+        let var = part.split([':', '}']).next().unwrap();
+        if part[var.len()..].starts_with(":?") {
+            assert!(
+                spec.get(var).is_some(),
+                "{var} is required by compose but never generated"
+            );
+        }
+    }
+
+    let t = tempfile::tempdir().unwrap();
+    let script_path = t.path().join("firstboot-secrets");
+    let spec_path = t.path().join("secrets.json");
+    std::fs::write(&script_path, script).unwrap();
+    std::fs::write(&spec_path, spec_text).unwrap();
+    let run = |out: &Path| {
+        let o = Command::new("python3")
+            .arg(&script_path)
+            .arg(&spec_path)
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let a = t.path().join("a/secrets.env");
+    let said = run(&a);
+    let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = env(&a);
+    let spec_map = spec.as_object().unwrap();
+    assert_eq!(first.len(), spec_map.len());
+    for (name, s) in spec_map {
+        let v = &first[name];
+        let bytes = s["bytes"].as_u64().unwrap() as usize;
+        match s["encoding"].as_str().unwrap() {
+            "hex" => {
+                assert_eq!(v.len(), bytes * 2, "{name}");
+                assert!(v.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+            "base64url" => {
+                assert_eq!(v.len(), (bytes * 4).div_ceil(3), "{name}");
+                assert!(v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            }
+            e => panic!("{e}"),
+        }
+        assert!(!said.contains(v.as_str()), "a secret value was printed");
+    }
+    let distinct: std::collections::HashSet<_> = first.values().collect();
+    assert_eq!(distinct.len(), first.len(), "every secret is its own");
+
+    // A re-run keeps every value; a lost one is made again, alone.
+    run(&a);
+    assert_eq!(env(&a), first);
+    let text_a = std::fs::read_to_string(&a).unwrap();
+    let without: String = text_a
+        .lines()
+        .filter(|l| !l.starts_with("N8N_ENCRYPTION_KEY="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&a, without).unwrap();
+    run(&a);
+    let again = env(&a);
+    assert_ne!(again["N8N_ENCRYPTION_KEY"], first["N8N_ENCRYPTION_KEY"]);
+    for (k, v) in &first {
+        if k != "N8N_ENCRYPTION_KEY" {
+            assert_eq!(&again[k], v);
+        }
+    }
+    // Another instance gets other values.
+    let b = t.path().join("b/secrets.env");
+    run(&b);
+    let other = env(&b);
+    assert!(first.iter().all(|(k, v)| &other[k] != v));
+
+    // No value ever lands in the rendered files.
+    for f in walkdir::WalkDir::new(out.path())
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
+        let body = std::fs::read_to_string(f.path()).unwrap_or_default();
+        for v in first.values() {
+            assert!(!body.contains(v.as_str()));
+        }
+    }
+}
+
+#[test]
+fn a_malformed_secrets_spec_is_a_clear_error() {
+    let dir = catalog(&[(
+        "stack",
+        &format!("{MINIMAL}features:\n  docker: {{source: distro}}\n  compose_stack:\n    project: ../proj\n    profiles: [app]\n"),
+    )]);
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(
+        proj.join("compose.yaml"),
+        "services:\n  app:\n    image: busybox:1.36\n    profiles: [app]\n    environment:\n      K: ${APP_KEY:?x}\n",
+    )
+    .unwrap();
+    for (body, needle) in [
+        ("APP_KEY: {bytes: 4}\n", "16 to 128"),
+        ("app_key: {bytes: 32}\n", "not an environment variable name"),
+        ("APP_KEY: {bytes: 32, encoding: rot13}\n", "rot13"),
+        ("APP_KEY: {bytes: 32, lenght: 3}\n", "lenght"),
+    ] {
+        std::fs::write(proj.join("secrets.yaml"), body).unwrap();
+        let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+        let (_, err) = text(&o);
+        assert_ne!(o.status.code(), Some(0), "{body}");
+        assert!(
+            err.contains("secrets.yaml") && err.contains(needle),
+            "{body}: {err}"
+        );
+    }
+    std::fs::write(proj.join("secrets.yaml"), "APP_KEY: {bytes: 32}\n").unwrap();
+    let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+}
