@@ -210,3 +210,44 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
     add("meta-data", META_DATA, status);
     out
 }
+
+/// The cloud-config validators on one user-data file (e.g. launch-time user-data):
+/// `cloud-init schema -c` and cloud-init's 24.04 JSON schema through check-jsonschema.
+pub fn cloud_config(file: &Path, tools: &Tools) -> Vec<(&'static str, Status)> {
+    let mut out = Vec::new();
+    out.push((
+        "cloud-init-schema",
+        match &tools.cloud_init {
+            None => not_installed("cloud-init"),
+            Some(ci) => outcome(
+                Cmd::new(ci)
+                    .args(["schema", "-c"])
+                    .arg(file)
+                    .run_unchecked(),
+            ),
+        },
+    ));
+    out.push((
+        "cloud-config-schema-24.04",
+        match &tools.check_jsonschema {
+            None => not_installed("check-jsonschema"),
+            Some(cj) => match tempfile::tempdir() {
+                Err(e) => Status::Failed(format!("no temp dir: {e}")),
+                Ok(dir) => {
+                    let schema = dir.path().join("cloud-config-v1.json");
+                    match std::fs::write(&schema, CLOUD_CONFIG_SCHEMA) {
+                        Err(e) => Status::Failed(format!("cannot write schema: {e}")),
+                        Ok(()) => outcome(
+                            Cmd::new(cj)
+                                .args(["--default-filetype", "yaml", "--schemafile"])
+                                .arg(&schema)
+                                .arg(file)
+                                .run_unchecked(),
+                        ),
+                    }
+                }
+            },
+        },
+    ));
+    out
+}

@@ -67,6 +67,37 @@ enum Command {
     Checksum(ChecksumArgs),
     /// Check the host: tool versions, whether KVM really works, free disk in the cache.
     Doctor(DoctorArgs),
+    /// Launch-time user-data for one user's VM of an image (for `openstack server create
+    /// --user-data`): user and SSH key, VNC password, /shared NFS export, compose profiles.
+    /// Validated with cloud-init's schema before it is written.
+    Userdata(UserdataArgs),
+}
+
+#[derive(Args, Debug)]
+struct UserdataArgs {
+    /// The image the VM boots.
+    image: String,
+    /// The workspace user to create.
+    #[arg(long)]
+    user: String,
+    /// The user's OpenSSH public key(s), one per line (authorized_keys format).
+    #[arg(long, value_name = "FILE")]
+    ssh_key: PathBuf,
+    /// A file whose first line is the VNC password (6-8 characters); needed for desktop images.
+    #[arg(long, value_name = "FILE")]
+    vnc_password_file: Option<PathBuf>,
+    /// The NFS export for the image's shared mount, SERVER:/PATH.
+    #[arg(long, value_name = "SERVER:/PATH")]
+    shared: Option<String>,
+    /// Compose profiles the workspace runs (comma-separated), instead of the image's default.
+    #[arg(long, value_delimiter = ',')]
+    profiles: Option<Vec<String>>,
+    /// Do not give the user passwordless sudo.
+    #[arg(long)]
+    no_sudo: bool,
+    /// Write here instead of stdout (mode 0600: it may hold the VNC password).
+    #[arg(short = 'o', long = "out")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -180,6 +211,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<DefinitionError>() || cause.is::<UsageError>() {
             return 2;
         }
+        if cause.is::<imgbuild::render::userdata::UserdataError>() {
+            return 2;
+        }
         if let Some(b) = cause.downcast_ref::<imgbuild::build::BuildError>() {
             return if b.is_usage() { 2 } else { 1 };
         }
@@ -235,6 +269,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Smoke(a) => smoke_cmd(cli, &catalog, a),
         Command::Checksum(a) => checksum_cmd(cli, a),
         Command::Doctor(a) => doctor_cmd(cli, a),
+        Command::Userdata(a) => userdata_cmd(cli, &catalog, a),
     }
 }
 
@@ -736,6 +771,92 @@ fn doctor_cmd(cli: &Cli, a: &DoctorArgs) -> Result<()> {
     }
     if !report.ready {
         return Err(Failed("required tools are missing (see above)".into()).into());
+    }
+    Ok(())
+}
+
+fn userdata_cmd(cli: &Cli, catalog: &Catalog, a: &UserdataArgs) -> Result<()> {
+    use imgbuild::render::userdata::{self, LaunchParams};
+    let r = buildable(catalog, &a.image)?;
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read_to_string(p).map_err(|e| UsageError(format!("{what} {}: {e}", p.display())))
+    };
+    let ssh_keys = userdata::parse_keys(&read(&a.ssh_key, "--ssh-key")?)?;
+    let vnc_password = match &a.vnc_password_file {
+        Some(p) => Some(
+            read(p, "--vnc-password-file")?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let text = userdata::render(
+        &r,
+        &LaunchParams {
+            user: a.user.clone(),
+            ssh_keys,
+            sudo: !a.no_sudo,
+            vnc_password,
+            shared: a.shared.clone(),
+            profiles: a.profiles.clone(),
+        },
+    )?;
+    // Validate before anything is written: our own output failing is a bug (exit 1).
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join("user-data");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+    }
+    let results = check::cloud_config(&file, &Tools::discover());
+    for (name, status) in &results {
+        match status {
+            Status::Passed => tracing::info!("{name}: passed"),
+            Status::NotRun(why) => tracing::warn!("{name}: not run ({why})"),
+            Status::Failed(why) => {
+                return Err(Failed(format!(
+                    "the launch user-data fails {name}:\n{}",
+                    indent(why)
+                ))
+                .into())
+            }
+        }
+    }
+    match &a.out {
+        Some(out) => {
+            // Same folder, then rename: never a half-written file under the final name.
+            let dir = out
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let staged = tempfile::Builder::new()
+                .prefix(".user-data-")
+                .tempfile_in(dir)?;
+            std::fs::set_permissions(
+                staged.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            std::fs::write(staged.path(), &text)?;
+            staged.persist(out).map_err(|e| e.error)?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "file": out, "image": a.image, "user": a.user,
+                    "validators": results.iter().map(|(n, s)| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        v["validator"] = serde_json::json!(n);
+                        v
+                    }).collect::<Vec<_>>(),
+                }))?;
+            }
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

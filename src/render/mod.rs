@@ -5,6 +5,7 @@ pub mod cloud_init;
 pub mod compose;
 pub mod features;
 pub mod packer;
+pub mod userdata;
 pub mod yaml;
 
 use crate::definition::{Arch, Diagnostic, Resolved};

@@ -1,0 +1,245 @@
+//! `imgbuild userdata`: launch-time user-data for a per-user VM, checked by cloud-init's own
+//! schema check and the 24.04 JSON schema (run by the command itself), its content read back
+//! with PyYAML, and bad launch parameters refused with exit 2.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINKIzFSoZBDV8xDcjGci1bwv84kEv2jAZ0eSz0TlZ6DT alice@laptop";
+
+fn inputs() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("key.pub"), format!("# alice\n{KEY}\n")).unwrap();
+    std::fs::write(d.path().join("vnc"), "s3cr'$t\n").unwrap();
+    d
+}
+
+#[test]
+fn desktop_user_data_is_valid_and_carries_the_launch_parameters() {
+    let d = inputs();
+    let out = d.path().join("user-data");
+    let o = imgbuild(
+        &repo(),
+        &[
+            "--json",
+            "userdata",
+            "desktop-ai",
+            "--user",
+            "alice",
+            "--ssh-key",
+            d.path().join("key.pub").to_str().unwrap(),
+            "--vnc-password-file",
+            d.path().join("vnc").to_str().unwrap(),
+            "--shared",
+            "nfs.lab:/export/shared",
+            "--profiles",
+            "ai,search",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for v in report["validators"].as_array().unwrap() {
+        assert_eq!(v["status"], "passed", "{v}");
+    }
+    assert_eq!(report["validators"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "it holds the VNC password"
+    );
+    let body = std::fs::read_to_string(&out).unwrap();
+    assert!(body.starts_with("#cloud-config\n"));
+    let ud = python_yaml(&out);
+    let user = &ud["users"][0];
+    assert_eq!(user["name"], "alice");
+    assert_eq!(user["ssh_authorized_keys"][0], KEY);
+    assert_eq!(user["lock_passwd"], true);
+    assert!(user["groups"].as_str().unwrap().contains("docker"));
+    assert_eq!(ud["mounts"][0][0], "nfs.lab:/export/shared");
+    assert_eq!(ud["mounts"][0][1], "/shared");
+    let files = ud["write_files"].as_array().unwrap();
+    let file = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("{p}"))
+            .clone()
+    };
+    // The password arrives unchanged (quotes and `$` included), private, in /run only.
+    assert_eq!(file("/run/imgbuild/vnc-password")["content"], "s3cr'$t\n");
+    assert_eq!(file("/run/imgbuild/vnc-password")["permissions"], "0600");
+    assert!(file("/etc/tigervnc/vncserver.users")["content"]
+        .as_str()
+        .unwrap()
+        .contains(":1=alice"));
+    assert!(file("/var/lib/imgbuild/ai-stack/launch.env")["content"]
+        .as_str()
+        .unwrap()
+        .contains("COMPOSE_PROFILES=ai,search"));
+    let runcmd = serde_json::to_string(&ud["runcmd"]).unwrap();
+    assert!(runcmd.contains("vncpasswd -f"), "{runcmd}");
+    assert!(runcmd.contains("tigervncserver@:1.service"));
+}
+
+#[test]
+fn stdout_without_a_desktop_and_without_sudo() {
+    let d = inputs();
+    let o = imgbuild(
+        &repo(),
+        &[
+            "userdata",
+            "kolla-node",
+            "--user",
+            "bob",
+            "--no-sudo",
+            "--ssh-key",
+            d.path().join("key.pub").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let f = d.path().join("ud");
+    std::fs::write(&f, &o.stdout).unwrap();
+    let ud = python_yaml(&f);
+    assert_eq!(ud["users"][0]["name"], "bob");
+    assert!(ud["users"][0].get("sudo").is_none());
+    assert!(ud.get("write_files").is_none() && ud.get("mounts").is_none());
+}
+
+#[test]
+fn bad_launch_parameters_are_exit_2_and_write_nothing() {
+    let d = inputs();
+    let key = d.path().join("key.pub");
+    let bad_key = d.path().join("bad.pub");
+    std::fs::write(&bad_key, "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n").unwrap();
+    let short = d.path().join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+    let out = d.path().join("never");
+    let k = key.to_str().unwrap();
+    let vnc = d.path().join("vnc");
+    let v = vnc.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["desktop-ai", "--user", "alice", "--ssh-key", k],
+            "--vnc-password-file",
+        ),
+        (
+            vec![
+                "desktop-ai",
+                "--user",
+                "Alice",
+                "--ssh-key",
+                k,
+                "--vnc-password-file",
+                v,
+            ],
+            "user name",
+        ),
+        (
+            vec![
+                "desktop-ai",
+                "--user",
+                "root",
+                "--ssh-key",
+                k,
+                "--vnc-password-file",
+                v,
+            ],
+            "system account",
+        ),
+        (
+            vec![
+                "desktop-ai",
+                "--user",
+                "a",
+                "--ssh-key",
+                bad_key.to_str().unwrap(),
+                "--vnc-password-file",
+                v,
+            ],
+            "line 1",
+        ),
+        (
+            vec![
+                "desktop-ai",
+                "--user",
+                "a",
+                "--ssh-key",
+                k,
+                "--vnc-password-file",
+                short.to_str().unwrap(),
+            ],
+            "6 to 8",
+        ),
+        (
+            vec![
+                "desktop-ai",
+                "--user",
+                "a",
+                "--ssh-key",
+                k,
+                "--vnc-password-file",
+                v,
+                "--profiles",
+                "ai,serch",
+            ],
+            "did you mean `search`",
+        ),
+        (
+            vec![
+                "desktop-ai",
+                "--user",
+                "a",
+                "--ssh-key",
+                k,
+                "--vnc-password-file",
+                v,
+                "--shared",
+                "just-a-host",
+            ],
+            "SERVER:/PATH",
+        ),
+        (
+            vec![
+                "kolla-node",
+                "--user",
+                "a",
+                "--ssh-key",
+                k,
+                "--shared",
+                "h:/x",
+            ],
+            "no shared mount",
+        ),
+        (
+            vec![
+                "kolla-node",
+                "--user",
+                "a",
+                "--ssh-key",
+                k,
+                "--vnc-password-file",
+                v,
+            ],
+            "no desktop",
+        ),
+        (
+            vec!["kolla-node", "--user", "a", "--ssh-key", "/nonexistent"],
+            "--ssh-key",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["userdata"];
+        all.extend(&args);
+        all.extend(["-o", out.to_str().unwrap()]);
+        let o = imgbuild(&repo(), &all);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote a file");
+    }
+}
