@@ -71,6 +71,25 @@ enum Command {
     /// --user-data`): user and SSH key, VNC password, /shared NFS export, compose profiles.
     /// Validated with cloud-init's schema before it is written.
     Userdata(UserdataArgs),
+    /// A Lima instance YAML that boots a built artifact (location, arch, digest), with cpus,
+    /// memory and disk from the definition and port forwards for the desktop and the stack.
+    #[command(disable_version_flag = true)]
+    Lima(LimaArgs),
+}
+
+#[derive(Args, Debug)]
+struct LimaArgs {
+    /// The image.
+    image: String,
+    /// The built version (default: the newest in the dist folder).
+    #[arg(long = "version", value_name = "V")]
+    image_version: Option<String>,
+    /// The dist folder the build wrote to.
+    #[arg(long, default_value = "dist")]
+    dist: PathBuf,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long = "out")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -270,6 +289,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Checksum(a) => checksum_cmd(cli, a),
         Command::Doctor(a) => doctor_cmd(cli, a),
         Command::Userdata(a) => userdata_cmd(cli, &catalog, a),
+        Command::Lima(a) => lima_cmd(cli, &catalog, a),
     }
 }
 
@@ -854,6 +874,88 @@ fn userdata_cmd(cli: &Cli, catalog: &Catalog, a: &UserdataArgs) -> Result<()> {
                         v
                     }).collect::<Vec<_>>(),
                 }))?;
+            }
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn lima_cmd(cli: &Cli, catalog: &Catalog, a: &LimaArgs) -> Result<()> {
+    use imgbuild::manifest::{self, Manifest};
+    let r = buildable(catalog, &a.image)?;
+    let image_dir = a.dist.join(&a.image);
+    let (dir, m) = match &a.image_version {
+        Some(v) => {
+            let dir = image_dir.join(v);
+            let m = Manifest::read(&dir.join(manifest::FILE)).map_err(|e| {
+                UsageError(format!(
+                    "{}: {e} (build it first: imgbuild build {} --version {v})",
+                    dir.join(manifest::FILE).display(),
+                    a.image
+                ))
+            })?;
+            (dir, m)
+        }
+        None => {
+            let mut found: Vec<(PathBuf, Manifest)> = std::fs::read_dir(&image_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter_map(|e| {
+                    Manifest::read(&e.path().join(manifest::FILE))
+                        .ok()
+                        .map(|m| (e.path(), m))
+                })
+                .collect();
+            found.sort_by(|x, y| x.1.build.started.cmp(&y.1.build.started));
+            found.pop().ok_or_else(|| {
+                UsageError(format!(
+                    "no build of {} in {} (run: imgbuild build {})",
+                    a.image,
+                    image_dir.display(),
+                    a.image
+                ))
+            })?
+        }
+    };
+    if m.image != a.image {
+        return Err(UsageError(format!(
+            "{} is a build of {}, not {}",
+            dir.display(),
+            m.image,
+            a.image
+        ))
+        .into());
+    }
+    let artifact = dir.join(&m.artifact.file);
+    let len = std::fs::metadata(&artifact)
+        .map_err(|e| UsageError(format!("{}: {e}", artifact.display())))?
+        .len();
+    if len != m.artifact.size {
+        return Err(Failed(format!(
+            "{}: {len} bytes, but the manifest says {}: the artifact changed since it was built",
+            artifact.display(),
+            m.artifact.size
+        ))
+        .into());
+    }
+    let artifact = std::fs::canonicalize(&artifact)?;
+    let text = imgbuild::render::lima::render(&r, &m, &artifact);
+    match &a.out {
+        Some(out) => {
+            let dir = out
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let staged = tempfile::Builder::new().prefix(".lima-").tempfile_in(dir)?;
+            std::fs::write(staged.path(), &text)?;
+            staged.persist(out).map_err(|e| e.error)?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"file": out, "image": m.image, "version": m.version, "artifact": artifact}),
+                )?;
             }
         }
         None => print!("{text}"),
