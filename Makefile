@@ -4,13 +4,18 @@ CARGO ?= cargo
 VENV  ?= .venv
 export IMGBUILD_VENV := $(abspath $(VENV))
 
-.PHONY: all host-tools venv build test lint demo clean
+.PHONY: all host-tools venv openstack-venv build test lint demo clean
 
 all: build
 
 ## Host tools: qemu-system (bookworm-backports), packer, mmdebstrap, cloud-init, xorriso, ovmf, ...
-host-tools: venv
+host-tools: venv openstack-venv
 	bash scripts/install-host-tools.sh
+
+## Keystone + Glance + python-openstackclient (pinned, scripts/openstack-constraints.txt) for
+## the tests that run a real OpenStack on 127.0.0.1.
+openstack-venv:
+	bash scripts/openstack-test-stack.sh install target/openstack-venv
 
 ## Python validators (check-jsonschema, PyYAML) in a local venv.
 venv: $(VENV)/.installed

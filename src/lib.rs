@@ -12,6 +12,7 @@ pub mod definition;
 pub mod digest;
 pub mod doctor;
 pub mod exec;
+pub mod glance;
 pub mod manifest;
 pub mod progress;
 pub mod qemu;
