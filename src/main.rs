@@ -75,6 +75,32 @@ enum Command {
     /// memory and disk from the definition and port forwards for the desktop and the stack.
     #[command(disable_version_flag = true)]
     Lima(LimaArgs),
+    /// Upload a built version to OpenStack Glance (clouds.yaml / OS_* auth), verify Glance's
+    /// md5 and sha512 against the manifest, delete the image again on any failure. A re-run
+    /// with the same artifact uploads nothing.
+    #[command(disable_version_flag = true)]
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// The image.
+    image: String,
+    /// The built version (default: the newest in the dist folder).
+    #[arg(long = "version", value_name = "V")]
+    image_version: Option<String>,
+    /// The dist folder the build wrote to.
+    #[arg(long, default_value = "dist")]
+    dist: PathBuf,
+    /// The cloud in clouds.yaml (default: $OS_CLOUD, else the OS_* variables).
+    #[arg(long)]
+    os_cloud: Option<String>,
+    /// Show what would be created (or that the image is already there); change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds allowed per HTTP request and for the image to become active.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +316,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Doctor(a) => doctor_cmd(cli, a),
         Command::Userdata(a) => userdata_cmd(cli, &catalog, a),
         Command::Lima(a) => lima_cmd(cli, &catalog, a),
+        Command::Publish(a) => publish_cmd(cli, &catalog, a),
     }
 }
 
@@ -882,10 +909,59 @@ fn userdata_cmd(cli: &Cli, catalog: &Catalog, a: &UserdataArgs) -> Result<()> {
 }
 
 fn lima_cmd(cli: &Cli, catalog: &Catalog, a: &LimaArgs) -> Result<()> {
-    use imgbuild::manifest::{self, Manifest};
     let r = buildable(catalog, &a.image)?;
-    let image_dir = a.dist.join(&a.image);
-    let (dir, m) = match &a.image_version {
+    let (dir, m) = find_build(&a.dist, &a.image, a.image_version.as_deref())?;
+    let artifact = dir.join(&m.artifact.file);
+    let len = std::fs::metadata(&artifact)
+        .map_err(|e| UsageError(format!("{}: {e}", artifact.display())))?
+        .len();
+    if len != m.artifact.size {
+        return Err(Failed(format!(
+            "{}: {len} bytes, but the manifest says {}: the artifact changed since it was built",
+            artifact.display(),
+            m.artifact.size
+        ))
+        .into());
+    }
+    let artifact = std::fs::canonicalize(&artifact)?;
+    let text = imgbuild::render::lima::render(&r, &m, &artifact);
+    match &a.out {
+        Some(out) => {
+            let dir = out
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let staged = tempfile::Builder::new().prefix(".lima-").tempfile_in(dir)?;
+            std::fs::write(staged.path(), &text)?;
+            staged.persist(out).map_err(|e| e.error)?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"file": out, "image": m.image, "version": m.version, "artifact": artifact}),
+                )?;
+            }
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// The version folder and manifest of a build: the given version, else the newest.
+fn find_build(
+    dist: &std::path::Path,
+    image: &str,
+    version: Option<&str>,
+) -> Result<(PathBuf, imgbuild::manifest::Manifest)> {
+    use imgbuild::manifest::{self, Manifest};
+    struct A<'a> {
+        image: &'a str,
+        image_version: Option<&'a str>,
+    }
+    let a = A {
+        image,
+        image_version: version,
+    };
+    let image_dir = dist.join(a.image);
+    let (dir, m) = match a.image_version {
         Some(v) => {
             let dir = image_dir.join(v);
             let m = Manifest::read(&dir.join(manifest::FILE)).map_err(|e| {
@@ -929,36 +1005,107 @@ fn lima_cmd(cli: &Cli, catalog: &Catalog, a: &LimaArgs) -> Result<()> {
         ))
         .into());
     }
+    Ok((dir, m))
+}
+
+fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
+    use imgbuild::glance::{auth, http::Http, publish};
+    let r = buildable(catalog, &a.image)?;
+    let (dir, m) = find_build(&a.dist, &a.image, a.image_version.as_deref())?;
     let artifact = dir.join(&m.artifact.file);
-    let len = std::fs::metadata(&artifact)
-        .map_err(|e| UsageError(format!("{}: {e}", artifact.display())))?
-        .len();
-    if len != m.artifact.size {
+    let mut p = imgbuild::progress::Progress::new(cli.quiet);
+    p.stage("verify artifact");
+    let d = imgbuild::digest::digest_file(&artifact, |_| {})
+        .with_context(|| format!("reading {}", artifact.display()))?;
+    if d.sha256 != m.digests.sha256 {
+        p.fail();
         return Err(Failed(format!(
-            "{}: {len} bytes, but the manifest says {}: the artifact changed since it was built",
+            "{}: sha256 mismatch with its manifest: expected {}, actual {}; nothing was uploaded",
             artifact.display(),
-            m.artifact.size
+            m.digests.sha256,
+            d.sha256
         ))
         .into());
     }
-    let artifact = std::fs::canonicalize(&artifact)?;
-    let text = imgbuild::render::lima::render(&r, &m, &artifact);
-    match &a.out {
-        Some(out) => {
-            let dir = out
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let staged = tempfile::Builder::new().prefix(".lima-").tempfile_in(dir)?;
-            std::fs::write(staged.path(), &text)?;
-            staged.persist(out).map_err(|e| e.error)?;
-            if cli.json {
-                print_json(
-                    &serde_json::json!({"file": out, "image": m.image, "version": m.version, "artifact": artifact}),
-                )?;
+    p.done(&format!("sha256 {}", d.sha256));
+    let plan = publish::plan(&r, &m);
+    let cloud = auth::load(a.os_cloud.as_deref()).map_err(|e| match e {
+        auth::AuthError::NoCloud
+        | auth::AuthError::UnknownCloud { .. }
+        | auth::AuthError::File { .. }
+        | auth::AuthError::Incomplete(_) => anyhow::Error::from(UsageError(e.to_string())),
+        e => e.into(),
+    })?;
+    let timeout = std::time::Duration::from_secs(a.timeout);
+    let http = Http::new(&cloud.tls, timeout)?;
+    p.stage("authenticate");
+    let session = auth::authenticate(&cloud, &http).map_err(|e| {
+        p.fail();
+        Failed(e.to_string())
+    })?;
+    p.done(&format!("image service {}", session.image_url));
+    if a.dry_run {
+        let existing = publish::find_existing(&http, &session, &m.digests.sha256)?;
+        let action = if existing.is_empty() {
+            "create"
+        } else {
+            "unchanged"
+        };
+        if cli.json {
+            print_json(
+                &serde_json::json!({"dry_run": true, "action": action, "plan": plan,
+                "existing": existing.iter().map(|i| &i["id"]).collect::<Vec<_>>()}),
+            )?;
+        } else {
+            match existing.first() {
+                Some(i) => println!(
+                    "unchanged: {} is already image {}",
+                    plan.name,
+                    i["id"].as_str().unwrap_or_default()
+                ),
+                None => {
+                    println!(
+                        "create: {} ({}, {} bytes, {})",
+                        plan.name, plan.disk_format, m.artifact.size, plan.visibility
+                    );
+                    for (k, v) in &plan.properties {
+                        println!("  {k} = {v}");
+                    }
+                    println!("  tags: {}", plan.tags.join(", "));
+                }
             }
         }
-        None => print!("{text}"),
+        return Ok(());
+    }
+    p.stage("upload");
+    let result = publish::publish(
+        &http,
+        &session,
+        &plan,
+        &m,
+        &artifact,
+        timeout,
+        &mut |done, total| p.bytes(done, Some(total)),
+    );
+    let res = match result {
+        Ok(x) => x,
+        Err(e) => {
+            p.fail();
+            let hint = publish::explain(&e)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            return Err(Failed(format!("{e}{hint}")).into());
+        }
+    };
+    p.done(&format!("{} {} ({})", res.action, res.id, res.status));
+    if cli.json {
+        print_json(&res)?;
+    } else {
+        println!("{} {} {} {}", res.action, res.id, res.name, res.status);
+        println!(
+            "checksum {} os_hash_value {}",
+            res.checksum, res.os_hash_value
+        );
     }
     Ok(())
 }

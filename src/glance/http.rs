@@ -223,6 +223,69 @@ impl Http {
         self.run("POST", url, token, Some(("application/json", &data)), ok)
     }
 
+    /// PUT a file as `application/octet-stream`, streamed (never read into memory), with
+    /// progress as bytes sent of the total. Retried from the start on connection errors/5xx.
+    pub fn put_file(
+        &self,
+        url: &str,
+        token: &str,
+        path: &std::path::Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), HttpError> {
+        let io_err = |e: std::io::Error| HttpError::Transport {
+            method: "PUT".into(),
+            url: url.into(),
+            message: format!("{}: {e}", path.display()),
+        };
+        let total = std::fs::metadata(path).map_err(io_err)?.len();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            tracing::debug!(target: "exec", "PUT {url} < {}", path.display());
+            let file = std::fs::File::open(path).map_err(io_err)?;
+            let mut reader = Counting {
+                inner: file,
+                done: 0,
+                total,
+                progress: &mut *progress,
+            };
+            let result = self
+                .agent
+                .put(url)
+                .header("X-Auth-Token", token)
+                .header("Content-Type", "application/octet-stream")
+                .send(ureq::SendBody::from_reader(&mut reader));
+            let err = match result {
+                Ok(resp) if resp.status().as_u16() == 204 => return Ok(()),
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.into_body().read_to_string().unwrap_or_default();
+                    let e = HttpError::Status {
+                        method: "PUT".into(),
+                        url: url.into(),
+                        status,
+                        message: message_of(&text),
+                    };
+                    if status < 500 {
+                        return Err(e);
+                    }
+                    e
+                }
+                Err(e) => HttpError::Transport {
+                    method: "PUT".into(),
+                    url: url.into(),
+                    message: e.to_string(),
+                },
+            };
+            if attempt > self.retries {
+                return Err(err);
+            }
+            let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
+            tracing::warn!("{err}; retrying the upload in {:.1} s", wait.as_secs_f64());
+            std::thread::sleep(wait);
+        }
+    }
+
     pub fn delete(
         &self,
         url: &str,
@@ -230,6 +293,22 @@ impl Http {
         ok: &[u16],
     ) -> Result<Response, HttpError> {
         self.run("DELETE", url, token, None, ok)
+    }
+}
+
+struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done, self.total);
+        Ok(n)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: run the real binary, make throw-away catalogs.
 #![allow(dead_code)]
 
+pub mod openstack;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

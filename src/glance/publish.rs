@@ -1,0 +1,288 @@
+//! Publishing a built artifact to Glance: the plan (name, format, properties) is pure; the
+//! upload creates the image, streams the file, and compares Glance's checksum (md5) and
+//! os_hash_value (sha512) with the manifest. Anything that fails after the image was created
+//! deletes it, so nothing stays queued or saving. A re-run with the same artifact finds the
+//! image by its `imgbuild_sha256` property and uploads nothing.
+
+use super::auth::Session;
+use super::http::{Http, HttpError};
+use crate::definition::{Arch, Firmware, Resolved, Visibility};
+use crate::manifest::Manifest;
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub disk_format: String,
+    pub container_format: String,
+    pub visibility: String,
+    pub min_disk: Option<u32>,
+    pub min_ram: Option<u32>,
+    pub tags: Vec<String>,
+    pub properties: IndexMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Published {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    /// `created` or `unchanged` (the same artifact was already there).
+    pub action: String,
+    pub checksum: String,
+    pub os_hash_algo: String,
+    pub os_hash_value: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("{path}: {message}")]
+    Local { path: String, message: String },
+    #[error("Glance's {what} of image {id} does not match the manifest: expected {expected}, actual {actual}; the image was deleted")]
+    Mismatch {
+        id: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("image {id} is `{status}` after {secs} s, not active; it was deleted")]
+    NotActive {
+        id: String,
+        status: String,
+        secs: u64,
+    },
+}
+
+/// What an HTTP status means for a publish, in a word the operator can act on.
+pub fn explain(e: &PublishError) -> Option<&'static str> {
+    match e {
+        PublishError::Http(HttpError::Status { status, .. }) => Some(match status {
+            401 => "authentication failed or the token expired",
+            403 => "not allowed: the user lacks a role or the policy forbids it",
+            404 => "not found: wrong image endpoint or the image is gone",
+            409 => "conflict: the image is in a state that does not allow this",
+            413 => "too large: an image or storage quota of the project is exceeded",
+            415 => "Glance rejected the data (disk_format does not match the file)",
+            s if *s >= 500 => "Glance failed on its side (retried, still failing)",
+            _ => return None,
+        }),
+        _ => None,
+    }
+}
+
+fn visibility(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Public => "public",
+        Visibility::Private => "private",
+        Visibility::Shared => "shared",
+        Visibility::Community => "community",
+    }
+}
+
+/// The image to create (pure).
+pub fn plan(r: &Resolved, m: &Manifest) -> Plan {
+    let p = &r.definition.publish;
+    let name = p
+        .name
+        .replace("{image}", &m.image)
+        .replace("{version}", &m.version)
+        .replace("{arch}", m.arch.as_str());
+    let mut props: IndexMap<String, String> = IndexMap::new();
+    props.insert(
+        "architecture".into(),
+        match m.arch {
+            Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+        }
+        .into(),
+    );
+    props.insert(
+        "hw_firmware_type".into(),
+        if r.definition.build.firmware == Firmware::Uefi || m.arch == Arch::Arm64 {
+            "uefi"
+        } else {
+            "bios"
+        }
+        .into(),
+    );
+    for (k, v) in &p.properties {
+        props.insert(k.clone(), v.clone());
+    }
+    props.insert("imgbuild_image".into(), m.image.clone());
+    props.insert("imgbuild_version".into(), m.version.clone());
+    props.insert("imgbuild_sha256".into(), m.digests.sha256.clone());
+    if let Some(c) = &m.build.git_commit {
+        props.insert("imgbuild_commit".into(), c.clone());
+    }
+    // What openstacksdk writes, so `openstack image create` and other tools see the same image.
+    props.insert(
+        "owner_specified.openstack.md5".into(),
+        m.digests.md5.clone(),
+    );
+    props.insert(
+        "owner_specified.openstack.sha256".into(),
+        m.digests.sha256.clone(),
+    );
+    props.insert(
+        "owner_specified.openstack.object".into(),
+        format!("images/{name}"),
+    );
+    Plan {
+        name,
+        disk_format: m.artifact.format.clone(),
+        container_format: "bare".into(),
+        visibility: visibility(p.visibility).into(),
+        min_disk: p.min_disk,
+        min_ram: p.min_ram,
+        tags: p.tags.clone(),
+        properties: props,
+    }
+}
+
+fn published(v: &Value, action: &str) -> Published {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Published {
+        id: s("id"),
+        name: s("name"),
+        status: s("status"),
+        action: action.into(),
+        checksum: s("checksum"),
+        os_hash_algo: s("os_hash_algo"),
+        os_hash_value: s("os_hash_value"),
+        size: v["size"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Active images carrying this artifact's sha256, hidden ones included.
+pub fn find_existing(http: &Http, s: &Session, sha256: &str) -> Result<Vec<Value>, PublishError> {
+    let mut out = Vec::new();
+    for hidden in ["false", "true"] {
+        let url = format!(
+            "{}/v2/images?imgbuild_sha256={sha256}&os_hidden={hidden}&limit=100",
+            s.image_url
+        );
+        let r = http.get(&url, Some(s.token.expose()), &[200])?;
+        for img in r.json["images"].as_array().into_iter().flatten() {
+            if img["status"] == "active" && img["imgbuild_sha256"] == sha256 {
+                out.push(img.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the image and uploads `artifact`; verifies; deletes the image on any failure.
+pub fn publish(
+    http: &Http,
+    s: &Session,
+    plan: &Plan,
+    m: &Manifest,
+    artifact: &Path,
+    timeout: Duration,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Published, PublishError> {
+    if let Some(existing) = find_existing(http, s, &m.digests.sha256)?.first() {
+        return Ok(published(existing, "unchanged"));
+    }
+    let token = Some(s.token.expose());
+    let mut body = json!({
+        "name": plan.name,
+        "disk_format": plan.disk_format,
+        "container_format": plan.container_format,
+        "visibility": plan.visibility,
+        "tags": plan.tags,
+    });
+    if let Some(d) = plan.min_disk {
+        body["min_disk"] = json!(d);
+    }
+    if let Some(r) = plan.min_ram {
+        body["min_ram"] = json!(r);
+    }
+    for (k, v) in &plan.properties {
+        body[k] = json!(v);
+    }
+    let created = http.post_json(&format!("{}/v2/images", s.image_url), token, &body, &[201])?;
+    let id = created.json["id"].as_str().unwrap_or_default().to_string();
+    let result = upload_and_verify(http, s, &id, m, artifact, timeout, progress);
+    if result.is_err() {
+        let url = format!("{}/v2/images/{id}", s.image_url);
+        if let Err(e) = http.delete(&url, token, &[204, 404]) {
+            tracing::error!("could not delete the half-made image {id}: {e}");
+        }
+    }
+    result
+}
+
+fn upload_and_verify(
+    http: &Http,
+    s: &Session,
+    id: &str,
+    m: &Manifest,
+    artifact: &Path,
+    timeout: Duration,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Published, PublishError> {
+    let url = format!("{}/v2/images/{id}", s.image_url);
+    http.put_file(&format!("{url}/file"), s.token.expose(), artifact, progress)?;
+    let started = Instant::now();
+    let img = loop {
+        let r = http.get(&url, Some(s.token.expose()), &[200])?;
+        let status = r.json["status"].as_str().unwrap_or_default().to_string();
+        if status == "active" {
+            break r.json;
+        }
+        if matches!(status.as_str(), "killed" | "deleted" | "deactivated")
+            || started.elapsed() > timeout
+        {
+            return Err(PublishError::NotActive {
+                id: id.into(),
+                status,
+                secs: started.elapsed().as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let checks = [
+        (
+            "checksum (md5)",
+            m.digests.md5.as_str(),
+            img["checksum"].as_str(),
+        ),
+        (
+            "os_hash_value (sha512)",
+            m.digests.sha512.as_str(),
+            if img["os_hash_algo"] == "sha512" {
+                img["os_hash_value"].as_str()
+            } else {
+                None
+            },
+        ),
+    ];
+    for (what, expected, actual) in checks {
+        let actual = actual.unwrap_or("(none)");
+        if actual != expected {
+            return Err(PublishError::Mismatch {
+                id: id.into(),
+                what: what.into(),
+                expected: expected.into(),
+                actual: actual.into(),
+            });
+        }
+    }
+    if img["size"].as_u64() != Some(m.artifact.size) {
+        return Err(PublishError::Mismatch {
+            id: id.into(),
+            what: "size".into(),
+            expected: m.artifact.size.to_string(),
+            actual: img["size"].to_string(),
+        });
+    }
+    Ok(published(&img, "created"))
+}

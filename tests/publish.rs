@@ -1,0 +1,242 @@
+//! `imgbuild publish` against a real Keystone + Glance on 127.0.0.1: upload with hash
+//! verification, seen by `openstack image show` with the expected properties; re-publish is a
+//! no-op; --dry-run changes nothing; a tampered artifact or a wrong password fails with exit 1
+//! and leaves no image behind.
+
+mod common;
+
+use common::openstack::stack;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A dist folder with a real qcow2 (with data in it) and the manifest `build` would write.
+fn dist_with_build(dist: &Path, version: &str) -> PathBuf {
+    use imgbuild::definition::Arch;
+    use imgbuild::manifest::*;
+    let dir = dist.join("debian12-base").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("raw.img");
+    let mut data = vec![0u8; 8 << 20];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2654435761).rotate_left(7) as u8;
+    }
+    data.extend_from_slice(version.as_bytes());
+    std::fs::write(&raw, &data).unwrap();
+    let file = format!("debian12-base-{version}-amd64.qcow2");
+    let artifact = dir.join(&file);
+    let o = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&artifact)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::remove_file(&raw).unwrap();
+    let digests = imgbuild::digest::digest_file(&artifact, |_| {}).unwrap();
+    let m = Manifest {
+        image: "debian12-base".into(),
+        version: version.into(),
+        arch: Arch::Amd64,
+        description: "test".into(),
+        backend: "qemu".into(),
+        accel: "tcg".into(),
+        base: BaseRef {
+            kind: "bootstrap".into(),
+            source: "mmdebstrap bookworm".into(),
+            sha256: "0".repeat(64),
+        },
+        definition_sha256: "0".repeat(64),
+        rendered_sha256: "0".repeat(64),
+        artifact: Artifact {
+            file,
+            format: "qcow2".into(),
+            compression: "none".into(),
+            size: digests.size,
+            virtual_size: 8 << 20,
+        },
+        digests,
+        smoke: None,
+        build: BuildInfo {
+            started: "2026-11-23T00:00:00Z".into(),
+            duration_seconds: 1.0,
+            tool: "imgbuild".into(),
+            tool_version: "0".into(),
+            git_commit: Some("1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d".into()),
+            git_dirty: false,
+            host: "linux".into(),
+        },
+    };
+    std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
+    artifact
+}
+
+fn clouds(dir: &Path, password: &str) -> PathBuf {
+    let s = stack();
+    let p = dir.join("clouds.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "clouds:\n  lab:\n    auth:\n      auth_url: {}\n      username: admin\n      password: \"{password}\"\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n",
+            s.keystone
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn publish(clouds: &Path, dist: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(["--json", "publish", "debian12-base", "--dist"])
+        .arg(dist)
+        .args(args)
+        .current_dir(repo())
+        .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .env("OS_CLIENT_SECURE_FILE", clouds.with_file_name("none.yaml"))
+        .env("OS_CLOUD", "lab")
+        .env_remove("OS_AUTH_URL")
+        .output()
+        .unwrap()
+}
+
+fn openstack(clouds: &Path, args: &[&str]) -> serde_json::Value {
+    let o = Command::new(repo().join("target/openstack-venv/bin/openstack"))
+        .args(["--os-cloud", "lab"])
+        .args(args)
+        .args(["-f", "json"])
+        .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn publish_verifies_hashes_sets_properties_and_is_idempotent() {
+    let s = stack();
+    let t = tempfile::tempdir().unwrap();
+    let c = clouds(t.path(), &s.password);
+    let dist = t.path().join("dist");
+    dist_with_build(&dist, "1.0");
+
+    // --dry-run: says create, creates nothing.
+    let o = publish(&c, &dist, &["--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let dry: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(dry["action"], "create");
+    assert_eq!(dry["plan"]["name"], "debian12-base-1.0");
+    let listed = openstack(&c, &["image", "list", "--name", "debian12-base-1.0"]);
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "dry-run created an image"
+    );
+
+    let o = publish(&c, &dist, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["action"], "created");
+    assert_eq!(r["status"], "active");
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dist.join("debian12-base/1.0/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["checksum"], m["digests"]["md5"]);
+    assert_eq!(r["os_hash_value"], m["digests"]["sha512"]);
+
+    // The OpenStack CLI sees the same image, hashes and properties.
+    let show = openstack(&c, &["image", "show", r["id"].as_str().unwrap()]);
+    assert_eq!(show["name"], "debian12-base-1.0");
+    assert_eq!(show["status"], "active");
+    assert_eq!(show["disk_format"], "qcow2");
+    assert_eq!(show["checksum"], m["digests"]["md5"]);
+    // The OpenStack CLI lists os_hash_* among the properties.
+    assert_eq!(show["properties"]["os_hash_algo"], "sha512", "{show}");
+    assert_eq!(show["properties"]["os_hash_value"], m["digests"]["sha512"]);
+    assert_eq!(show["size"], m["artifact"]["size"]);
+    assert_eq!(show["visibility"], "private");
+    assert_eq!(show["min_disk"], 10);
+    let props = &show["properties"];
+    for (k, v) in [
+        ("os_distro", "debian"),
+        ("os_version", "12"),
+        ("architecture", "x86_64"),
+        ("hw_disk_bus", "virtio"),
+        ("hw_qemu_guest_agent", "yes"),
+        ("hw_firmware_type", "bios"),
+        ("imgbuild_version", "1.0"),
+        (
+            "imgbuild_commit",
+            "1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d",
+        ),
+        (
+            "owner_specified.openstack.object",
+            "images/debian12-base-1.0",
+        ),
+    ] {
+        assert_eq!(props[k], v, "property {k}: {props}");
+    }
+    assert_eq!(props["imgbuild_sha256"], m["digests"]["sha256"]);
+    assert_eq!(
+        props["owner_specified.openstack.sha256"],
+        m["digests"]["sha256"]
+    );
+    assert_eq!(props["owner_specified.openstack.md5"], m["digests"]["md5"]);
+    assert!(show["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "imgbuild"));
+    assert!(
+        !show.to_string().contains(&s.password),
+        "no secret in Glance"
+    );
+
+    // Re-publish: the same image, nothing uploaded.
+    let o = publish(&c, &dist, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again["action"], "unchanged");
+    assert_eq!(again["id"], r["id"]);
+    let listed = openstack(&c, &["image", "list", "--name", "debian12-base-1.0"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let o = publish(&c, &dist, &["--dry-run"]);
+    let dry: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(dry["action"], "unchanged");
+}
+
+#[test]
+fn a_tampered_artifact_or_a_wrong_password_fails_and_leaves_nothing() {
+    let s = stack();
+    let t = tempfile::tempdir().unwrap();
+    let dist = t.path().join("dist");
+    let artifact = dist_with_build(&dist, "2.0");
+
+    let bad = clouds(t.path(), "not-the-password-77");
+    let o = publish(&bad, &dist, &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("HTTP 401"), "{err}");
+    assert!(
+        !err.contains("not-the-password-77"),
+        "password leaked: {err}"
+    );
+
+    let good_dir = t.path().join("good");
+    std::fs::create_dir_all(&good_dir).unwrap();
+    let good = clouds(&good_dir, &s.password);
+    let mut data = std::fs::read(&artifact).unwrap();
+    let n = data.len();
+    data[n - 1] ^= 0xff;
+    std::fs::write(&artifact, &data).unwrap();
+    let o = publish(&good, &dist, &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("expected") && err.contains("actual"), "{err}");
+    let listed = openstack(&good, &["image", "list", "--name", "debian12-base-2.0"]);
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "nothing may be left in Glance"
+    );
+}
