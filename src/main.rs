@@ -101,6 +101,18 @@ struct PublishArgs {
     /// Seconds allowed per HTTP request and for the image to become active.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
+    /// How the data gets in: auto (glance-direct import if offered), upload, import.
+    #[arg(long, value_enum, default_value = "auto")]
+    method: imgbuild::glance::publish::Method,
+    /// Keep this many newest versions visible, hide older ones (default: publish.keep).
+    #[arg(long)]
+    keep: Option<u32>,
+    /// Delete versions beyond this many newest (default: publish.delete_beyond); needs --prune.
+    #[arg(long)]
+    delete_beyond: Option<u32>,
+    /// Really delete the versions beyond delete_beyond.
+    #[arg(long)]
+    prune: bool,
 }
 
 #[derive(Args, Debug)]
@@ -1046,6 +1058,18 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
     p.done(&format!("image service {}", session.image_url));
     if a.dry_run {
         let existing = publish::find_existing(&http, &session, &m.digests.sha256)?;
+        let would = publish::retain(
+            &http,
+            &session,
+            &m.image,
+            a.keep.or(r.definition.publish.keep),
+            if a.prune {
+                a.delete_beyond.or(r.definition.publish.delete_beyond)
+            } else {
+                None
+            },
+            true,
+        )?;
         let action = if existing.is_empty() {
             "create"
         } else {
@@ -1054,6 +1078,7 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         if cli.json {
             print_json(
                 &serde_json::json!({"dry_run": true, "action": action, "plan": plan,
+                "retention": would,
                 "existing": existing.iter().map(|i| &i["id"]).collect::<Vec<_>>()}),
             )?;
         } else {
@@ -1084,6 +1109,7 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         &plan,
         &m,
         &artifact,
+        a.method,
         timeout,
         &mut |done, total| p.bytes(done, Some(total)),
     );
@@ -1098,14 +1124,51 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         }
     };
     p.done(&format!("{} {} ({})", res.action, res.id, res.status));
-    if cli.json {
-        print_json(&res)?;
+    let keep = a.keep.or(r.definition.publish.keep);
+    let delete_beyond = if a.prune {
+        a.delete_beyond.or(r.definition.publish.delete_beyond)
     } else {
-        println!("{} {} {} {}", res.action, res.id, res.name, res.status);
+        None
+    };
+    p.stage("retention");
+    let kept =
+        publish::retain(&http, &session, &m.image, keep, delete_beyond, false).map_err(|e| {
+            Failed(format!(
+                "the image was published, but retention failed: {e}"
+            ))
+        })?;
+    p.done(&format!(
+        "{} hidden, {} deleted",
+        kept.hidden.len(),
+        kept.deleted.len()
+    ));
+    if cli.json {
+        let mut v = serde_json::to_value(&res)?;
+        v["retention"] = serde_json::to_value(&kept)?;
+        print_json(&v)?;
+    } else {
+        println!(
+            "{} {} {} {} ({})",
+            res.action,
+            res.id,
+            res.name,
+            res.status,
+            if res.method.is_empty() {
+                "existing"
+            } else {
+                &res.method
+            }
+        );
         println!(
             "checksum {} os_hash_value {}",
             res.checksum, res.os_hash_value
         );
+        for h in &kept.hidden {
+            println!("hidden {h}");
+        }
+        for d in &kept.deleted {
+            println!("deleted {d}");
+        }
     }
     Ok(())
 }

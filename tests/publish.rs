@@ -12,9 +12,13 @@ use std::process::{Command, Output};
 
 /// A dist folder with a real qcow2 (with data in it) and the manifest `build` would write.
 fn dist_with_build(dist: &Path, version: &str) -> PathBuf {
+    dist_with_image(dist, "debian12-base", version)
+}
+
+fn dist_with_image(dist: &Path, image: &str, version: &str) -> PathBuf {
     use imgbuild::definition::Arch;
     use imgbuild::manifest::*;
-    let dir = dist.join("debian12-base").join(version);
+    let dir = dist.join(image).join(version);
     std::fs::create_dir_all(&dir).unwrap();
     let raw = dir.join("raw.img");
     let mut data = vec![0u8; 8 << 20];
@@ -23,7 +27,7 @@ fn dist_with_build(dist: &Path, version: &str) -> PathBuf {
     }
     data.extend_from_slice(version.as_bytes());
     std::fs::write(&raw, &data).unwrap();
-    let file = format!("debian12-base-{version}-amd64.qcow2");
+    let file = format!("{image}-{version}-amd64.qcow2");
     let artifact = dir.join(&file);
     let o = Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
@@ -35,7 +39,7 @@ fn dist_with_build(dist: &Path, version: &str) -> PathBuf {
     std::fs::remove_file(&raw).unwrap();
     let digests = imgbuild::digest::digest_file(&artifact, |_| {}).unwrap();
     let m = Manifest {
-        image: "debian12-base".into(),
+        image: image.into(),
         version: version.into(),
         arch: Arch::Amd64,
         description: "test".into(),
@@ -86,8 +90,12 @@ fn clouds(dir: &Path, password: &str) -> PathBuf {
 }
 
 fn publish(clouds: &Path, dist: &Path, args: &[&str]) -> Output {
+    publish_image(clouds, dist, "debian12-base", args)
+}
+
+fn publish_image(clouds: &Path, dist: &Path, image: &str, args: &[&str]) -> Output {
     Command::new(bin())
-        .args(["--json", "publish", "debian12-base", "--dist"])
+        .args(["--json", "publish", image, "--dist"])
         .arg(dist)
         .args(args)
         .current_dir(repo())
@@ -239,4 +247,95 @@ fn a_tampered_artifact_or_a_wrong_password_fails_and_leaves_nothing() {
         0,
         "nothing may be left in Glance"
     );
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", text(o).1);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn import_flow_and_retention_with_os_hidden() {
+    let s = stack();
+    let t = tempfile::tempdir().unwrap();
+    let c = clouds(t.path(), &s.password);
+    let dist = t.path().join("dist");
+    let image = "k3s-server";
+    // Interoperable import (stage + glance-direct), verified like an upload.
+    dist_with_image(&dist, image, "r1");
+    let r1 = json(&publish_image(
+        &c,
+        &dist,
+        image,
+        &["--version", "r1", "--method", "import"],
+    ));
+    assert_eq!(r1["method"], "glance-direct");
+    assert_eq!(r1["status"], "active");
+    // `auto` picks the import too, since this Glance offers glance-direct.
+    dist_with_image(&dist, image, "r2");
+    let r2 = json(&publish_image(&c, &dist, image, &["--version", "r2"]));
+    assert_eq!(r2["method"], "glance-direct");
+    for v in ["r3", "r4"] {
+        dist_with_image(&dist, image, v);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let r = json(&publish_image(
+            &c,
+            &dist,
+            image,
+            &["--version", v, "--method", "upload", "--keep", "2"],
+        ));
+        assert_eq!(r["method"], "upload");
+    }
+    // `openstack image list --hidden` lists exactly the images with os_hidden=true.
+    let names = |args: &[&str]| -> Vec<String> {
+        openstack(&c, args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["Name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let hidden = |name: &str| -> bool {
+        let h = names(&["image", "list", "--hidden"]);
+        let v = names(&["image", "list"]);
+        assert!(h.iter().chain(&v).any(|n| n == name), "{name} is gone");
+        h.iter().any(|n| n == name)
+    };
+    assert_eq!(hidden("k3s-server-r4"), false);
+    assert_eq!(hidden("k3s-server-r3"), false);
+    assert_eq!(hidden("k3s-server-r2"), true);
+    assert_eq!(hidden("k3s-server-r1"), true);
+    // Hidden images are out of the default listing.
+    let visible = openstack(&c, &["image", "list"]);
+    assert!(!visible.to_string().contains("k3s-server-r1"));
+    // --dry-run shows what pruning would delete and deletes nothing.
+    let prune = [
+        "--version",
+        "r4",
+        "--keep",
+        "2",
+        "--delete-beyond",
+        "3",
+        "--prune",
+    ];
+    let mut dry_args = prune.to_vec();
+    dry_args.push("--dry-run");
+    let dry = json(&publish_image(&c, &dist, image, &dry_args));
+    assert_eq!(dry["action"], "unchanged");
+    assert_eq!(
+        dry["retention"]["deleted"],
+        serde_json::json!(["k3s-server-r1"])
+    );
+    assert_eq!(hidden("k3s-server-r1"), true, "dry-run deleted");
+    // The real thing.
+    let r = json(&publish_image(&c, &dist, image, &prune));
+    assert_eq!(r["action"], "unchanged");
+    assert_eq!(
+        r["retention"]["deleted"],
+        serde_json::json!(["k3s-server-r1"])
+    );
+    let mut all = names(&["image", "list", "--hidden"]);
+    all.extend(names(&["image", "list"]));
+    assert!(!all.iter().any(|n| n == "k3s-server-r1"), "{all:?}");
+    assert!(all.iter().any(|n| n == "k3s-server-r2"), "{all:?}");
 }

@@ -212,6 +212,15 @@ impl Http {
         self.run("GET", url, token, None, ok)
     }
 
+    pub fn post_json_ok(
+        &self,
+        url: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<Response, HttpError> {
+        self.post_json(url, Some(token), body, &[200, 201, 202, 204])
+    }
+
     pub fn post_json(
         &self,
         url: &str,
@@ -223,6 +232,24 @@ impl Http {
         self.run("POST", url, token, Some(("application/json", &data)), ok)
     }
 
+    /// PATCH with a JSON patch (Glance's `application/openstack-images-v2.1-json-patch`).
+    pub fn patch(
+        &self,
+        url: &str,
+        token: &str,
+        ops: &serde_json::Value,
+        ok: &[u16],
+    ) -> Result<Response, HttpError> {
+        let data = serde_json::to_vec(ops).expect("json");
+        self.run(
+            "PATCH",
+            url,
+            Some(token),
+            Some(("application/openstack-images-v2.1-json-patch", &data)),
+            ok,
+        )
+    }
+
     /// PUT a file as `application/octet-stream`, streamed (never read into memory), with
     /// progress as bytes sent of the total. Retried from the start on connection errors/5xx.
     pub fn put_file(
@@ -230,6 +257,18 @@ impl Http {
         url: &str,
         token: &str,
         path: &std::path::Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), HttpError> {
+        self.put_file_as(url, token, path, "application/octet-stream", progress)
+    }
+
+    /// PUT a file with a content type (Glance's stage wants `application/octet-stream` too).
+    pub fn put_file_as(
+        &self,
+        url: &str,
+        token: &str,
+        path: &std::path::Path,
+        content_type: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(), HttpError> {
         let io_err = |e: std::io::Error| HttpError::Transport {
@@ -253,7 +292,7 @@ impl Http {
                 .agent
                 .put(url)
                 .header("X-Auth-Token", token)
-                .header("Content-Type", "application/octet-stream")
+                .header("Content-Type", content_type)
                 .send(ureq::SendBody::from_reader(&mut reader));
             let err = match result {
                 Ok(resp) if resp.status().as_u16() == 204 => return Ok(()),

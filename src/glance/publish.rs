@@ -26,6 +26,19 @@ pub struct Plan {
     pub properties: IndexMap<String, String>,
 }
 
+/// How the data gets into Glance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// glance-direct import when /v2/info/import offers it, else the classic upload.
+    Auto,
+    /// PUT /v2/images/ID/file.
+    Upload,
+    /// Interoperable image import: stage, then glance-direct; falls back to the classic
+    /// upload when the import stalls.
+    Import,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Published {
     pub id: String,
@@ -37,6 +50,8 @@ pub struct Published {
     pub os_hash_algo: String,
     pub os_hash_value: String,
     pub size: u64,
+    /// `upload` or `glance-direct`.
+    pub method: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +172,20 @@ fn published(v: &Value, action: &str) -> Published {
         os_hash_algo: s("os_hash_algo"),
         os_hash_value: s("os_hash_value"),
         size: v["size"].as_u64().unwrap_or(0),
+        method: String::new(),
     }
+}
+
+/// Does this Glance offer glance-direct import?
+pub fn offers_import(http: &Http, s: &Session) -> Result<bool, PublishError> {
+    let r = http.get(
+        &format!("{}/v2/info/import", s.image_url),
+        Some(s.token.expose()),
+        &[200, 404],
+    )?;
+    Ok(r.json["import-methods"]["value"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|x| x == "glance-direct")))
 }
 
 /// Active images carrying this artifact's sha256, hidden ones included.
@@ -179,18 +207,53 @@ pub fn find_existing(http: &Http, s: &Session, sha256: &str) -> Result<Vec<Value
 }
 
 /// Creates the image and uploads `artifact`; verifies; deletes the image on any failure.
+#[allow(clippy::too_many_arguments)]
 pub fn publish(
     http: &Http,
     s: &Session,
     plan: &Plan,
     m: &Manifest,
     artifact: &Path,
+    method: Method,
     timeout: Duration,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Published, PublishError> {
     if let Some(existing) = find_existing(http, s, &m.digests.sha256)?.first() {
         return Ok(published(existing, "unchanged"));
     }
+    let import = match method {
+        Method::Upload => false,
+        Method::Import => true,
+        Method::Auto => offers_import(http, s)?,
+    };
+    if import {
+        match create_and(http, s, plan, |id| {
+            import_and_verify(http, s, id, m, artifact, timeout, progress)
+        }) {
+            Ok(p) => return Ok(p),
+            Err(PublishError::NotActive { id, status, secs }) => {
+                tracing::warn!(
+                    "import of image {id} stalled in `{status}` after {secs} s (deleted); falling back to the classic upload"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    create_and(http, s, plan, |id| {
+        upload_and_verify(http, s, id, m, artifact, timeout, progress).map(|mut p| {
+            p.method = "upload".into();
+            p
+        })
+    })
+}
+
+/// Creates the image, runs `fill` on its id, and deletes the image if `fill` fails.
+fn create_and(
+    http: &Http,
+    s: &Session,
+    plan: &Plan,
+    fill: impl FnOnce(&str) -> Result<Published, PublishError>,
+) -> Result<Published, PublishError> {
     let token = Some(s.token.expose());
     let mut body = json!({
         "name": plan.name,
@@ -210,7 +273,7 @@ pub fn publish(
     }
     let created = http.post_json(&format!("{}/v2/images", s.image_url), token, &body, &[201])?;
     let id = created.json["id"].as_str().unwrap_or_default().to_string();
-    let result = upload_and_verify(http, s, &id, m, artifact, timeout, progress);
+    let result = fill(&id);
     if result.is_err() {
         let url = format!("{}/v2/images/{id}", s.image_url);
         if let Err(e) = http.delete(&url, token, &[204, 404]) {
@@ -218,6 +281,33 @@ pub fn publish(
         }
     }
     result
+}
+
+fn import_and_verify(
+    http: &Http,
+    s: &Session,
+    id: &str,
+    m: &Manifest,
+    artifact: &Path,
+    timeout: Duration,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Published, PublishError> {
+    let url = format!("{}/v2/images/{id}", s.image_url);
+    http.put_file(
+        &format!("{url}/stage"),
+        s.token.expose(),
+        artifact,
+        progress,
+    )?;
+    http.post_json_ok(
+        &format!("{url}/import"),
+        s.token.expose(),
+        &json!({"method": {"name": "glance-direct"}}),
+    )?;
+    wait_and_verify(http, s, id, m, timeout).map(|mut p| {
+        p.method = "glance-direct".into();
+        p
+    })
 }
 
 fn upload_and_verify(
@@ -231,6 +321,17 @@ fn upload_and_verify(
 ) -> Result<Published, PublishError> {
     let url = format!("{}/v2/images/{id}", s.image_url);
     http.put_file(&format!("{url}/file"), s.token.expose(), artifact, progress)?;
+    wait_and_verify(http, s, id, m, timeout)
+}
+
+fn wait_and_verify(
+    http: &Http,
+    s: &Session,
+    id: &str,
+    m: &Manifest,
+    timeout: Duration,
+) -> Result<Published, PublishError> {
+    let url = format!("{}/v2/images/{id}", s.image_url);
     let started = Instant::now();
     let img = loop {
         let r = http.get(&url, Some(s.token.expose()), &[200])?;
@@ -285,4 +386,70 @@ fn upload_and_verify(
         });
     }
     Ok(published(&img, "created"))
+}
+
+/// What retention did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Retention {
+    pub hidden: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+/// Keeps the `keep` newest versions of `image` visible and hides older ones (os_hidden);
+/// deletes those beyond the `delete_beyond` newest. Newest by creation time.
+pub fn retain(
+    http: &Http,
+    s: &Session,
+    image: &str,
+    keep: Option<u32>,
+    delete_beyond: Option<u32>,
+    dry_run: bool,
+) -> Result<Retention, PublishError> {
+    let mut all: Vec<Value> = Vec::new();
+    for hidden in ["false", "true"] {
+        let url = format!(
+            "{}/v2/images?imgbuild_image={image}&os_hidden={hidden}&limit=1000",
+            s.image_url
+        );
+        let r = http.get(&url, Some(s.token.expose()), &[200])?;
+        all.extend(
+            r.json["images"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["imgbuild_image"] == image)
+                .cloned(),
+        );
+    }
+    all.sort_by(|a, b| {
+        b["created_at"]
+            .as_str()
+            .cmp(&a["created_at"].as_str())
+            .then(b["name"].as_str().cmp(&a["name"].as_str()))
+    });
+    let mut out = Retention::default();
+    let token = s.token.expose();
+    for (i, img) in all.iter().enumerate() {
+        let id = img["id"].as_str().unwrap_or_default();
+        let url = format!("{}/v2/images/{id}", s.image_url);
+        if delete_beyond.is_some_and(|d| i >= d as usize) {
+            if !dry_run {
+                http.delete(&url, Some(token), &[204, 404])?;
+            }
+            out.deleted
+                .push(img["name"].as_str().unwrap_or(id).to_string());
+        } else if keep.is_some_and(|k| i >= k as usize) && img["os_hidden"] != true {
+            if !dry_run {
+                http.patch(
+                    &url,
+                    token,
+                    &json!([{"op": "replace", "path": "/os_hidden", "value": true}]),
+                    &[200],
+                )?;
+            }
+            out.hidden
+                .push(img["name"].as_str().unwrap_or(id).to_string());
+        }
+    }
+    Ok(out)
 }
