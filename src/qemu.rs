@@ -32,6 +32,8 @@ pub enum QemuError {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error("the guest hung before {what} (the kernel kept reporting RCU stalls, which under TCG means a vCPU is no longer scheduled); last serial console lines:\n{tail}")]
+    Hung { what: String, tail: String },
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("{path}: {source}")]
@@ -332,7 +334,12 @@ pub struct Vm {
     serial: SerialReader,
     stderr_log: PathBuf,
     qmp_socket: Option<PathBuf>,
+    /// RCU stall reports seen on the console.
+    stalls: u32,
 }
+
+/// After this many RCU stall reports a guest counts as hung.
+pub const HUNG_AFTER_STALL_REPORTS: u32 = 4;
 
 /// Follows a serial console log file (written by QEMU's `-serial file:`) line by line.
 pub struct SerialReader {
@@ -431,6 +438,7 @@ impl Vm {
             serial: SerialReader::new(&spec.serial_log),
             stderr_log,
             qmp_socket: spec.qmp_socket.clone(),
+            stalls: 0,
         })
     }
 
@@ -470,6 +478,17 @@ impl Vm {
                 on_line(&line);
                 if let Some(i) = patterns.iter().position(|p| line.contains(p)) {
                     return Ok((i, line));
+                }
+                if line.contains("detected stalls on CPUs") {
+                    self.stalls += 1;
+                    if self.stalls >= HUNG_AFTER_STALL_REPORTS {
+                        let tail = self.serial_tail();
+                        self.kill();
+                        return Err(QemuError::Hung {
+                            what: what.into(),
+                            tail,
+                        });
+                    }
                 }
             }
             if cancel.load(Ordering::SeqCst) {

@@ -301,10 +301,10 @@ fn import_flow_and_retention_with_os_hidden() {
         assert!(h.iter().chain(&v).any(|n| n == name), "{name} is gone");
         h.iter().any(|n| n == name)
     };
-    assert_eq!(hidden("k3s-server-r4"), false);
-    assert_eq!(hidden("k3s-server-r3"), false);
-    assert_eq!(hidden("k3s-server-r2"), true);
-    assert_eq!(hidden("k3s-server-r1"), true);
+    assert!(!hidden("k3s-server-r4"), "k3s-server-r4 must stay visible");
+    assert!(!hidden("k3s-server-r3"), "k3s-server-r3 must stay visible");
+    assert!(hidden("k3s-server-r2"), "k3s-server-r2 must be hidden");
+    assert!(hidden("k3s-server-r1"), "k3s-server-r1 must be hidden");
     // Hidden images are out of the default listing.
     let visible = openstack(&c, &["image", "list"]);
     assert!(!visible.to_string().contains("k3s-server-r1"));
@@ -326,7 +326,7 @@ fn import_flow_and_retention_with_os_hidden() {
         dry["retention"]["deleted"],
         serde_json::json!(["k3s-server-r1"])
     );
-    assert_eq!(hidden("k3s-server-r1"), true, "dry-run deleted");
+    assert!(hidden("k3s-server-r1"), "dry-run deleted k3s-server-r1");
     // The real thing.
     let r = json(&publish_image(&c, &dist, image, &prune));
     assert_eq!(r["action"], "unchanged");

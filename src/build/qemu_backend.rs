@@ -58,29 +58,50 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
         uefi_vars,
         hostfwd: Vec::new(),
     };
-    let mut vm = Vm::start(&spec)?;
-    let mut watch = Watch::default();
-    let timeout = Duration::from_secs(d.build.timeout as u64 * 60);
-    let (outcome, line) = {
-        let mut on_line = |line: &str| {
-            if let Event::Step(s) = watch.line(line) {
-                p.status(&format!("step {s}"), true);
-            } else if !line.trim().is_empty() {
-                p.status(line.trim(), false);
-            }
+    // A TCG guest on an overloaded host can hang at boot (a vCPU that is never scheduled
+    // again); such a boot is retried once on a fresh overlay, before anything was provisioned.
+    let mut attempt = 0;
+    let (mut vm, mut watch, outcome, line) = loop {
+        attempt += 1;
+        let mut vm = Vm::start(&spec)?;
+        let mut watch = Watch::default();
+        let timeout = Duration::from_secs(d.build.timeout as u64 * 60);
+        let waited = {
+            let mut on_line = |line: &str| {
+                if let Event::Step(s) = watch.line(line) {
+                    p.status(&format!("step {s}"), true);
+                } else if !line.trim().is_empty() {
+                    p.status(line.trim(), false);
+                }
+            };
+            vm.wait_for_with(
+                &[
+                    "IMGBUILD-PROVISION-OK",
+                    "IMGBUILD-PROVISION-FAILED",
+                    "Kernel panic",
+                ],
+                timeout,
+                "provisioning (IMGBUILD-PROVISION-OK)",
+                input.cancel,
+                &mut on_line,
+            )
         };
-        vm.wait_for_with(
-            &[
-                "IMGBUILD-PROVISION-OK",
-                "IMGBUILD-PROVISION-FAILED",
-                "Kernel panic",
-            ],
-            timeout,
-            "provisioning (IMGBUILD-PROVISION-OK)",
-            input.cancel,
-            &mut on_line,
-        )
-        .map_err(interrupted)?
+        match waited {
+            Ok((outcome, line)) => break (vm, watch, outcome, line),
+            Err(QemuError::Hung { .. }) if attempt == 1 => {
+                drop(vm);
+                p.line("the build VM hung while booting (RCU stalls under TCG): retrying once on a fresh overlay");
+                let _ = std::fs::remove_file(&disk);
+                qemu::create_overlay(&input.base.path, &disk, size)?;
+                if let Some(v) = &spec.uefi_vars {
+                    let (_, vars) =
+                        qemu::uefi_firmware(input.arch).ok_or(QemuError::NoFirmware(input.arch))?;
+                    std::fs::copy(&vars, v).map_err(io(v))?;
+                }
+                let _ = std::fs::rename(&serial, input.logs.join("serial-build-hung.log"));
+            }
+            Err(e) => return Err(interrupted(e)),
+        }
     };
     match outcome {
         0 => {}
