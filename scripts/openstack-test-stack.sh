@@ -6,7 +6,8 @@
 #
 # `start` runs in the foreground until killed (the test fixture owns it); every server it
 # starts dies with it. State (sqlite, fernet keys, image store, logs, clouds.yaml) is in STATE.
-# Ports: KEYSTONE_PORT (default 5000) and GLANCE_PORT (default 9292).
+# Ports: KEYSTONE_PORT (default 5000) and GLANCE_PORT (default 9292). With TLS_CERT, TLS_KEY
+# and TLS_CA set, both serve HTTPS with that certificate (and trust TLS_CA between them).
 # The admin password is read from the environment (OS_TEST_ADMIN_PASSWORD), never written to
 # the repo; the test fixture makes a random one per run.
 set -euo pipefail
@@ -32,6 +33,17 @@ state="${3:?STATE}"
 kport="${KEYSTONE_PORT:-5000}"
 gport="${GLANCE_PORT:-9292}"
 pw="${OS_TEST_ADMIN_PASSWORD:?set OS_TEST_ADMIN_PASSWORD}"
+scheme=http
+curl_tls=()
+gunicorn_tls=""
+authtoken_tls=""
+if [[ -n "${TLS_CERT:-}" ]]; then
+  scheme=https
+  curl_tls=(--cacert "$TLS_CA")
+  gunicorn_tls=$'certfile = "'"$TLS_CERT"$'"\nkeyfile = "'"$TLS_KEY"$'"'
+  authtoken_tls="cafile = $TLS_CA"
+  export OS_CACERT="$TLS_CA"
+fi
 mkdir -p "$state"/{keystone,glance,images,staging,tasks,locks,fernet,receipts,credential}
 state="$(cd "$state" && pwd)"
 py="$venv/bin"
@@ -42,7 +54,7 @@ trap cleanup EXIT INT TERM
 
 wait_http() { # url what
   for _ in $(seq 1 240); do
-    if curl -s --max-time 2 -o /dev/null "$1"; then return 0; fi
+    if curl -s "${curl_tls[@]}" --max-time 2 -o /dev/null "$1"; then return 0; fi
     sleep 0.5
   done
   echo "$2 did not answer at $1; log:" >&2
@@ -73,9 +85,9 @@ for what in fernet_setup credential_setup; do
 done
 "$py/keystone-manage" --config-file "$state/keystone/keystone.conf" bootstrap \
   --bootstrap-password "$pw" \
-  --bootstrap-admin-url "http://127.0.0.1:$kport/v3" \
-  --bootstrap-public-url "http://127.0.0.1:$kport/v3" \
-  --bootstrap-internal-url "http://127.0.0.1:$kport/v3" \
+  --bootstrap-admin-url "$scheme://127.0.0.1:$kport/v3" \
+  --bootstrap-public-url "$scheme://127.0.0.1:$kport/v3" \
+  --bootstrap-internal-url "$scheme://127.0.0.1:$kport/v3" \
   --bootstrap-region-id RegionOne >>"$state/setup.log" 2>&1
 # oslo.config reads sys.argv: gunicorn gets every setting from its config file, no flags.
 mkdir -p "$state/keystone-run"
@@ -84,18 +96,19 @@ wsgi_app = "keystone.wsgi.api:application"
 bind = "127.0.0.1:$kport"
 workers = 1
 threads = 1
+$gunicorn_tls
 EOF
 (cd "$state/keystone-run" && exec "$py/gunicorn") >"$state/keystone.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$kport/v3" keystone
+wait_http "$scheme://127.0.0.1:$kport/v3" keystone
 
 # The image service and its endpoints (bootstrap makes only identity's).
-export OS_AUTH_URL="http://127.0.0.1:$kport/v3" OS_USERNAME=admin OS_PASSWORD="$pw" \
+export OS_AUTH_URL="$scheme://127.0.0.1:$kport/v3" OS_USERNAME=admin OS_PASSWORD="$pw" \
   OS_PROJECT_NAME=admin OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default \
   OS_IDENTITY_API_VERSION=3 OS_REGION_NAME=RegionOne
 "$py/openstack" service create --name glance image >>"$state/setup.log" 2>&1
 for iface in public internal admin; do
-  "$py/openstack" endpoint create --region RegionOne image "$iface" "http://127.0.0.1:$gport" >>"$state/setup.log" 2>&1
+  "$py/openstack" endpoint create --region RegionOne image "$iface" "$scheme://127.0.0.1:$gport" >>"$state/setup.log" 2>&1
 done
 
 # --- Glance --------------------------------------------------------------------------------
@@ -119,14 +132,15 @@ filesystem_store_datadir = $state/tasks
 [oslo_concurrency]
 lock_path = $state/locks
 [keystone_authtoken]
-www_authenticate_uri = http://127.0.0.1:$kport/v3
-auth_url = http://127.0.0.1:$kport/v3
+www_authenticate_uri = $scheme://127.0.0.1:$kport/v3
+auth_url = $scheme://127.0.0.1:$kport/v3
 auth_type = password
 username = admin
 password = $pw
 project_name = admin
 user_domain_name = Default
 project_domain_name = Default
+$authtoken_tls
 EOF
 chmod 600 "$state/glance/glance-api.conf"
 cp "$venv/etc/glance/glance-api-paste.ini" "$state/glance/"
@@ -140,9 +154,10 @@ workers = 1
 worker_class = "gthread"
 threads = 8
 timeout = 0
+$gunicorn_tls
 EOF
 (cd "$state/glance-run" && exec "$py/gunicorn") >"$state/glance.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$gport/versions" glance
-echo "READY keystone=http://127.0.0.1:$kport/v3 glance=http://127.0.0.1:$gport"
+wait_http "$scheme://127.0.0.1:$gport/versions" glance
+echo "READY keystone=$scheme://127.0.0.1:$kport/v3 glance=$scheme://127.0.0.1:$gport"
 wait

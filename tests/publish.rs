@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::openstack::stack;
+use common::openstack::{stack, stack_tls, Stack};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -76,12 +76,16 @@ fn dist_with_image(dist: &Path, image: &str, version: &str) -> PathBuf {
 }
 
 fn clouds(dir: &Path, password: &str) -> PathBuf {
-    let s = stack();
+    clouds_for(dir, stack(), password, "")
+}
+
+/// clouds.yaml for cloud `lab` of stack `s`; `extra` is added to the cloud's entry.
+fn clouds_for(dir: &Path, s: &Stack, password: &str, extra: &str) -> PathBuf {
     let p = dir.join("clouds.yaml");
     std::fs::write(
         &p,
         format!(
-            "clouds:\n  lab:\n    auth:\n      auth_url: {}\n      username: admin\n      password: \"{password}\"\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n",
+            "clouds:\n  lab:\n    auth:\n      auth_url: {}\n      username: admin\n      password: \"{password}\"\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n{extra}",
             s.keystone
         ),
     )
@@ -338,4 +342,49 @@ fn import_flow_and_retention_with_os_hidden() {
     all.extend(names(&["image", "list"]));
     assert!(!all.iter().any(|n| n == "k3s-server-r1"), "{all:?}");
     assert!(all.iter().any(|n| n == "k3s-server-r2"), "{all:?}");
+}
+
+#[test]
+fn tls_with_a_private_ca_given_through_clouds_yaml_cacert() {
+    let s = stack_tls();
+    assert!(s.keystone.starts_with("https://") && s.glance.starts_with("https://"));
+    let ca = s.ca.clone().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let dist = t.path().join("dist");
+    dist_with_image(&dist, "kolla-node", "t1");
+
+    // Without the CA the certificate is not trusted: exit 1, and nothing was created.
+    let plain = clouds_for(t.path(), s, &s.password, "");
+    let o = publish_image(&plain, &dist, "kolla-node", &["--method", "upload"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+
+    // With `cacert` it works end to end (Keystone and Glance over HTTPS).
+    let dir = t.path().join("ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_ca = clouds_for(
+        &dir,
+        s,
+        &s.password,
+        &format!("    cacert: {}\n", ca.display()),
+    );
+    let o = publish_image(&with_ca, &dist, "kolla-node", &["--method", "upload"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["action"], "created");
+    assert_eq!(r["status"], "active");
+
+    // verify: false is honoured, with a warning.
+    let dir = t.path().join("insecure");
+    std::fs::create_dir_all(&dir).unwrap();
+    let insecure = clouds_for(&dir, s, &s.password, "    verify: false\n");
+    let o = publish_image(&insecure, &dist, "kolla-node", &["--method", "upload"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("unchanged"), "{out}");
+    assert!(err.contains("verification is off"), "{err}");
 }

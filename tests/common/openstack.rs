@@ -14,6 +14,8 @@ pub struct Stack {
     pub glance: String,
     pub password: String,
     pub state: PathBuf,
+    /// The private CA the stack's HTTPS certificate is signed by (TLS stacks only).
+    pub ca: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -28,7 +30,93 @@ fn free_port() -> u16 {
 /// with PR_SET_PDEATHSIG, so it goes when the tests end, however they end.
 pub fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
-    STACK.get_or_init(|| {
+    STACK.get_or_init(|| start(false))
+}
+
+/// The same over HTTPS, with a certificate from a private CA made for this run.
+pub fn stack_tls() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| start(true))
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
+fn make_certs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=imgbuild test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        dir,
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+        dir,
+    );
+}
+
+fn start(tls: bool) -> Stack {
+    {
         let venv = repo().join("target/openstack-venv");
         let script = repo().join("scripts/openstack-test-stack.sh");
         let st = Command::new("bash")
@@ -41,13 +129,22 @@ pub fn stack() -> &'static Stack {
         // target/openstack-state/PID; folders of test runs that are gone are removed.
         let root = repo().join("target/openstack-state");
         for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let pid = e.file_name().to_string_lossy().parse::<u32>().unwrap_or(0);
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.trim_end_matches("-tls").parse::<u32>().unwrap_or(0);
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        let state = root.join(std::process::id().to_string());
+        let state = root.join(format!(
+            "{}{}",
+            std::process::id(),
+            if tls { "-tls" } else { "" }
+        ));
         std::fs::create_dir_all(&state).unwrap();
+        let tls_dir = state.join("tls");
+        if tls {
+            make_certs(&tls_dir);
+        }
         let (kport, gport) = (free_port(), free_port());
         let password = {
             // A fresh random admin password per run; it never leaves target/.
@@ -58,6 +155,7 @@ pub fn stack() -> &'static Stack {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let (venv2, state2, pw2) = (venv.clone(), state.clone(), password.clone());
+        let tls_dir2 = tls_dir.clone();
         std::thread::spawn(move || {
             let mut cmd = Command::new("bash");
             cmd.arg(&script)
@@ -67,6 +165,15 @@ pub fn stack() -> &'static Stack {
                 .env("KEYSTONE_PORT", kport.to_string())
                 .env("GLANCE_PORT", gport.to_string())
                 .env("OS_TEST_ADMIN_PASSWORD", &pw2)
+                .envs(if tls {
+                    vec![
+                        ("TLS_CERT", tls_dir2.join("server.pem")),
+                        ("TLS_KEY", tls_dir2.join("server.key")),
+                        ("TLS_CA", tls_dir2.join("ca.pem")),
+                    ]
+                } else {
+                    vec![]
+                })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null());
             unsafe {
@@ -94,13 +201,15 @@ pub fn stack() -> &'static Stack {
             "the OpenStack test stack did not start; logs in {}",
             state.display()
         );
+        let scheme = if tls { "https" } else { "http" };
         Stack {
-            keystone: format!("http://127.0.0.1:{kport}/v3"),
-            glance: format!("http://127.0.0.1:{gport}"),
+            keystone: format!("{scheme}://127.0.0.1:{kport}/v3"),
+            glance: format!("{scheme}://127.0.0.1:{gport}"),
             password,
             state,
+            ca: tls.then(|| tls_dir.join("ca.pem")),
         }
-    })
+    }
 }
 
 extern "C" {
