@@ -113,6 +113,12 @@ struct PublishArgs {
     /// Really delete the versions beyond delete_beyond.
     #[arg(long)]
     prune: bool,
+    /// Upload format: auto (raw for a Ceph RBD default store), qcow2, raw.
+    #[arg(long, value_enum, default_value = "auto")]
+    disk_format: imgbuild::glance::publish::FormatChoice,
+    /// Cache for the raw copy of a qcow2 artifact (default: $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -1102,13 +1108,54 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // Raw for Ceph RBD (copy-on-write clones in Nova): a raw copy is made in the cache and its
+    // digests are what Glance must report; the image keeps the build's imgbuild_sha256.
+    let already = !publish::find_existing(&http, &session, &m.digests.sha256)?.is_empty();
+    let want_raw = !already
+        && m.artifact.format == "qcow2"
+        && match a.disk_format {
+            publish::FormatChoice::Raw => true,
+            publish::FormatChoice::Qcow2 => false,
+            publish::FormatChoice::Auto => publish::default_store_is_rbd(&http, &session)?,
+        };
+    let mut plan = plan;
+    let mut data_manifest = m.clone();
+    let mut data_path = artifact.clone();
+    let _raw_dir;
+    if want_raw {
+        p.stage("convert to raw");
+        let cache = a
+            .cache_dir
+            .clone()
+            .unwrap_or_else(imgbuild::base::default_cache_dir);
+        std::fs::create_dir_all(&cache)?;
+        let dir = tempfile::Builder::new()
+            .prefix("publish-raw-")
+            .tempdir_in(&cache)?;
+        let raw = dir.path().join(m.artifact.file.replace(".qcow2", ".raw"));
+        imgbuild::qemu::convert(&artifact, &raw, "raw", imgbuild::qemu::Compression::None)?;
+        let rd = imgbuild::digest::digest_file(&raw, |_| {})?;
+        p.done(&format!("{} MiB raw, sha256 {}", rd.size >> 20, rd.sha256));
+        plan.disk_format = "raw".into();
+        plan.properties
+            .insert("owner_specified.openstack.md5".into(), rd.md5.clone());
+        plan.properties
+            .insert("owner_specified.openstack.sha256".into(), rd.sha256.clone());
+        data_manifest.artifact.format = "raw".into();
+        data_manifest.artifact.size = rd.size;
+        data_manifest.digests = rd;
+        data_path = raw;
+        _raw_dir = Some(dir);
+    } else {
+        _raw_dir = None;
+    }
     p.stage("upload");
     let result = publish::publish(
         &http,
         &session,
         &plan,
-        &m,
-        &artifact,
+        &data_manifest,
+        &data_path,
         a.method,
         timeout,
         &mut |done, total| p.bytes(done, Some(total)),

@@ -388,3 +388,61 @@ fn tls_with_a_private_ca_given_through_clouds_yaml_cacert() {
     assert!(out.contains("unchanged"), "{out}");
     assert!(err.contains("verification is off"), "{err}");
 }
+
+#[test]
+fn raw_upload_for_rbd_style_stores_verifies_the_raw_bytes() {
+    let s = stack();
+    let t = tempfile::tempdir().unwrap();
+    let c = clouds(t.path(), &s.password);
+    let dist = t.path().join("dist");
+    let artifact = dist_with_image(&dist, "k3s-node", "raw1");
+    let cache = t.path().join("cache");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--disk-format", "raw", "--method", "upload"];
+        args.extend(extra);
+        Command::new(bin())
+            .args(["--json", "publish", "k3s-node", "--dist"])
+            .arg(&dist)
+            .args(&args)
+            .current_dir(repo())
+            .env("OS_CLIENT_CONFIG_FILE", &c)
+            .env("OS_CLIENT_SECURE_FILE", c.with_file_name("none.yaml"))
+            .env("OS_CLOUD", "lab")
+            .env("IMGBUILD_CACHE_DIR", &cache)
+            .output()
+            .unwrap()
+    };
+    let r = json(&run(&[]));
+    assert_eq!(r["action"], "created");
+    // What Glance holds is the raw conversion of the artifact, byte for byte.
+    let raw = t.path().join("check.raw");
+    let o = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&artifact)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let md5 = String::from_utf8(Command::new("md5sum").arg(&raw).output().unwrap().stdout).unwrap();
+    assert_eq!(r["checksum"], md5.split_whitespace().next().unwrap());
+    let show = openstack(&c, &["image", "show", r["id"].as_str().unwrap()]);
+    assert_eq!(show["disk_format"], "raw");
+    assert_eq!(show["size"], std::fs::metadata(&raw).unwrap().len());
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dist.join("k3s-node/raw1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        show["properties"]["imgbuild_sha256"], m["digests"]["sha256"],
+        "the build's identity"
+    );
+    // The raw copy was temporary; a re-run finds the image without converting again.
+    assert_eq!(
+        std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0),
+        0,
+        "no raw copy is left in the cache"
+    );
+    let again = json(&run(&[]));
+    assert_eq!(again["action"], "unchanged");
+    assert_eq!(again["id"], r["id"]);
+}

@@ -176,6 +176,39 @@ fn published(v: &Value, action: &str) -> Published {
     }
 }
 
+/// The disk format to upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatChoice {
+    /// raw when Glance's default store is Ceph RBD (so Nova clones copy-on-write), else the
+    /// artifact's own format.
+    Auto,
+    Qcow2,
+    Raw,
+}
+
+/// Is the default store in a `/v2/info/stores/detail` answer Ceph RBD?
+pub fn rbd_default(stores_detail: &Value) -> bool {
+    stores_detail["stores"].as_array().is_some_and(|stores| {
+        stores
+            .iter()
+            .find(|s| s["default"] == true)
+            .or_else(|| (stores.len() == 1).then(|| &stores[0]))
+            .is_some_and(|s| s["type"] == "rbd")
+    })
+}
+
+/// Whether the cloud's default image store is Ceph RBD. The detail call is admin-only by
+/// default policy; without it, the answer is no (and qcow2 is uploaded).
+pub fn default_store_is_rbd(http: &Http, s: &Session) -> Result<bool, PublishError> {
+    let r = http.get(
+        &format!("{}/v2/info/stores/detail", s.image_url),
+        Some(s.token.expose()),
+        &[200, 403, 404],
+    )?;
+    Ok(r.status == 200 && rbd_default(&r.json))
+}
+
 /// Does this Glance offer glance-direct import?
 pub fn offers_import(http: &Http, s: &Session) -> Result<bool, PublishError> {
     let r = http.get(
@@ -218,7 +251,13 @@ pub fn publish(
     timeout: Duration,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Published, PublishError> {
-    if let Some(existing) = find_existing(http, s, &m.digests.sha256)?.first() {
+    // The build artifact's identity (its sha256), also when the data sent is a raw copy.
+    let identity = plan
+        .properties
+        .get("imgbuild_sha256")
+        .cloned()
+        .unwrap_or_else(|| m.digests.sha256.clone());
+    if let Some(existing) = find_existing(http, s, &identity)?.first() {
         return Ok(published(existing, "unchanged"));
     }
     let import = match method {
@@ -452,4 +491,25 @@ pub fn retain(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbd_is_detected_from_the_default_store() {
+        assert!(rbd_default(&json!({"stores": [
+            {"id": "fast", "type": "file", "default": false},
+            {"id": "ceph", "type": "rbd", "default": true}
+        ]})));
+        assert!(!rbd_default(&json!({"stores": [
+            {"id": "ceph", "type": "rbd"},
+            {"id": "fs", "type": "file", "default": true}
+        ]})));
+        assert!(rbd_default(
+            &json!({"stores": [{"id": "ceph", "type": "rbd"}]})
+        ));
+        assert!(!rbd_default(&json!({})));
+    }
 }
