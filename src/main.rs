@@ -1064,6 +1064,17 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
     p.done(&format!("image service {}", session.image_url));
     if a.dry_run {
         let existing = publish::find_existing(&http, &session, &m.digests.sha256)?;
+        let mut plan = plan;
+        if existing.is_empty()
+            && m.artifact.format == "qcow2"
+            && match a.disk_format {
+                publish::FormatChoice::Raw => true,
+                publish::FormatChoice::Qcow2 => false,
+                publish::FormatChoice::Auto => publish::default_store_is_rbd(&http, &session)?,
+            }
+        {
+            plan.disk_format = "raw".into();
+        }
         let would = publish::retain(
             &http,
             &session,
