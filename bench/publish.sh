@@ -23,7 +23,7 @@ pw="$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 OS_TEST_ADMIN_PASSWORD="$pw" KEYSTONE_PORT=$kport GLANCE_PORT=$gport \
   bash scripts/openstack-test-stack.sh start "$venv" "$work/state" >"$work/stack.log" 2>&1 &
 stack_pid=$!
-trap 'kill $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 300); do grep -q READY "$work/stack.log" && break; sleep 1; done
 grep -q READY "$work/stack.log" || { cat "$work/stack.log"; exit 1; }
 
