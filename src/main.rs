@@ -1066,12 +1066,7 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         let existing = publish::find_existing(&http, &session, &m.digests.sha256)?;
         let mut plan = plan;
         if existing.is_empty()
-            && m.artifact.format == "qcow2"
-            && match a.disk_format {
-                publish::FormatChoice::Raw => true,
-                publish::FormatChoice::Qcow2 => false,
-                publish::FormatChoice::Auto => publish::default_store_is_rbd(&http, &session)?,
-            }
+            && publish::wants_raw(&http, &session, a.disk_format, &m.artifact.format)?
         {
             plan.disk_format = "raw".into();
         }
@@ -1122,13 +1117,8 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
     // Raw for Ceph RBD (copy-on-write clones in Nova): a raw copy is made in the cache and its
     // digests are what Glance must report; the image keeps the build's imgbuild_sha256.
     let already = !publish::find_existing(&http, &session, &m.digests.sha256)?.is_empty();
-    let want_raw = !already
-        && m.artifact.format == "qcow2"
-        && match a.disk_format {
-            publish::FormatChoice::Raw => true,
-            publish::FormatChoice::Qcow2 => false,
-            publish::FormatChoice::Auto => publish::default_store_is_rbd(&http, &session)?,
-        };
+    let want_raw =
+        !already && publish::wants_raw(&http, &session, a.disk_format, &m.artifact.format)?;
     let mut plan = plan;
     let mut data_manifest = m.clone();
     let mut data_path = artifact.clone();

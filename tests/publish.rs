@@ -413,7 +413,10 @@ fn raw_upload_for_rbd_style_stores_verifies_the_raw_bytes() {
             .unwrap()
     };
     let dry = json(&run(&["--dry-run"]));
-    assert_eq!(dry["plan"]["disk_format"], "raw", "--dry-run shows the format");
+    assert_eq!(
+        dry["plan"]["disk_format"], "raw",
+        "--dry-run shows the format"
+    );
     let r = json(&run(&[]));
     assert_eq!(r["action"], "created");
     // What Glance holds is the raw conversion of the artifact, byte for byte.

@@ -209,6 +209,21 @@ pub fn default_store_is_rbd(http: &Http, s: &Session) -> Result<bool, PublishErr
     Ok(r.status == 200 && rbd_default(&r.json))
 }
 
+/// Whether a qcow2 artifact goes up as raw: asked for, or the default store is Ceph RBD.
+pub fn wants_raw(
+    http: &Http,
+    s: &Session,
+    choice: FormatChoice,
+    artifact_format: &str,
+) -> Result<bool, PublishError> {
+    Ok(artifact_format == "qcow2"
+        && match choice {
+            FormatChoice::Raw => true,
+            FormatChoice::Qcow2 => false,
+            FormatChoice::Auto => default_store_is_rbd(http, s)?,
+        })
+}
+
 /// Does this Glance offer glance-direct import?
 pub fn offers_import(http: &Http, s: &Session) -> Result<bool, PublishError> {
     let r = http.get(
