@@ -18,3 +18,4 @@ pub mod progress;
 pub mod qemu;
 pub mod render;
 pub mod smoke;
+pub mod vnc;

@@ -29,6 +29,23 @@ pub struct Manifest {
     /// None with `--no-smoke`.
     pub smoke: Option<SmokeSummary>,
     pub build: BuildInfo,
+    /// Container images baked into the image for an offline first start (pre-pulled or
+    /// loaded from archives at build time), as Docker in the guest reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_images: Vec<ContainerImage>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerImage {
+    /// The reference the compose project names.
+    pub image: String,
+    /// Docker's image id (sha256 of the image config).
+    pub id: String,
+    /// Registry digests (`repo@sha256:…`); empty for images loaded from an archive.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// `pulled` or `loaded` (from an archive) or `present`.
+    pub source: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -7,6 +7,7 @@
 use crate::definition::{Arch, Check, Firmware, Resolved};
 use crate::qemu::{self, Accel, QemuError, Vm, VmSpec};
 use crate::render::cloud_init::to_cloud_config;
+use crate::render::userdata::{self, LaunchParams, UserdataError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub const BUILTIN_CHECKS: [&str; 5] = [
 pub enum SmokeError {
     #[error(transparent)]
     Qemu(#[from] QemuError),
+    #[error("the smoke launch user-data: {0}")]
+    Launch(#[from] UserdataError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -88,26 +91,107 @@ fn check_json(c: &Check) -> serde_json::Value {
 }
 
 /// The checks the guest runs: built-ins first, then the definition's.
-pub fn checks(r: &Resolved) -> Vec<serde_json::Value> {
+/// What the smoke boot of a desktop image gives the guest at launch, exactly as `imgbuild
+/// userdata` would: a user with an SSH key and a VNC password, made fresh for each smoke boot.
+#[derive(Clone, Debug)]
+pub struct SmokeLaunch {
+    pub user: String,
+    pub ssh_key: String,
+    pub vnc_password: String,
+    pub vnc_display: u16,
+}
+
+impl SmokeLaunch {
+    /// A launch for images with a desktop; `None` for the others.
+    pub fn for_image(r: &Resolved) -> Option<SmokeLaunch> {
+        let desk = r.definition.features.desktop.as_ref()?;
+        // An ed25519 public key blob (string "ssh-ed25519", string 32 random bytes); the
+        // smoke proves that the given key lands in authorized_keys, nobody logs in with it.
+        let mut blob = Vec::new();
+        for part in [b"ssh-ed25519".to_vec(), random_bytes(32)] {
+            blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            blob.extend_from_slice(&part);
+        }
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(blob);
+        const ALNUM: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let vnc_password: String = random_bytes(8)
+            .iter()
+            .map(|b| ALNUM[*b as usize % ALNUM.len()] as char)
+            .collect();
+        Some(SmokeLaunch {
+            user: "smoke".into(),
+            ssh_key: format!("ssh-ed25519 {key} imgbuild-smoke"),
+            vnc_password,
+            vnc_display: desk.vnc_display,
+        })
+    }
+
+    pub fn params(&self) -> LaunchParams {
+        LaunchParams {
+            user: self.user.clone(),
+            ssh_keys: vec![self.ssh_key.clone()],
+            sudo: false,
+            vnc_password: Some(self.vnc_password.clone()),
+            shared: None,
+            profiles: None,
+        }
+    }
+}
+
+pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Value> {
     let mut v: Vec<serde_json::Value> = BUILTIN_CHECKS
         .iter()
         .map(|b| json!({"name": b, "kind": "builtin", "builtin": b}))
         .collect();
+    if let Some(l) = launch {
+        let mut groups = Vec::new();
+        if r.definition.features.docker.is_some() {
+            groups.push("docker");
+        }
+        v.push(json!({"name": "launch-user", "kind": "builtin", "builtin": "launch-user",
+            "user": l.user, "ssh_key": l.ssh_key, "groups": groups, "vnc_display": l.vnc_display}));
+        v.push(json!({"name": "desktop-session", "kind": "builtin", "builtin": "desktop-session",
+            "user": l.user, "vnc_display": l.vnc_display,
+            "wait": (r.definition.smoke.timeout as u64 * 60 / 2).max(120)}));
+    }
+    if let Ok(Some(stack)) = crate::render::compose::render(r) {
+        let ports: Vec<u16> = stack
+            .published
+            .iter()
+            .filter(|p| p.host_ip.is_some())
+            .map(|p| p.port)
+            .collect();
+        v.push(json!({"name": "stack-ports-loopback-only", "kind": "builtin",
+            "builtin": "stack-ports-loopback-only", "ports": ports}));
+    }
     v.extend(r.definition.smoke.checks.iter().map(check_json));
     v
 }
 
-/// The smoke seed's user-data (pure).
-pub fn user_data(r: &Resolved, instance_id: &str) -> String {
-    let checks = serde_json::to_string_pretty(&checks(r)).expect("json");
-    let doc = json!({
-        "write_files": [
-            {"path": "/run/imgbuild-smoke/checks.json", "content": checks, "permissions": "0600"},
-            {"path": "/run/imgbuild-smoke/smoke.py", "content": RUNNER, "permissions": "0700"},
-        ],
-        "runcmd": [["env", format!("IMGBUILD_SMOKE_INSTANCE={instance_id}"), "python3", "/run/imgbuild-smoke/smoke.py"]],
-    });
-    to_cloud_config(&doc, &format!("imgbuild smoke seed for {}", r.name))
+/// The smoke seed's user-data (pure but for the launch's random values): for a desktop image
+/// the launch-time user-data of `launch`, then the smoke runner.
+pub fn user_data(
+    r: &Resolved,
+    instance_id: &str,
+    launch: Option<&SmokeLaunch>,
+) -> Result<String, UserdataError> {
+    let checks = serde_json::to_string_pretty(&checks(r, launch)).expect("json");
+    let mut doc = match launch {
+        Some(l) => userdata::document(r, &l.params())?,
+        None => json!({}),
+    };
+    let files = [
+        json!({"path": "/run/imgbuild-smoke/checks.json", "content": checks, "permissions": "0600"}),
+        json!({"path": "/run/imgbuild-smoke/smoke.py", "content": RUNNER, "permissions": "0700"}),
+    ];
+    let run = json!(["env", format!("IMGBUILD_SMOKE_INSTANCE={instance_id}"), "python3", "/run/imgbuild-smoke/smoke.py"]);
+    let obj = doc.as_object_mut().expect("a cloud-config map");
+    let wf = obj.entry("write_files").or_insert_with(|| json!([]));
+    wf.as_array_mut().expect("a list").extend(files);
+    let rc = obj.entry("runcmd").or_insert_with(|| json!([]));
+    rc.as_array_mut().expect("a list").push(run);
+    Ok(to_cloud_config(&doc, &format!("imgbuild smoke seed for {}", r.name)))
 }
 
 pub struct SmokeOptions<'a> {
@@ -117,12 +201,25 @@ pub struct SmokeOptions<'a> {
     pub on_line: &'a mut dyn FnMut(&str),
 }
 
-fn random_hex(n: usize) -> String {
+/// A desktop drawn by XFCE (panel, icons, wallpaper) has hundreds of colours; a black screen,
+/// a bare X root window or an error box have a handful.
+pub const MIN_DESKTOP_COLOURS: usize = 64;
+
+/// A free TCP port on 127.0.0.1 for a QEMU forward.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    crate::render::hex(&b)
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("reading /dev/urandom");
+    b
+}
+
+fn random_hex(n: usize) -> String {
+    crate::render::hex(&random_bytes(n))
 }
 
 /// Boots `artifact` and runs the checks; writes report.json, junit.xml, serial.log (and
@@ -142,10 +239,16 @@ pub fn smoke(
         .map_err(io(out))?;
     let w = work.path();
     let instance = format!("imgbuild-smoke-{}", random_hex(8));
+    let launch = SmokeLaunch::for_image(r);
+    // The host reaches the guest's VNC port as Guacamole or Kasm would, through a forward.
+    let vnc_fwd = match &launch {
+        Some(l) => Some((free_port().map_err(io(out))?, 5900 + l.vnc_display)),
+        None => None,
+    };
     let seed_dir = w.join("seed");
     std::fs::create_dir_all(&seed_dir).map_err(io(&seed_dir))?;
     let files = [
-        ("user-data", user_data(r, &instance)),
+        ("user-data", user_data(r, &instance, launch.as_ref())?),
         (
             "meta-data",
             crate::render::yaml::to_string(
@@ -193,7 +296,7 @@ pub fn smoke(
         serial_log: serial.clone(),
         qmp_socket: Some(w.join("qmp.sock")),
         uefi_vars,
-        hostfwd: Vec::new(),
+        hostfwd: vnc_fwd.into_iter().collect(),
     };
     let started = Instant::now();
     let mut vm = Vm::start(&spec)?;
@@ -231,8 +334,38 @@ pub fn smoke(
         .screenshot
         .unwrap_or(r.definition.features.desktop.is_some());
     let mut screenshot = None;
-    if wants_shot && error.is_none() {
-        let png = out.join("screenshot.png");
+    let png = out.join("screenshot.png");
+    if let (Some(l), Some((host_port, _)), None) = (&launch, vnc_fwd, &error) {
+        // The desktop as a VNC client sees it, logged in with the launch's password.
+        let t0 = Instant::now();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], host_port));
+        let outcome = match crate::vnc::capture(addr, Some(&l.vnc_password), Duration::from_secs(60)) {
+            Ok(frame) => {
+                let colours = frame.distinct_colours(4096);
+                let written = frame.write_png(&png);
+                if written.is_ok() {
+                    screenshot = Some("screenshot.png".to_string());
+                }
+                let drawn = colours >= MIN_DESKTOP_COLOURS;
+                (drawn && written.is_ok(), format!(
+                    "logged in to VNC :{} ({}) with the launch password; {}x{} frame with {}{} colours{}{}",
+                    l.vnc_display, frame.desktop_name, frame.width, frame.height,
+                    colours, if colours >= 4096 { "+" } else { "" },
+                    if drawn { "" } else { ": too few for a drawn desktop" },
+                    match written { Ok(()) => String::new(), Err(e) => format!("; {e}") },
+                ))
+            }
+            Err(e) => (false, e.to_string()),
+        };
+        results.push(CheckOutcome {
+            name: "vnc-login-and-desktop".into(),
+            kind: "host".into(),
+            passed: outcome.0,
+            detail: outcome.1,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    if wants_shot && error.is_none() && screenshot.is_none() {
         match vm.screendump(&png) {
             Ok(()) => screenshot = Some("screenshot.png".to_string()),
             Err(e) => error = Some(format!("screenshot failed: {e}")),
@@ -240,7 +373,11 @@ pub fn smoke(
     }
     vm.kill();
     // Every expected check must have reported.
-    for c in checks(r) {
+    let mut expected = checks(r, launch.as_ref());
+    if launch.is_some() {
+        expected.push(json!({"name": "vnc-login-and-desktop", "kind": "host"}));
+    }
+    for c in expected {
         let name = c["name"].as_str().unwrap_or_default().to_string();
         if !results.iter().any(|x| x.name == name) {
             results.push(CheckOutcome {

@@ -58,7 +58,7 @@ def builtin_instance(_):
 
 
 def builtin_no_build_leftovers(_):
-    left = [p for p in ("/usr/local/lib/imgbuild/provision", "/usr/local/lib/imgbuild/steps",
+    left = [p for p in ("/usr/local/lib/imgbuild/provision", "/usr/local/lib/imgbuild/steps", "/usr/local/lib/imgbuild/prepull",
                         "/etc/systemd/system/imgbuild-hygiene.service",
                         "/etc/systemd/system/poweroff.target.wants/imgbuild-hygiene.service",
                         "/root/.bash_history") if os.path.lexists(p)]
@@ -77,12 +77,82 @@ def builtin_no_build_leftovers(_):
     return True, "no provisioning machinery, no apt lists, no account with a password"
 
 
+def builtin_launch_user(c):
+    """The user named in the launch-time user-data exists with the given key and groups."""
+    import pwd, grp
+    try:
+        u = pwd.getpwnam(c["user"])
+    except KeyError:
+        return False, f"user {c['user']} does not exist"
+    keys = os.path.join(u.pw_dir, ".ssh", "authorized_keys")
+    try:
+        lines = [l.strip() for l in open(keys)]
+    except OSError as e:
+        return False, f"{keys}: {e}"
+    if c["ssh_key"].strip() not in lines:
+        return False, f"{keys} does not hold the key given at launch"
+    missing = [g for g in c.get("groups", []) if c["user"] not in grp.getgrnam(g).gr_mem]
+    if missing:
+        return False, f"{c['user']} is not in {missing}"
+    vnc = os.path.join(u.pw_dir, ".config", "tigervnc", "passwd")
+    if c.get("vnc_display") is not None:
+        if not os.path.exists(vnc):
+            return False, f"{vnc} missing"
+        st = os.stat(vnc)
+        if st.st_uid != u.pw_uid or stat.S_IMODE(st.st_mode) & 0o077:
+            return False, f"{vnc} is not private to {c['user']} (mode {stat.S_IMODE(st.st_mode):04o})"
+        if os.path.exists("/run/imgbuild/vnc-password"):
+            return False, "the clear-text VNC password is still in /run/imgbuild"
+    return True, f"{c['user']} with the launch key, groups {c.get('groups', [])}" + (", VNC password set" if c.get("vnc_display") is not None else "")
+
+
+def builtin_desktop_session(c):
+    """The user's TigerVNC session runs XFCE on the network port, ready to be viewed."""
+    unit = f"tigervncserver@:{c['vnc_display']}.service"
+    port = 5900 + int(c["vnc_display"])
+
+    def up():
+        state = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True).stdout.strip()
+        if state != "active":
+            return False, f"{unit} is {state}"
+        ls = listeners(port)
+        if not any(a not in ("127.0.0.1", "::1") for a in ls):
+            return False, f"VNC port {port} listens on {ls or 'nothing'}, not on the network"
+        procs = subprocess.run(["pgrep", "-u", c["user"], "-l", "-f", "xfce4-panel|xfdesktop|xfwm4"], capture_output=True, text=True).stdout
+        need = [p for p in ("xfce4-panel", "xfdesktop", "xfwm4") if p not in procs]
+        if need:
+            return False, f"{unit} active on {ls}, but the XFCE session lacks {need}"
+        return True, f"{unit} active, VNC on {ls}, XFCE (panel, desktop, window manager) running as {c['user']}"
+    ok, detail = retry(up, seconds=int(c.get("wait", 600)))
+    if ok:
+        time.sleep(int(c.get("settle", 20)))  # let the panel and desktop finish drawing
+    elif os.path.exists(f"/home/{c['user']}/.vnc"):
+        for log in glob.glob(f"/home/{c['user']}/.vnc/*.log"):
+            detail += f"\n{log}: " + open(log, errors="replace").read()[-600:]
+    return ok, detail
+
+
+def builtin_stack_ports_loopback(c):
+    """No published port of the compose stack listens on a non-loopback address."""
+    bad = {}
+    for port in c.get("ports", []):
+        ls = [a for a in listeners(int(port)) if a not in ("127.0.0.1", "::1")]
+        if ls:
+            bad[port] = ls
+    if bad:
+        return False, f"stack ports listening beyond the loopback: {bad}"
+    return True, f"none of the stack's {len(c.get('ports', []))} published ports listens beyond the loopback"
+
+
 BUILTIN = {
     "cloud-init-no-errors": builtin_cloud_init,
     "fresh-ssh-host-keys": builtin_host_keys,
     "fresh-machine-id": builtin_machine_id,
     "fresh-cloud-init-state": builtin_instance,
     "no-build-leftovers": builtin_no_build_leftovers,
+    "launch-user": builtin_launch_user,
+    "desktop-session": builtin_desktop_session,
+    "stack-ports-loopback-only": builtin_stack_ports_loopback,
 }
 
 

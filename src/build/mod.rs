@@ -133,6 +133,8 @@ pub struct BuildOptions {
 pub struct Provisioned {
     /// The provisioned disk (qcow2), hygiene done, not yet compacted.
     pub disk: PathBuf,
+    /// What the guest reported baking in (see `watch`).
+    pub container_images: Vec<crate::manifest::ContainerImage>,
 }
 
 /// What the backends get.
@@ -421,6 +423,7 @@ fn build_in(
         },
         digests,
         smoke: smoke_summary,
+        container_images: provisioned.container_images.clone(),
         build: BuildInfo {
             started: humantime::format_rfc3339_seconds(started).to_string(),
             duration_seconds: (p.elapsed().as_secs_f64() * 10.0).round() / 10.0,

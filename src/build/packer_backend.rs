@@ -164,7 +164,10 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
             disk.display()
         )));
     }
-    Ok(Provisioned { disk })
+    Ok(Provisioned {
+        disk,
+        container_images: watch.container_images,
+    })
 }
 
 fn last_line(path: &Path) -> Option<String> {

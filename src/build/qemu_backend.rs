@@ -144,7 +144,10 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
             log_name(&serial)
         )));
     }
-    Ok(Provisioned { disk })
+    Ok(Provisioned {
+        disk,
+        container_images: watch.container_images,
+    })
 }
 
 /// The error for a failed provisioning, with the runner's log tail.

@@ -28,6 +28,8 @@ pub struct Watch {
     pub provision_ok: bool,
     pub hygiene_done: bool,
     pub steps_done: usize,
+    /// Container images the pre-pull step reported (`IMGBUILD-CONTAINER-IMAGE {json}`).
+    pub container_images: Vec<crate::manifest::ContainerImage>,
 }
 
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
@@ -48,6 +50,15 @@ impl Watch {
         if let Some(rest) = after(line, "IMGBUILD-STEP-FAILED ") {
             let name = rest.split_whitespace().next().unwrap_or_default();
             self.failed_step = Some(name.to_string());
+            return Event::Nothing;
+        }
+        if let Some(rest) = after(line, "IMGBUILD-CONTAINER-IMAGE ") {
+            if let Ok(ci) = serde_json::from_str::<crate::manifest::ContainerImage>(rest.trim()) {
+                // The console may show a line twice (the runner's echo and the journal).
+                if !self.container_images.contains(&ci) {
+                    self.container_images.push(ci);
+                }
+            }
             return Event::Nothing;
         }
         if let Some(rest) = after(line, "IMGBUILD-CLOUD-INIT-ERROR ") {
@@ -100,6 +111,18 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_images_are_collected_once() {
+        let mut w = Watch::default();
+        let l = r#"[  80.1] IMGBUILD-CONTAINER-IMAGE {"image":"localhost/probe:1","id":"sha256:ab","repo_digests":[],"source":"loaded"}"#;
+        w.line(l);
+        w.line(l);
+        w.line("IMGBUILD-CONTAINER-IMAGE {broken");
+        assert_eq!(w.container_images.len(), 1);
+        assert_eq!(w.container_images[0].image, "localhost/probe:1");
+        assert_eq!(w.container_images[0].source, "loaded");
+    }
 
     #[test]
     fn a_failed_step_is_named_with_its_log() {

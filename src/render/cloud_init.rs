@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 pub const LIB: &str = "/usr/local/lib/imgbuild";
 pub const PROVISION: &str = include_str!("../../cloud-init/guest/provision");
 pub const HYGIENE: &str = include_str!("../../cloud-init/guest/hygiene");
+pub const PREPULL: &str = include_str!("../../cloud-init/guest/prepull");
 pub const FIRSTBOOT_SECRETS: &str = include_str!("../../cloud-init/guest/firstboot-secrets");
 pub const HYGIENE_UNIT: &str = include_str!("../../cloud-init/guest/imgbuild-hygiene.service");
 
@@ -194,6 +195,9 @@ pub fn user_data(
             });
         }
     }
+    if let (Some(c), Some(cs)) = (compose, &d.features.compose_stack) {
+        stack_unit_and_prepull(c, cs, &mut files, &mut steps);
+    }
     let mut extra_b64 = Vec::new();
     for (i, f) in d.files.iter().enumerate() {
         let content = match (&f.content, &f.source) {
@@ -311,6 +315,78 @@ pub fn network_config() -> String {
             "primary": { "match": { "name": "e*" }, "dhcp4": true, "dhcp6": false }
         }
     }))
+}
+
+/// Where `docker save` archives wait to be loaded at build time (an air-gapped site puts its
+/// images there with `files:` or a script; the archives are removed once loaded).
+pub fn offline_images_dir(name: &str) -> String {
+    format!("/var/lib/imgbuild/{name}/images")
+}
+
+/// The stack's systemd unit (started at boot, profiles from settings.env, overridden by the
+/// launch's launch.env) and the build step that bakes its images in for an offline start.
+fn stack_unit_and_prepull(
+    c: &ComposeProject,
+    cs: &crate::definition::ComposeStack,
+    files: &mut Vec<WriteFile>,
+    steps: &mut Vec<Step>,
+) {
+    let name = &c.name;
+    let dir = format!("/opt/imgbuild/{name}");
+    let var = format!("/var/lib/imgbuild/{name}");
+    let mut env_files = format!("--env-file {dir}/settings.env");
+    let mut requires = String::from("docker.service");
+    if c.secrets_spec.is_some() {
+        env_files.push_str(&format!(" --env-file {}", secrets_env_path(name)));
+        requires.push_str(&format!(" imgbuild-secrets-{name}.service"));
+    }
+    let compose = format!("/usr/bin/docker compose --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml");
+    let unit = format!("imgbuild-stack-{name}.service");
+    files.push(WriteFile::new(
+        format!("/etc/systemd/system/{unit}"),
+        format!(
+            "# The {name} compose stack. Profiles: COMPOSE_PROFILES in settings.env (the image's\n\
+             # default), overridden by launch.env (imgbuild userdata --profiles). Runs attached, so\n\
+             # the services' logs go to the journal and the boot does not wait for image pulls.\n\
+             [Unit]\n\
+             Description=imgbuild: the {name} compose stack\n\
+             Requires={requires}\n\
+             After={requires} network-online.target remote-fs.target\n\
+             Wants=network-online.target\n\n\
+             [Service]\n\
+             Type=exec\n\
+             EnvironmentFile={dir}/settings.env\n\
+             EnvironmentFile=-{var}/launch.env\n\
+             ExecStart={compose} up --remove-orphans\n\
+             ExecStop={compose} stop\n\
+             Restart=on-failure\n\
+             RestartSec=30\n\
+             TimeoutStopSec=120\n\n\
+             [Install]\n\
+             WantedBy=multi-user.target\n"
+        ),
+        "0644",
+    ));
+    steps.push(Step {
+        name: "46-stack".into(),
+        script: format!("systemctl enable {unit}\n"),
+    });
+    let images = c.images_for(&cs.prepull);
+    if cs.prepull.is_empty() || images.is_empty() {
+        return;
+    }
+    let list: Vec<String> = images.iter().map(|i| crate::exec::quote(i)).collect();
+    files.push(WriteFile::new(format!("{LIB}/prepull"), PREPULL, "0755"));
+    steps.push(Step {
+        // After the definition's scripts (50-…), which may place archives.
+        name: "60-prepull".into(),
+        script: format!(
+            "# The images of profiles {profiles}, baked in for an offline first start.\n{LIB}/prepull {offline} {list}\n",
+            profiles = cs.prepull.join(", "),
+            offline = offline_images_dir(name),
+            list = list.join(" "),
+        ),
+    });
 }
 
 /// Where an instance keeps its generated secrets for compose project `name` (mode 0600).

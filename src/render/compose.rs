@@ -22,6 +22,79 @@ pub struct ComposeProject {
     /// All profiles the project defines.
     pub profiles: Vec<String>,
     pub services: Vec<String>,
+    /// Host ports the services publish (after `expose`), for the smoke check that none of them
+    /// listens beyond the loopback unless exposed.
+    pub published: Vec<Published>,
+    /// Each service's image and profiles, for pre-pulling at build time.
+    pub images: Vec<ServiceImage>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    pub service: String,
+    /// `None`: all addresses.
+    pub host_ip: Option<String>,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceImage {
+    pub service: String,
+    pub image: String,
+    pub profiles: Vec<String>,
+}
+
+impl ComposeProject {
+    /// The distinct images of the services in any of `profiles` (services without profiles
+    /// always start, so they are always included).
+    pub fn images_for(&self, profiles: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for si in &self.images {
+            let wanted =
+                si.profiles.is_empty() || si.profiles.iter().any(|p| profiles.contains(p));
+            if wanted && !out.contains(&si.image) {
+                out.push(si.image.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The host side of a service's `ports` (short and long syntax); ports without a fixed host
+/// port (ephemeral) and interpolated ones are left out.
+fn published_ports(service: &str, svc: &Value) -> Vec<Published> {
+    let mut out = Vec::new();
+    for p in svc.get("ports").and_then(Value::as_array).into_iter().flatten() {
+        let (ip, port) = match p {
+            Value::String(s) => {
+                let s = s.split('/').next().unwrap_or_default();
+                let parts: Vec<&str> = s.rsplitn(3, ':').collect();
+                match parts.as_slice() {
+                    [_, host] => (None, host.to_string()),
+                    [_, host, ip] => (Some(ip.trim_matches(['[', ']']).to_string()), host.to_string()),
+                    _ => continue,
+                }
+            }
+            Value::Object(m) => {
+                let Some(port) = m.get("published").map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }) else {
+                    continue;
+                };
+                (m.get("host_ip").and_then(Value::as_str).map(str::to_string), port)
+            }
+            _ => continue,
+        };
+        if let Ok(port) = port.parse::<u16>() {
+            out.push(Published {
+                service: service.to_string(),
+                host_ip: ip.filter(|i| !i.is_empty() && i != "0.0.0.0" && i != "::"),
+                port,
+            });
+        }
+    }
+    out
 }
 
 fn read(path: &Path) -> Result<String, RenderError> {
@@ -160,6 +233,24 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
             env.insert(k.clone(), Value::String(escape(v)));
         }
     }
+    let mut published = Vec::new();
+    let mut images = Vec::new();
+    for (name, svc) in services.iter() {
+        published.extend(published_ports(name, svc));
+        if let Some(image) = svc.get("image").and_then(Value::as_str) {
+            images.push(ServiceImage {
+                service: name.clone(),
+                image: image.to_string(),
+                profiles: svc
+                    .get("profiles")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect(),
+            });
+        }
+    }
     let mut settings = String::from("# Non-secret settings of the stack (rendered by imgbuild).\n");
     settings.push_str(&format!("COMPOSE_PROFILES={}\n", cs.profiles.join(",")));
     if let Some(sm) = &r.definition.features.shared_mount {
@@ -185,6 +276,8 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
         settings_env: settings,
         profiles,
         services: names,
+        published,
+        images,
     }))
 }
 
@@ -306,6 +399,30 @@ fn normalize_env(svc: &mut Value) -> &mut Map<String, Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn published_ports_short_and_long_syntax() {
+        let svc = json!({"ports": [
+            "127.0.0.1:8080:80", "9000:9000/udp", "3000", "[::1]:5432:5432",
+            {"target": 80, "published": "81", "host_ip": "127.0.0.1"},
+            {"target": 443, "published": 8443},
+            "${PORT:-1}:1"
+        ]});
+        let p: Vec<(Option<String>, u16)> = published_ports("s", &svc)
+            .into_iter()
+            .map(|p| (p.host_ip, p.port))
+            .collect();
+        assert_eq!(
+            p,
+            vec![
+                (Some("127.0.0.1".into()), 8080),
+                (None, 9000),
+                (Some("::1".into()), 5432),
+                (Some("127.0.0.1".into()), 81),
+                (None, 8443),
+            ]
+        );
+    }
 
     #[test]
     fn expose_drops_loopback_binding() {

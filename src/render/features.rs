@@ -151,12 +151,27 @@ fn docker(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
         }
         DockerSource::Distro => {
             fr.pkgs(&["docker.io"]);
-            // Compose v2 where the distribution has it, else v1.
-            fr.pkgs(&[if d.os.distro == "ubuntu" {
-                "docker-compose-v2"
+            if d.os.distro == "ubuntu" {
+                fr.pkgs(&["docker-compose-v2"]);
+            } else if d.os.codename == "bookworm" {
+                // Bookworm has only Compose v1; trixie's docker-compose is v2 (the `docker
+                // compose` plugin), a Go binary that needs nothing newer than bookworm's libc.
+                // Pinned so that nothing else comes from trixie.
+                fr.apt_sources.push((
+                    "debian-trixie-compose.list".into(),
+                    json!({ "source": "deb http://deb.debian.org/debian trixie main" }),
+                ));
+                fr.files.push(WriteFile::new(
+                    "/etc/apt/preferences.d/imgbuild-compose",
+                    "# imgbuild: only docker-compose (v2) comes from trixie.\n\
+                     Package: *\nPin: release n=trixie\nPin-Priority: 1\n\n\
+                     Package: docker-compose\nPin: release n=trixie\nPin-Priority: 990\n",
+                    "0644",
+                ));
+                fr.pkgs(&["docker-compose"]);
             } else {
-                "docker-compose"
-            }]);
+                fr.pkgs(&["docker-compose"]);
+            }
         }
     }
     let mut script = String::from("systemctl enable docker.service containerd.service\n");
@@ -263,13 +278,14 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
         ),
         "0644",
     ));
-    fr.files.push(WriteFile::new(
-        "/etc/X11/Xtigervnc-session.d/imgbuild",
-        "# The VNC session runs XFCE.\n",
-        "0644",
-    ));
     let mut script = String::from(
-        "systemctl enable imgbuild-novnc.service\n# The VNC user and password are set at launch (imgbuild userdata).\nmkdir -p /etc/tigervnc\nprintf 'session=xfce\\n' > /etc/tigervnc/vncserver-config-defaults\n",
+        "systemctl enable imgbuild-novnc.service\n\
+         # The VNC user and password are set at launch (imgbuild userdata). TigerVNC's wrapper\n\
+         # reads this file as Perl: an XFCE session, reachable from the network (Guacamole,\n\
+         # Kasm) with VncAuth/TLSVnc, not only through noVNC on the loopback.\n\
+         cat >> /etc/tigervnc/vncserver-config-defaults <<'EOF'\n\
+         # imgbuild desktop\n$session = \"xfce\";\n$localhost = \"no\";\n$geometry = \"1280x800\";\n1;\nEOF\n\
+         update-alternatives --set x-session-manager /usr/bin/xfce4-session\n",
     );
     if desk.rdp {
         script

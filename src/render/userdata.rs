@@ -117,6 +117,18 @@ pub fn parse_keys(text: &str) -> Result<Vec<String>, UserdataError> {
 }
 
 pub fn render(r: &Resolved, p: &LaunchParams) -> Result<String, UserdataError> {
+    Ok(to_cloud_config(
+        &document(r, p)?,
+        &format!(
+            "Launch-time user-data for a {} VM of user {} (imgbuild userdata).",
+            r.name, p.user
+        ),
+    ))
+}
+
+/// The launch-time cloud-config as data (the smoke boot of a desktop image merges it into its
+/// seed, so the smoke proves exactly what a launch gets).
+pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> {
     let d = &r.definition;
     if !valid_user(&p.user) {
         return Err(UserdataError::BadUser(p.user.clone()));
@@ -249,13 +261,7 @@ pub fn render(r: &Resolved, p: &LaunchParams) -> Result<String, UserdataError> {
     if !runcmd.is_empty() {
         doc.insert("runcmd".into(), json!(runcmd));
     }
-    Ok(to_cloud_config(
-        &Value::Object(doc),
-        &format!(
-            "Launch-time user-data for a {} VM of user {} (imgbuild userdata).",
-            r.name, p.user
-        ),
-    ))
+    Ok(Value::Object(doc))
 }
 
 #[cfg(test)]
