@@ -3,60 +3,20 @@
 mod common;
 
 use common::*;
-use imgbuild::definition::Arch;
-use imgbuild::manifest::{Artifact, BaseRef, BuildInfo, Manifest};
 use std::path::Path;
 use std::process::Command;
 
-/// A dist folder with a real (small) qcow2 and its manifest, as `build` writes them.
+/// A build of desktop-ai in `dist`, started at `started`.
 fn fake_build(dist: &Path, version: &str, started: &str) -> std::path::PathBuf {
-    let dir = dist.join("desktop-ai").join(version);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = format!("desktop-ai-{version}-amd64.qcow2");
-    let artifact = dir.join(&file);
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&artifact)
-        .arg("64M")
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let digests = imgbuild::digest::digest_file(&artifact, |_| {}).unwrap();
-    let m = Manifest {
-        image: "desktop-ai".into(),
-        version: version.into(),
-        arch: Arch::Amd64,
-        description: String::new(),
-        backend: "qemu".into(),
-        accel: "tcg".into(),
-        base: BaseRef {
-            kind: "cloud_image".into(),
-            source: "file:///base.img".into(),
-            sha256: "0".repeat(64),
+    common::fake_build(
+        dist,
+        FakeBuild {
+            image: "desktop-ai",
+            version,
+            started,
+            data_mib: 1,
         },
-        definition_sha256: "0".repeat(64),
-        rendered_sha256: "0".repeat(64),
-        artifact: Artifact {
-            file,
-            format: "qcow2".into(),
-            compression: "zstd".into(),
-            size: digests.size,
-            virtual_size: 64 << 20,
-        },
-        digests,
-        smoke: None,
-        build: BuildInfo {
-            started: started.into(),
-            duration_seconds: 1.0,
-            tool: "imgbuild".into(),
-            tool_version: "0".into(),
-            git_commit: None,
-            git_dirty: false,
-            host: "linux".into(),
-        },
-    };
-    std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
-    artifact
+    )
 }
 
 #[test]

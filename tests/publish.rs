@@ -16,63 +16,14 @@ fn dist_with_build(dist: &Path, version: &str) -> PathBuf {
 }
 
 fn dist_with_image(dist: &Path, image: &str, version: &str) -> PathBuf {
-    use imgbuild::definition::Arch;
-    use imgbuild::manifest::*;
-    let dir = dist.join(image).join(version);
-    std::fs::create_dir_all(&dir).unwrap();
-    let raw = dir.join("raw.img");
-    let mut data = vec![0u8; 8 << 20];
-    for (i, b) in data.iter_mut().enumerate() {
-        *b = (i as u32).wrapping_mul(2654435761).rotate_left(7) as u8;
-    }
-    data.extend_from_slice(version.as_bytes());
-    std::fs::write(&raw, &data).unwrap();
-    let file = format!("{image}-{version}-amd64.qcow2");
-    let artifact = dir.join(&file);
-    let o = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&artifact)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    std::fs::remove_file(&raw).unwrap();
-    let digests = imgbuild::digest::digest_file(&artifact, |_| {}).unwrap();
-    let m = Manifest {
-        image: image.into(),
-        version: version.into(),
-        arch: Arch::Amd64,
-        description: "test".into(),
-        backend: "qemu".into(),
-        accel: "tcg".into(),
-        base: BaseRef {
-            kind: "bootstrap".into(),
-            source: "mmdebstrap bookworm".into(),
-            sha256: "0".repeat(64),
+    fake_build(
+        dist,
+        FakeBuild {
+            image,
+            version,
+            ..Default::default()
         },
-        definition_sha256: "0".repeat(64),
-        rendered_sha256: "0".repeat(64),
-        artifact: Artifact {
-            file,
-            format: "qcow2".into(),
-            compression: "none".into(),
-            size: digests.size,
-            virtual_size: 8 << 20,
-        },
-        digests,
-        smoke: None,
-        build: BuildInfo {
-            started: "2026-11-23T00:00:00Z".into(),
-            duration_seconds: 1.0,
-            tool: "imgbuild".into(),
-            tool_version: "0".into(),
-            git_commit: Some("1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d".into()),
-            git_dirty: false,
-            host: "linux".into(),
-        },
-    };
-    std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
-    artifact
+    )
 }
 
 fn clouds(dir: &Path, password: &str) -> PathBuf {
