@@ -3,17 +3,23 @@
 #
 #   scripts/openstack-test-stack.sh install VENV          pip install the pinned set into VENV
 #   scripts/openstack-test-stack.sh start VENV STATE      configure and start both; prints when ready
+#   scripts/openstack-test-stack.sh glance VENV STATE     one more Glance for a running Keystone
 #
-# `start` runs in the foreground until killed (the test fixture owns it); every server it
-# starts dies with it. State (sqlite, fernet keys, image store, logs, clouds.yaml) is in STATE.
+# `start` and `glance` run in the foreground until killed (the test fixture owns them); every
+# server they start dies with them. State (sqlite, fernet keys, image store, logs) is in STATE.
 # Ports: KEYSTONE_PORT (default 5000) and GLANCE_PORT (default 9292). With TLS_CERT, TLS_KEY
-# and TLS_CA set, both serve HTTPS with that certificate (and trust TLS_CA between them).
+# and TLS_CA set, the servers speak HTTPS with that certificate (and trust TLS_CA between
+# them); with TLS_CLIENT_CA too, Glance also requires a client certificate signed by it.
 # The admin password is read from the environment (OS_TEST_ADMIN_PASSWORD), never written to
 # the repo; the test fixture makes a random one per run.
+#
+# `glance` needs KEYSTONE_URL (…/v3) and takes GLANCE_DEFAULTS, lines added to the [DEFAULT]
+# section of its glance-api.conf (e.g. `image_size_cap = 1048576`). It registers no endpoint:
+#   openstack endpoint create --region R image public http://127.0.0.1:PORT
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-cmd="${1:?install|start}"
+cmd="${1:?install|start|glance}"
 venv="${2:?VENV}"
 
 if [[ "$cmd" == install ]]; then
@@ -28,23 +34,24 @@ if [[ "$cmd" == install ]]; then
   exit 0
 fi
 
-[[ "$cmd" == start ]] || { echo "usage: $0 install|start VENV [STATE]" >&2; exit 2; }
+[[ "$cmd" == start || "$cmd" == glance ]] || { echo "usage: $0 install|start|glance VENV [STATE]" >&2; exit 2; }
 state="${3:?STATE}"
 kport="${KEYSTONE_PORT:-5000}"
 gport="${GLANCE_PORT:-9292}"
 pw="${OS_TEST_ADMIN_PASSWORD:?set OS_TEST_ADMIN_PASSWORD}"
 scheme=http
 curl_tls=()
-gunicorn_tls=""
-authtoken_tls=""
 if [[ -n "${TLS_CERT:-}" ]]; then
   scheme=https
   curl_tls=(--cacert "$TLS_CA")
-  gunicorn_tls=$'certfile = "'"$TLS_CERT"$'"\nkeyfile = "'"$TLS_KEY"$'"'
-  authtoken_tls="cafile = $TLS_CA"
   export OS_CACERT="$TLS_CA"
+  if [[ -n "${TLS_CLIENT_CA:-}" ]]; then
+    # The readiness probe needs a client certificate too: any one TLS_CLIENT_CA signed.
+    curl_tls+=(--cert "${TLS_PROBE_CERT:?TLS_PROBE_CERT with TLS_CLIENT_CA}" --key "${TLS_PROBE_KEY:?}")
+  fi
 fi
-mkdir -p "$state"/{keystone,glance,images,staging,tasks,locks,fernet,receipts,credential}
+keystone_url="${KEYSTONE_URL:-$scheme://127.0.0.1:$kport/v3}"
+mkdir -p "$state"
 state="$(cd "$state" && pwd)"
 py="$venv/bin"
 
@@ -62,8 +69,31 @@ wait_http() { # url what
   exit 1
 }
 
+# serve NAME PORT WSGI_APP [GUNICORN_SETTING...]: gunicorn in the background, logs in
+# STATE/NAME.log. Keystone's and Glance's oslo.config read sys.argv, so gunicorn gets every
+# setting from the gunicorn.conf.py in its working directory and no flags.
+serve() {
+  local name="$1" port="$2" app="$3"
+  shift 3
+  mkdir -p "$state/$name-run"
+  {
+    echo "wsgi_app = \"$app\""
+    echo "bind = \"127.0.0.1:$port\""
+    echo "workers = 1"
+    printf '%s\n' "$@"
+    if [[ -n "${TLS_CERT:-}" ]]; then
+      echo "certfile = \"$TLS_CERT\""
+      echo "keyfile = \"$TLS_KEY\""
+    fi
+  } >"$state/$name-run/gunicorn.conf.py"
+  (cd "$state/$name-run" && exec "$py/gunicorn") >"$state/$name.log" 2>&1 &
+  pids+=($!)
+}
+
 # --- Keystone ------------------------------------------------------------------------------
-cat >"$state/keystone/keystone.conf" <<EOF
+start_keystone() {
+  mkdir -p "$state"/{keystone,fernet,receipts,credential}
+  cat >"$state/keystone/keystone.conf" <<EOF
 [DEFAULT]
 log_file = $state/keystone-app.log
 [database]
@@ -77,46 +107,34 @@ key_repository = $state/receipts
 [credential]
 key_repository = $state/credential
 EOF
-export OS_KEYSTONE_CONFIG_DIR="$state/keystone"
-"$py/keystone-manage" --config-file "$state/keystone/keystone.conf" db_sync >>"$state/setup.log" 2>&1
-for what in fernet_setup credential_setup; do
-  "$py/keystone-manage" --config-file "$state/keystone/keystone.conf" "$what" \
-    --keystone-user root --keystone-group root >>"$state/setup.log" 2>&1
-done
-"$py/keystone-manage" --config-file "$state/keystone/keystone.conf" bootstrap \
-  --bootstrap-password "$pw" \
-  --bootstrap-admin-url "$scheme://127.0.0.1:$kport/v3" \
-  --bootstrap-public-url "$scheme://127.0.0.1:$kport/v3" \
-  --bootstrap-internal-url "$scheme://127.0.0.1:$kport/v3" \
-  --bootstrap-region-id RegionOne >>"$state/setup.log" 2>&1
-# oslo.config reads sys.argv: gunicorn gets every setting from its config file, no flags.
-mkdir -p "$state/keystone-run"
-cat >"$state/keystone-run/gunicorn.conf.py" <<EOF
-wsgi_app = "keystone.wsgi.api:application"
-bind = "127.0.0.1:$kport"
-workers = 1
-threads = 1
-$gunicorn_tls
-EOF
-(cd "$state/keystone-run" && exec "$py/gunicorn") >"$state/keystone.log" 2>&1 &
-pids+=($!)
-wait_http "$scheme://127.0.0.1:$kport/v3" keystone
-
-# The image service and its endpoints (bootstrap makes only identity's).
-export OS_AUTH_URL="$scheme://127.0.0.1:$kport/v3" OS_USERNAME=admin OS_PASSWORD="$pw" \
-  OS_PROJECT_NAME=admin OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default \
-  OS_IDENTITY_API_VERSION=3 OS_REGION_NAME=RegionOne
-"$py/openstack" service create --name glance image >>"$state/setup.log" 2>&1
-for iface in public internal admin; do
-  "$py/openstack" endpoint create --region RegionOne image "$iface" "$scheme://127.0.0.1:$gport" >>"$state/setup.log" 2>&1
-done
+  export OS_KEYSTONE_CONFIG_DIR="$state/keystone"
+  local manage=("$py/keystone-manage" --config-file "$state/keystone/keystone.conf")
+  "${manage[@]}" db_sync >>"$state/setup.log" 2>&1
+  for what in fernet_setup credential_setup; do
+    "${manage[@]}" "$what" --keystone-user root --keystone-group root >>"$state/setup.log" 2>&1
+  done
+  "${manage[@]}" bootstrap \
+    --bootstrap-password "$pw" \
+    --bootstrap-admin-url "$keystone_url" \
+    --bootstrap-public-url "$keystone_url" \
+    --bootstrap-internal-url "$keystone_url" \
+    --bootstrap-region-id RegionOne >>"$state/setup.log" 2>&1
+  # With sqlite: one process, one thread, or "database is locked".
+  serve keystone "$kport" keystone.wsgi.api:application "threads = 1"
+  wait_http "$keystone_url" keystone
+}
 
 # --- Glance --------------------------------------------------------------------------------
-cat >"$state/glance/glance-api.conf" <<EOF
+start_glance() {
+  mkdir -p "$state"/{glance,images,staging,tasks,locks}
+  local authtoken_tls=""
+  [[ -n "${TLS_CA:-}" ]] && authtoken_tls="cafile = $TLS_CA"
+  cat >"$state/glance/glance-api.conf" <<EOF
 [DEFAULT]
 enabled_backends = fs:file
 enabled_import_methods = [glance-direct,web-download,copy-image]
 log_file = $state/glance-app.log
+${GLANCE_DEFAULTS:-}
 [database]
 connection = sqlite:///$state/glance.sqlite
 [paste_deploy]
@@ -132,8 +150,8 @@ filesystem_store_datadir = $state/tasks
 [oslo_concurrency]
 lock_path = $state/locks
 [keystone_authtoken]
-www_authenticate_uri = $scheme://127.0.0.1:$kport/v3
-auth_url = $scheme://127.0.0.1:$kport/v3
+www_authenticate_uri = $keystone_url
+auth_url = $keystone_url
 auth_type = password
 username = admin
 password = $pw
@@ -142,22 +160,33 @@ user_domain_name = Default
 project_domain_name = Default
 $authtoken_tls
 EOF
-chmod 600 "$state/glance/glance-api.conf"
-cp "$venv/etc/glance/glance-api-paste.ini" "$state/glance/"
-export OS_GLANCE_CONFIG_DIR="$state/glance"
-"$py/glance-manage" --config-file "$state/glance/glance-api.conf" db_sync >>"$state/setup.log" 2>&1
-mkdir -p "$state/glance-run"
-cat >"$state/glance-run/gunicorn.conf.py" <<EOF
-wsgi_app = "glance.wsgi.api:application"
-bind = "127.0.0.1:$gport"
-workers = 1
-worker_class = "gthread"
-threads = 8
-timeout = 0
-$gunicorn_tls
-EOF
-(cd "$state/glance-run" && exec "$py/gunicorn") >"$state/glance.log" 2>&1 &
-pids+=($!)
-wait_http "$scheme://127.0.0.1:$gport/versions" glance
-echo "READY keystone=$scheme://127.0.0.1:$kport/v3 glance=$scheme://127.0.0.1:$gport"
+  chmod 600 "$state/glance/glance-api.conf"
+  cp "$venv/etc/glance/glance-api-paste.ini" "$state/glance/"
+  export OS_GLANCE_CONFIG_DIR="$state/glance"
+  "$py/glance-manage" --config-file "$state/glance/glance-api.conf" db_sync >>"$state/setup.log" 2>&1
+  # gthread and no worker timeout: the default sync worker kills uploads after 30 s.
+  local settings=('worker_class = "gthread"' "threads = 8" "timeout = 0")
+  if [[ -n "${TLS_CLIENT_CA:-}" ]]; then
+    settings+=("cert_reqs = 2" "ca_certs = \"$TLS_CLIENT_CA\"")
+  fi
+  serve glance "$gport" glance.wsgi.api:application "${settings[@]}"
+  wait_http "$scheme://127.0.0.1:$gport/versions" glance
+}
+
+if [[ "$cmd" == start ]]; then
+  start_keystone
+  # The image service and its endpoints (bootstrap makes only identity's).
+  export OS_AUTH_URL="$keystone_url" OS_USERNAME=admin OS_PASSWORD="$pw" \
+    OS_PROJECT_NAME=admin OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default \
+    OS_IDENTITY_API_VERSION=3 OS_REGION_NAME=RegionOne
+  "$py/openstack" service create --name glance image >>"$state/setup.log" 2>&1
+  for iface in public internal admin; do
+    "$py/openstack" endpoint create --region RegionOne image "$iface" "$scheme://127.0.0.1:$gport" >>"$state/setup.log" 2>&1
+  done
+  start_glance
+  echo "READY keystone=$keystone_url glance=$scheme://127.0.0.1:$gport"
+else
+  start_glance
+  echo "READY glance=$scheme://127.0.0.1:$gport"
+fi
 wait
