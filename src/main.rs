@@ -98,7 +98,9 @@ struct PublishArgs {
     /// Show what would be created (or that the image is already there); change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Seconds allowed per HTTP request and for the image to become active.
+    /// Seconds allowed for each API call, for an upload to stall (no data moving; a long
+    /// upload that keeps moving is not cut off) and for the image to become active. A timeout
+    /// is not retried; connection errors and 5xx answers are, with backoff.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
     /// How the data gets in: auto (glance-direct import if offered), upload, import.
@@ -1062,12 +1064,18 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         Failed(e.to_string())
     })?;
     p.done(&format!("image service {}", session.image_url));
+    // Every Glance error ends the same way: exit 1, the status and what it means.
+    let failed = |e: publish::PublishError| Failed(publish::describe(&e));
+    // Is this artifact already there? Asked once; dry-run and upload both go by the answer.
+    let existing = publish::find_existing(&http, &session, &m.digests.sha256).map_err(failed)?;
+    // Raw for Ceph RBD (copy-on-write clones in Nova): a raw copy is made in the cache and its
+    // digests are what Glance must report; the image keeps the build's imgbuild_sha256.
+    let want_raw = existing.is_empty()
+        && publish::wants_raw(&http, &session, a.disk_format, &m.artifact.format)
+            .map_err(failed)?;
+    let mut plan = plan;
     if a.dry_run {
-        let existing = publish::find_existing(&http, &session, &m.digests.sha256)?;
-        let mut plan = plan;
-        if existing.is_empty()
-            && publish::wants_raw(&http, &session, a.disk_format, &m.artifact.format)?
-        {
+        if want_raw {
             plan.disk_format = "raw".into();
         }
         let would = publish::retain(
@@ -1081,7 +1089,8 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
                 None
             },
             true,
-        )?;
+        )
+        .map_err(failed)?;
         let action = if existing.is_empty() {
             "create"
         } else {
@@ -1114,12 +1123,6 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         }
         return Ok(());
     }
-    // Raw for Ceph RBD (copy-on-write clones in Nova): a raw copy is made in the cache and its
-    // digests are what Glance must report; the image keeps the build's imgbuild_sha256.
-    let already = !publish::find_existing(&http, &session, &m.digests.sha256)?.is_empty();
-    let want_raw =
-        !already && publish::wants_raw(&http, &session, a.disk_format, &m.artifact.format)?;
-    let mut plan = plan;
     let mut data_manifest = m.clone();
     let mut data_path = artifact.clone();
     let _raw_dir;
@@ -1151,24 +1154,24 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         _raw_dir = None;
     }
     p.stage("upload");
-    let result = publish::publish(
-        &http,
-        &session,
-        &plan,
-        &data_manifest,
-        &data_path,
-        a.method,
-        timeout,
-        &mut |done, total| p.bytes(done, Some(total)),
-    );
+    let result = match existing.first() {
+        Some(img) => Ok(publish::unchanged(img)),
+        None => publish::publish(
+            &http,
+            &session,
+            &plan,
+            &data_manifest,
+            &data_path,
+            a.method,
+            timeout,
+            &mut |done, total| p.bytes(done, Some(total)),
+        ),
+    };
     let res = match result {
         Ok(x) => x,
         Err(e) => {
             p.fail();
-            let hint = publish::explain(&e)
-                .map(|h| format!(" ({h})"))
-                .unwrap_or_default();
-            return Err(Failed(format!("{e}{hint}")).into());
+            return Err(failed(e).into());
         }
     };
     p.done(&format!("{} {} ({})", res.action, res.id, res.status));
@@ -1182,7 +1185,8 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
     let kept =
         publish::retain(&http, &session, &m.image, keep, delete_beyond, false).map_err(|e| {
             Failed(format!(
-                "the image was published, but retention failed: {e}"
+                "the image was published, but retention failed: {}",
+                publish::describe(&e)
             ))
         })?;
     p.done(&format!(

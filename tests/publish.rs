@@ -2,11 +2,23 @@
 //! verification, seen by `openstack image show` with the expected properties; re-publish is a
 //! no-op; --dry-run changes nothing; a tampered artifact or a wrong password fails with exit 1
 //! and leaves no image behind.
+//!
+//! Error answers are provoked for real, each ending with exit 1, a message naming the problem
+//! and nothing half-made in Glance: 403 (a `reader`-only user), 413 (a second Glance with a
+//! storage quota; upload and import), 409 (a second upload), 5xx (a second Glance whose store
+//! is gone: retried, then failing or recovering), a stopped Glance (connection refused,
+//! retried), a Glance that never answers (--timeout), 404/300 (wrong endpoint paths), and a
+//! Glance that requires a client certificate (clouds.yaml `cert`/`key`). Extra Glances are
+//! started only by the tests that change their config, and stop when those tests end.
 
 mod common;
 
-use common::openstack::{stack, stack_tls, Stack};
+use common::openstack::{
+    make_certs, make_client_cert, stack, stack_tls, ExtraGlance, GlanceTls, Stack,
+};
 use common::*;
+use imgbuild::glance::http::{Http, TlsOptions};
+use imgbuild::glance::publish::{describe, PublishError};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -32,11 +44,19 @@ fn clouds(dir: &Path, password: &str) -> PathBuf {
 
 /// clouds.yaml for cloud `lab` of stack `s`; `extra` is added to the cloud's entry.
 fn clouds_for(dir: &Path, s: &Stack, password: &str, extra: &str) -> PathBuf {
+    clouds_as(dir, s, ("admin", password, "admin"), "RegionOne", extra)
+}
+
+/// clouds.yaml in `dir` for cloud `lab`: (user, password, project) of the Default domain,
+/// in `region`; `extra` is added to the cloud's entry.
+fn clouds_as(dir: &Path, s: &Stack, who: (&str, &str, &str), region: &str, extra: &str) -> PathBuf {
+    let (user, password, project) = who;
+    std::fs::create_dir_all(dir).unwrap();
     let p = dir.join("clouds.yaml");
     std::fs::write(
         &p,
         format!(
-            "clouds:\n  lab:\n    auth:\n      auth_url: {}\n      username: admin\n      password: \"{password}\"\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n{extra}",
+            "clouds:\n  lab:\n    auth:\n      auth_url: {}\n      username: {user}\n      password: \"{password}\"\n      project_name: {project}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {region}\n{extra}",
             s.keystone
         ),
     )
@@ -49,17 +69,20 @@ fn publish(clouds: &Path, dist: &Path, args: &[&str]) -> Output {
 }
 
 fn publish_image(clouds: &Path, dist: &Path, image: &str, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(["--json", "publish", image, "--dist"])
+    publish_command(clouds, dist, image, args).output().unwrap()
+}
+
+fn publish_command(clouds: &Path, dist: &Path, image: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(["--json", "publish", image, "--dist"])
         .arg(dist)
         .args(args)
         .current_dir(repo())
         .env("OS_CLIENT_CONFIG_FILE", clouds)
         .env("OS_CLIENT_SECURE_FILE", clouds.with_file_name("none.yaml"))
         .env("OS_CLOUD", "lab")
-        .env_remove("OS_AUTH_URL")
-        .output()
-        .unwrap()
+        .env_remove("OS_AUTH_URL");
+    cmd
 }
 
 fn openstack(clouds: &Path, args: &[&str]) -> serde_json::Value {
@@ -401,4 +424,440 @@ fn raw_upload_for_rbd_style_stores_verifies_the_raw_bytes() {
     let again = json(&run(&[]));
     assert_eq!(again["action"], "unchanged");
     assert_eq!(again["id"], r["id"]);
+}
+
+// ---- Error responses from the real services -------------------------------------------------
+// Each failure below is provoked for real (a Keystone role, a Glance quota, a broken store,
+// a stopped Glance, a wrong catalog URL, a TLS server that wants a client certificate) and
+// must end with exit 1, a message that names the problem, and nothing half-made in Glance.
+
+/// A build of debian12-base `version` in a fresh dist folder under `dir`.
+fn dist_for(dir: &Path, version: &str) -> PathBuf {
+    let dist = dir.join("dist");
+    dist_with_image(&dist, "debian12-base", version);
+    dist
+}
+
+/// The images named `name` in the Glance at `glance` (any status, any project: asked as admin).
+fn images_named(http: &Http, token: &str, glance: &str, name: &str) -> Vec<serde_json::Value> {
+    let r = http
+        .get(
+            &format!("{glance}/v2/images?name={name}"),
+            Some(token),
+            &[200],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.json["images"].as_array().unwrap().clone()
+}
+
+/// Exit 1 and the stderr, which must not show the admin password.
+fn failed(o: &Output, s: &Stack) -> String {
+    let (out, err) = text(o);
+    eprintln!("imgbuild's stderr (shown with --nocapture):\n{err}");
+    assert_eq!(o.status.code(), Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(!err.contains(&s.password), "password leaked: {err}");
+    err
+}
+
+fn retries(err: &str) -> usize {
+    err.lines().filter(|l| l.contains("retrying")).count()
+}
+
+#[test]
+fn a_reader_is_forbidden_403_and_nothing_is_created() {
+    let s = stack();
+    let admin = s.admin();
+    // A project whose user has only `reader`: Glance's default policy wants `member` to
+    // create images.
+    let who = format!("reader{}", std::process::id());
+    let pw = format!("pw-{who}-x9");
+    admin.user_with_role(&who, &pw, "reader");
+    let t = tempfile::tempdir().unwrap();
+    let dist = dist_for(t.path(), "r403");
+    let c = clouds_as(t.path(), s, (&who, &pw, &who), "RegionOne", "");
+    let o = publish(&c, &dist, &[]);
+    let err = failed(&o, s);
+    assert!(err.contains("HTTP 403"), "{err}");
+    assert!(err.contains("add_image"), "Glance's reason: {err}");
+    assert!(err.contains("not allowed"), "{err}");
+    assert!(!err.contains(&pw) && !err.contains("<br"), "{err}");
+    assert_eq!(retries(&err), 0, "a 403 is not retried: {err}");
+    // Nothing in Glance: not for the reader's project, not for anyone.
+    let mine = openstack(&c, &["image", "list", "--name", "debian12-base-r403"]);
+    assert_eq!(mine.as_array().unwrap().len(), 0, "{mine}");
+    let all = images_named(&admin.http, &admin.token, &s.glance, "debian12-base-r403");
+    assert!(all.is_empty(), "{all:?}");
+}
+
+#[test]
+fn a_storage_quota_is_413_for_upload_and_import_and_nothing_is_left() {
+    let s = stack();
+    let admin = s.admin();
+    // A Glance of its own with a 4 MB storage quota per project; the artifact is 8 MiB.
+    let g = ExtraGlance::start(s, "quota", "user_storage_quota = 4MB", None);
+    admin.image_endpoint("RegionQuota", "public", &g.url);
+    let t = tempfile::tempdir().unwrap();
+    let dist = dist_for(t.path(), "q1");
+    let c = clouds_as(
+        t.path(),
+        s,
+        ("admin", &s.password, "admin"),
+        "RegionQuota",
+        "",
+    );
+    let name = "debian12-base-q1";
+
+    // Classic upload: Glance stops reading at the quota and answers 413.
+    let o = publish(&c, &dist, &["--method", "upload"]);
+    let err = failed(&o, s);
+    assert!(err.contains("HTTP 413"), "{err}");
+    assert!(err.contains("storage quota"), "Glance's reason: {err}");
+    assert!(err.contains("quota of the project is exceeded"), "{err}");
+    assert_eq!(retries(&err), 0, "a 413 is not retried: {err}");
+    assert!(images_named(&admin.http, &admin.token, &g.url, name).is_empty());
+
+    // Import: staging takes the data, Glance's import task then fails on the quota; that is
+    // seen at once (not after --timeout), and the classic upload that follows gets the 413.
+    let started = std::time::Instant::now();
+    let o = publish(&c, &dist, &["--method", "import"]);
+    let err = failed(&o, s);
+    assert!(
+        err.contains("import of image") && err.contains("failed"),
+        "{err}"
+    );
+    assert!(err.contains("falling back to the classic upload"), "{err}");
+    assert!(
+        err.contains("HTTP 413") && err.contains("storage quota"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the failed import was not noticed: {:?}",
+        started.elapsed()
+    );
+    let left = images_named(&admin.http, &admin.token, &g.url, name);
+    assert!(left.is_empty(), "half-made images left: {left:?}");
+    // Nor any data in the store or in staging.
+    for dir in ["images", "staging"] {
+        let files: Vec<_> = std::fs::read_dir(g.state.join(dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(files.is_empty(), "{dir}: {files:?}");
+    }
+}
+
+#[test]
+fn a_second_upload_to_an_active_image_is_a_409_conflict() {
+    // No flow of `imgbuild publish` meets a 409 from Glance (it always uploads into the image
+    // it has just created, and a timeout is not retried); so the message is shown with the
+    // lowest-level call that can get one for real: a second PUT of the data. Glance answers
+    // before it reads the data, and closes; 16 MiB is more than the socket buffers hold, so
+    // this also shows that such an early answer is read (over HTTP and HTTPS) instead of
+    // ending as a broken pipe.
+    let t = tempfile::tempdir().unwrap();
+    let artifact = fake_build(
+        &t.path().join("dist"),
+        FakeBuild {
+            version: "c409",
+            data_mib: 16,
+            ..Default::default()
+        },
+    );
+    for s in [stack(), stack_tls()] {
+        let admin = s.admin();
+        let http = &admin.http;
+        let created = http
+            .post_json(
+                &format!("{}/v2/images", s.glance),
+                Some(&admin.token),
+                &serde_json::json!({"name": "imgbuild-test-409", "disk_format": "qcow2",
+                    "container_format": "bare"}),
+                &[201],
+            )
+            .unwrap();
+        let url = format!(
+            "{}/v2/images/{}",
+            s.glance,
+            created.json["id"].as_str().unwrap()
+        );
+        http.put_file(
+            &format!("{url}/file"),
+            &admin.token,
+            &artifact,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let e = http
+            .put_file(
+                &format!("{url}/file"),
+                &admin.token,
+                &artifact,
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(450),
+            "a 409 is not retried"
+        );
+        assert_eq!(e.status(), Some(409), "{}: {e}", s.glance);
+        let msg = describe(&PublishError::from(e));
+        assert!(msg.contains("HTTP 409"), "{msg}");
+        assert!(
+            msg.contains("Image status transition from active to saving is not allowed"),
+            "Glance's reason, without markup: {msg}"
+        );
+        assert!(
+            msg.ends_with("(conflict: the image is in a state that does not allow this)"),
+            "{msg}"
+        );
+        http.delete(&url, Some(&admin.token), &[204]).unwrap();
+    }
+}
+
+#[test]
+fn glance_5xx_is_retried_then_fails_or_recovers_and_a_stopped_glance_is_retried() {
+    let s = stack();
+    let admin = s.admin();
+    let mut g = ExtraGlance::start(s, "flaky", "", None);
+    admin.image_endpoint("RegionFlaky", "public", &g.url);
+    let t = tempfile::tempdir().unwrap();
+    let dist = t.path().join("dist");
+    dist_with_image(&dist, "debian12-base", "f1");
+    dist_with_image(&dist, "debian12-base", "f2");
+    let c = clouds_as(
+        t.path(),
+        s,
+        ("admin", &s.password, "admin"),
+        "RegionFlaky",
+        "",
+    );
+    // Without its store directory, Glance answers every upload with HTTP 500.
+    let store = g.state.join("images");
+    let away = g.state.join("images.away");
+    std::fs::rename(&store, &away).unwrap();
+
+    let started = std::time::Instant::now();
+    let o = publish(&c, &dist, &["--version", "f1", "--method", "upload"]);
+    let err = failed(&o, s);
+    assert!(err.contains("HTTP 500"), "{err}");
+    assert_eq!(retries(&err), 4, "4 retries with backoff: {err}");
+    assert!(
+        err.contains("retrying the upload in 0.5 s")
+            && err.contains("retrying the upload in 4.0 s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(tried 5 times)") && err.contains("again on every retry"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(7500),
+        "backoff 0.5 + 1 + 2 + 4 s"
+    );
+    let left = images_named(&admin.http, &admin.token, &g.url, "debian12-base-f1");
+    assert!(left.is_empty(), "half-made image left: {left:?}");
+
+    // The store comes back while imgbuild waits to retry: the retry succeeds.
+    let mut child = publish_command(
+        &c,
+        &dist,
+        "debian12-base",
+        &["--version", "f1", "--method", "upload"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut err = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
+        let line = line.unwrap();
+        if line.contains("retrying") && !store.exists() {
+            std::fs::rename(&away, &store).unwrap();
+        }
+        err.push_str(&line);
+        err.push('\n');
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{err}");
+    assert_eq!(retries(&err), 1, "{err}");
+    assert!(err.contains("HTTP 500"), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["status"], "active");
+    assert_eq!(r["action"], "created");
+
+    // Glance stopped: connection refused, retried with backoff, then exit 1.
+    g.stop();
+    let o = publish(&c, &dist, &["--version", "f2", "--method", "upload"]);
+    let err = failed(&o, s);
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    assert_eq!(retries(&err), 4, "{err}");
+    assert!(err.contains("(tried 5 times)"), "{err}");
+}
+
+#[test]
+fn a_glance_that_never_answers_times_out_after_timeout_seconds() {
+    let s = stack();
+    let admin = s.admin();
+    // Takes connections (the kernel completes the handshake) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    admin.image_endpoint("RegionSilent", "public", &url);
+    let t = tempfile::tempdir().unwrap();
+    let dist = dist_for(t.path(), "s1");
+    let c = clouds_as(
+        t.path(),
+        s,
+        ("admin", &s.password, "admin"),
+        "RegionSilent",
+        "",
+    );
+    let started = std::time::Instant::now();
+    let o = publish(&c, &dist, &["--timeout", "2"]);
+    let took = started.elapsed();
+    let err = failed(&o, s);
+    assert!(err.contains("timed out after 2 s"), "{err}");
+    assert!(err.contains("--timeout"), "{err}");
+    assert_eq!(retries(&err), 0, "a timeout is not retried: {err}");
+    assert!(
+        took < std::time::Duration::from_secs(12),
+        "took {took:?} with --timeout 2"
+    );
+    drop(silent);
+}
+
+#[test]
+fn a_wrong_image_endpoint_is_404_or_300_and_a_missing_one_is_named() {
+    let s = stack();
+    let admin = s.admin();
+    // The real Glance behind URLs with a wrong path: under /v2 it answers 404, under any other
+    // prefix its list of API versions (300).
+    admin.image_endpoint(
+        "RegionWrongPath",
+        "public",
+        &format!("{}/v2/glance", s.glance),
+    );
+    admin.image_endpoint(
+        "RegionWrongPath",
+        "internal",
+        &format!("{}/image", s.glance),
+    );
+    let t = tempfile::tempdir().unwrap();
+    let dist = dist_for(t.path(), "w1");
+    let admin_user = ("admin", s.password.as_str(), "admin");
+
+    let c = clouds_as(&t.path().join("a"), s, admin_user, "RegionWrongPath", "");
+    let err = failed(&publish(&c, &dist, &[]), s);
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert!(err.contains("/v2/glance/v2/images"), "the URL asked: {err}");
+    assert!(err.contains("wrong image endpoint"), "{err}");
+    assert_eq!(retries(&err), 0, "{err}");
+
+    let c = clouds_as(
+        &t.path().join("b"),
+        s,
+        admin_user,
+        "RegionWrongPath",
+        "    interface: internal\n",
+    );
+    let err = failed(&publish(&c, &dist, &[]), s);
+    assert!(err.contains("HTTP 300"), "{err}");
+    assert!(err.contains("list of API versions"), "{err}");
+    assert!(err.contains("wrong image endpoint"), "{err}");
+
+    let c = clouds_as(&t.path().join("c"), s, admin_user, "RegionNowhere", "");
+    let err = failed(&publish(&c, &dist, &[]), s);
+    assert!(
+        err.contains("no image endpoint (interface public, region RegionNowhere)"),
+        "{err}"
+    );
+    let left = images_named(&admin.http, &admin.token, &s.glance, "debian12-base-w1");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_glance_that_requires_a_client_certificate() {
+    let s = stack();
+    let admin = s.admin();
+    let t = tempfile::tempdir().unwrap();
+    let tls = t.path().join("tls");
+    make_certs(&tls);
+    make_client_cert(&tls, "client");
+    let g = ExtraGlance::start(
+        s,
+        "mtls",
+        "",
+        Some(&GlanceTls {
+            cert: tls.join("server.pem"),
+            key: tls.join("server.key"),
+            ca: tls.join("ca.pem"),
+            client_ca: Some(tls.join("ca.pem")),
+            probe: Some((tls.join("client.pem"), tls.join("client.key"))),
+        }),
+    );
+    assert!(g.url.starts_with("https://"));
+    admin.image_endpoint("RegionMtls", "public", &g.url);
+    let dist = dist_for(t.path(), "m1");
+    let admin_user = ("admin", s.password.as_str(), "admin");
+    let ca = format!("    cacert: {}\n", tls.join("ca.pem").display());
+
+    // The CA alone: the server refuses the connection, and the message says what is missing.
+    let c = clouds_as(&t.path().join("a"), s, admin_user, "RegionMtls", &ca);
+    let err = failed(&publish(&c, &dist, &["--method", "upload"]), s);
+    assert!(err.contains("TLS"), "{err}");
+    assert!(err.contains("client certificate"), "{err}");
+    assert!(err.contains("`cert` and `key`"), "{err}");
+    assert_eq!(retries(&err), 0, "a TLS refusal is not retried: {err}");
+
+    // A client certificate from another CA: refused too.
+    let other = t.path().join("other");
+    make_certs(&other);
+    make_client_cert(&other, "stranger");
+    let c = clouds_as(
+        &t.path().join("b"),
+        s,
+        admin_user,
+        "RegionMtls",
+        &format!(
+            "{ca}    cert: {}\n    key: {}\n",
+            other.join("stranger.pem").display(),
+            other.join("stranger.key").display()
+        ),
+    );
+    let err = failed(&publish(&c, &dist, &["--method", "upload"]), s);
+    assert!(err.contains("TLS"), "{err}");
+    assert!(err.contains("client certificate"), "{err}");
+
+    // `cert` and `key` in clouds.yaml: published.
+    let c = clouds_as(
+        &t.path().join("c"),
+        s,
+        admin_user,
+        "RegionMtls",
+        &format!(
+            "{ca}    cert: {}\n    key: {}\n",
+            tls.join("client.pem").display(),
+            tls.join("client.key").display()
+        ),
+    );
+    let o = publish(&c, &dist, &["--method", "upload"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["status"], "active");
+    // Exactly that one image, seen through a client with the certificate.
+    let http = Http::new(
+        &TlsOptions {
+            cacert: Some(tls.join("ca.pem")),
+            cert: Some(tls.join("client.pem")),
+            key: Some(tls.join("client.key")),
+            verify: true,
+        },
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    let imgs = images_named(&http, &admin.token, &g.url, "debian12-base-m1");
+    assert_eq!(imgs.len(), 1, "{imgs:?}");
+    assert_eq!(imgs[0]["id"], r["id"]);
 }

@@ -2,9 +2,14 @@
 //! `verify: false` only when asked), timeouts, retries with backoff for connection errors
 //! and 5xx, and status errors that never carry a request body (which may hold a password).
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::Duration;
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+use ureq::unversioned::transport::{
+    Buffers, ConnectProxyConnector, ConnectionDetails, Connector, NextTimeout, RustlsConnector,
+    TcpConnector, Transport,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -29,8 +34,28 @@ pub enum HttpError {
         url: String,
         message: String,
     },
+    /// The server took the connection but did not answer (or stopped reading an upload)
+    /// for the configured time. Not retried: the server has the request, and a retry would
+    /// only multiply the time the operator allowed.
+    #[error("{method} {url}: timed out after {secs} s ({phase})")]
+    Timeout {
+        method: String,
+        url: String,
+        secs: u64,
+        phase: String,
+    },
     #[error("{path}: {message}")]
     Tls { path: PathBuf, message: String },
+}
+
+impl HttpError {
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 pub struct Response {
@@ -49,8 +74,88 @@ impl Response {
 }
 
 pub struct Http {
+    /// For API calls: each call (connect, request, response) within the timeout.
     agent: ureq::Agent,
+    /// For uploads: no limit on the whole transfer, only on a stall (no byte written or
+    /// read for the timeout) and on the wait for the answer once the data is sent.
+    upload: ureq::Agent,
+    timeout: Duration,
     pub retries: u32,
+}
+
+/// What went wrong below HTTP, and whether trying again can help.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// Nothing reached the server (refused, unreachable, connect timeout): safe to retry.
+    Connect(String),
+    /// The connection broke during the exchange (reset, closed): retried unless the request
+    /// was a POST, which the server may already have carried out.
+    Broken(String),
+    /// No progress for the configured time after the server took the connection.
+    Timeout(String),
+    /// TLS: certificate or protocol trouble, the same on every attempt.
+    Tls(String),
+    /// Anything else (bad URL, protocol error): not retried.
+    Other(String),
+}
+
+/// Classifies a ureq error. TLS failures arrive as I/O errors of kind InvalidData whose text
+/// comes from rustls (not a direct dependency here, so the text is what is matched).
+fn failure(e: &ureq::Error) -> Failure {
+    use std::io::ErrorKind as K;
+    match e {
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+            Failure::Connect(format!("connect timed out ({e})"))
+        }
+        ureq::Error::Timeout(t) => Failure::Timeout(
+            match t {
+                ureq::Timeout::PerRead | ureq::Timeout::PerWrite => "no data moved",
+                ureq::Timeout::RecvResponse | ureq::Timeout::SendRequest => "no answer",
+                ureq::Timeout::PerCall | ureq::Timeout::Global => "no complete answer",
+                _ => return Failure::Timeout(t.to_string()),
+            }
+            .into(),
+        ),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            Failure::Connect(e.to_string())
+        }
+        ureq::Error::Io(io) => {
+            let text = io.to_string();
+            match io.kind() {
+                K::ConnectionRefused
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::AddrNotAvailable => Failure::Connect(text.to_lowercase()),
+                K::TimedOut | K::WouldBlock => Failure::Timeout("no data moved".into()),
+                K::InvalidData => Failure::Tls(tls_message(&text)),
+                _ => Failure::Broken(text.to_lowercase()),
+            }
+        }
+        ureq::Error::Tls(m) => Failure::Tls(tls_message(m)),
+        _ => Failure::Other(e.to_string()),
+    }
+}
+
+/// A TLS error in words that say what to change.
+fn tls_message(text: &str) -> String {
+    let hint = if text.contains("CertificateRequired") {
+        "; the server wants a client certificate: set `cert` and `key` in clouds.yaml (or OS_CERT and OS_KEY)"
+    } else if text.contains("HandshakeFailure") {
+        "; the server refused the handshake: it may want a client certificate (`cert` and `key` in clouds.yaml) or share no cipher"
+    } else if text.contains("BadCertificate")
+        || text.contains("UnknownCA")
+        || text.contains("CertificateUnknown")
+        || text.contains("DecryptError")
+    {
+        "; the server refused the client certificate (`cert`/`key`): not signed by a CA it trusts, or the key does not match"
+    } else if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        "; the server's certificate is not trusted: set `cacert` in clouds.yaml (or OS_CACERT) to the CA bundle that signed it"
+    } else if text.contains("NotValidForName") {
+        "; the server's certificate is not valid for this host name"
+    } else {
+        ""
+    };
+    format!("TLS: {text}{hint}")
 }
 
 fn pem(path: &PathBuf) -> Result<Vec<u8>, HttpError> {
@@ -60,7 +165,9 @@ fn pem(path: &PathBuf) -> Result<Vec<u8>, HttpError> {
     })
 }
 
-/// A short, safe account of an error body: OpenStack's JSON message, else the text's start.
+/// A short, safe account of an error body: OpenStack's JSON message, else the text's start,
+/// without markup (Glance puts `<br />` into its JSON messages and answers HTML to clients
+/// that do not ask for JSON).
 fn message_of(body: &str) -> String {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
         for path in [
@@ -74,11 +181,37 @@ fn message_of(body: &str) -> String {
                 cur = &cur[*k];
             }
             if let Some(s) = cur.as_str() {
-                return s.to_string();
+                return plain(s);
             }
         }
+        if v.get("versions").is_some() {
+            return "the server answered with its list of API versions".into();
+        }
     }
-    let t: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    plain(body)
+}
+
+/// Text without HTML tags (and without an HTML head), whitespace collapsed, at most 300 chars.
+fn plain(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let body = match (lower.find("<head"), lower.find("</head>")) {
+        (Some(a), Some(b)) if a < b => format!("{}{}", &text[..a], &text[b + 7..]),
+        _ => text.to_string(),
+    };
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    let t = out.split_whitespace().collect::<Vec<_>>().join(" ");
     t.chars().take(300).collect()
 }
 
@@ -120,14 +253,74 @@ impl Http {
             tracing::warn!("TLS certificate verification is off (verify: false / OS_INSECURE)");
             b = b.disable_verification(true);
         }
+        let tls_config = b.build();
+        let connect = Some(timeout.min(Duration::from_secs(15)));
         let agent = ureq::Agent::config_builder()
-            .tls_config(b.build())
+            .tls_config(tls_config.clone())
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_global(Some(timeout))
+            // A redirect is shown as what it is (an X-Auth-Token never follows one elsewhere).
+            .max_redirects(0)
+            .timeout_connect(connect)
+            .timeout_per_call(Some(timeout))
             .build()
             .new_agent();
-        Ok(Http { agent, retries: 4 })
+        let upload_config = ureq::Agent::config_builder()
+            .tls_config(tls_config)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(connect)
+            .timeout_per_read(Some(timeout))
+            .timeout_per_write(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .build();
+        // ureq's default chain (CONNECT proxy, TCP, rustls) with KeepAnswer between TCP and
+        // TLS, so that an answer sent before the whole upload was read stays readable.
+        let connector =
+            ().chain(ConnectProxyConnector::default())
+                .chain(TcpConnector::default())
+                .chain(KeepAnswer)
+                .chain(RustlsConnector::default());
+        let upload = ureq::Agent::with_parts(
+            upload_config,
+            connector,
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        );
+        Ok(Http {
+            agent,
+            upload,
+            timeout,
+            retries: 4,
+        })
+    }
+
+    /// The error for a failed exchange, and whether to try again.
+    fn transport(&self, method: &str, url: &str, e: &ureq::Error) -> (HttpError, bool) {
+        let f = failure(e);
+        tracing::debug!(target: "exec", "{method} {url}: {e:?} -> {f:?}");
+        let (message, retry) = match f {
+            Failure::Timeout(phase) => {
+                return (
+                    HttpError::Timeout {
+                        method: method.into(),
+                        url: url.into(),
+                        secs: self.timeout.as_secs(),
+                        phase,
+                    },
+                    false,
+                )
+            }
+            Failure::Connect(m) => (m, true),
+            Failure::Broken(m) => (m, method != "POST"),
+            Failure::Tls(m) | Failure::Other(m) => (m, false),
+        };
+        (
+            HttpError::Transport {
+                method: method.into(),
+                url: url.into(),
+                message,
+            },
+            retry,
+        )
     }
 
     fn run(
@@ -169,6 +362,11 @@ impl Http {
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
                         .collect();
+                    let location = resp
+                        .headers()
+                        .get("location")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     let text = resp.into_body().read_to_string().unwrap_or_default();
                     if ok.contains(&status) {
                         let json = if text.trim().is_empty() {
@@ -186,21 +384,23 @@ impl Http {
                         method: method.into(),
                         url: url.into(),
                         status,
-                        message: message_of(&text),
+                        message: match location {
+                            Some(l) if (300..400).contains(&status) => format!("redirects to {l}"),
+                            _ => message_of(&text),
+                        },
                     };
                     if status < 500 {
                         return Err(err);
                     }
                     err
                 }
-                Err(e) => HttpError::Transport {
-                    method: method.into(),
-                    url: url.into(),
-                    message: e.to_string(),
+                Err(e) => match self.transport(method, url, &e) {
+                    (err, true) => err,
+                    (err, false) => return Err(err),
                 },
             };
             if attempt > self.retries {
-                return Err(transient);
+                return Err(gave_up(transient, attempt));
             }
             let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
             tracing::warn!("{transient}; retrying in {:.1} s", wait.as_secs_f64());
@@ -281,6 +481,7 @@ impl Http {
         loop {
             attempt += 1;
             tracing::debug!(target: "exec", "PUT {url} < {}", path.display());
+            PEER_CLOSED.with(|c| c.set(false));
             let file = std::fs::File::open(path).map_err(io_err)?;
             let mut reader = Counting {
                 inner: file,
@@ -289,8 +490,13 @@ impl Http {
                 progress: &mut *progress,
             };
             let result = self
-                .agent
+                .upload
                 .put(url)
+                .header("Accept", "application/json")
+                .header(
+                    "User-Agent",
+                    concat!("imgbuild/", env!("CARGO_PKG_VERSION")),
+                )
                 .header("X-Auth-Token", token)
                 .header("Content-Type", content_type)
                 .send(ureq::SendBody::from_reader(&mut reader));
@@ -310,14 +516,13 @@ impl Http {
                     }
                     e
                 }
-                Err(e) => HttpError::Transport {
-                    method: "PUT".into(),
-                    url: url.into(),
-                    message: e.to_string(),
+                Err(e) => match self.transport("PUT", url, &e) {
+                    (err, true) => err,
+                    (err, false) => return Err(err),
                 },
             };
             if attempt > self.retries {
-                return Err(err);
+                return Err(gave_up(err, attempt));
             }
             let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
             tracing::warn!("{err}; retrying the upload in {:.1} s", wait.as_secs_f64());
@@ -335,6 +540,108 @@ impl Http {
     }
 }
 
+thread_local! {
+    /// Set by [`KeepAnswerTransport`] when the server closed the connection during an upload
+    /// on this thread (ureq runs a request on the caller's thread).
+    static PEER_CLOSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Glance answers some uploads before it has read them (401, 409, 413 at a quota, 500 when
+/// its store fails) and closes the connection. ureq writes the whole body before it reads,
+/// so the write fails (broken pipe, reset) and the answer, already in the socket's receive
+/// buffer, would be lost. This transport sits below TLS: when a write fails that way, it
+/// drops the rest of the body and lets the answer be read, so the caller sees Glance's status
+/// and message. If there is no answer, the read fails and the error is a broken connection
+/// as before. The connection is never reused.
+#[derive(Debug)]
+struct KeepAnswer;
+
+impl<In: Transport> Connector<In> for KeepAnswer {
+    type Out = KeepAnswerTransport<In>;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        Ok(chained.map(|inner| KeepAnswerTransport {
+            inner,
+            closed: false,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct KeepAnswerTransport<T> {
+    inner: T,
+    closed: bool,
+}
+
+impl<T: Transport> Transport for KeepAnswerTransport<T> {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.transmit_output(amount, timeout) {
+            Err(ureq::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::debug!(target: "exec", "the server closed the connection while data was sent ({e}); reading its answer");
+                self.closed = true;
+                PEER_CLOSED.with(|c| c.set(true));
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        !self.closed && self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
+}
+
+/// The last error of a request that was tried `attempts` times.
+fn gave_up(e: HttpError, attempts: u32) -> HttpError {
+    match e {
+        HttpError::Transport {
+            method,
+            url,
+            message,
+        } => HttpError::Transport {
+            method,
+            url,
+            message: format!("{message} (tried {attempts} times)"),
+        },
+        HttpError::Status {
+            method,
+            url,
+            status,
+            message,
+        } => HttpError::Status {
+            method,
+            url,
+            status,
+            message: format!("{message} (tried {attempts} times)"),
+        },
+        e => e,
+    }
+}
+
 struct Counting<'a, R> {
     inner: R,
     done: u64,
@@ -344,6 +651,10 @@ struct Counting<'a, R> {
 
 impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if PEER_CLOSED.with(Cell::get) {
+            // The server stopped reading and has answered: end the body, read the answer.
+            return Ok(0);
+        }
         let n = self.inner.read(buf)?;
         self.done += n as u64;
         (self.progress)(self.done, self.total);
@@ -356,6 +667,92 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_upload_the_server_drops_without_an_answer_is_retried() {
+        // A server that reads a little of the body and closes without answering: no real
+        // service does that on purpose (a crashing one does), so a socket stands in for it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::thread::spawn(move || {
+            let mut n = 0;
+            for conn in listener.incoming().take(2) {
+                let mut conn = conn.unwrap();
+                let mut buf = vec![0u8; 64 << 10];
+                let _ = std::io::Read::read(&mut conn, &mut buf);
+                n += 1;
+            }
+            n
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, vec![7u8; 16 << 20]).unwrap();
+        let mut http = Http::new(&TlsOptions::default(), Duration::from_secs(10)).unwrap();
+        http.retries = 1;
+        let url = format!("http://{addr}/v2/images/x/file");
+        let e = http.put_file(&url, "t", &file, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(e, HttpError::Transport { .. }), "{e}");
+        assert!(e.to_string().contains("(tried 2 times)"), "{e}");
+        assert_eq!(accepted.join().unwrap(), 2);
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_change() {
+        let m = tls_message("invalid peer certificate: UnknownIssuer");
+        assert!(m.contains("cacert"), "{m}");
+        let m = tls_message("received fatal alert: CertificateRequired");
+        assert!(
+            m.contains("client certificate") && m.contains("`cert`"),
+            "{m}"
+        );
+        let m = tls_message("received fatal alert: UnknownCA");
+        assert!(m.contains("refused the client certificate"), "{m}");
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried() {
+        use std::io::{Error, ErrorKind};
+        let io = |k: ErrorKind, m: &str| ureq::Error::Io(Error::new(k, m.to_string()));
+        let refused = failure(&io(ErrorKind::ConnectionRefused, "Connection refused"));
+        assert!(matches!(refused, Failure::Connect(_)), "{refused:?}");
+        let reset = failure(&io(ErrorKind::ConnectionReset, "Connection reset by peer"));
+        assert!(matches!(reset, Failure::Broken(_)), "{reset:?}");
+        let tls = failure(&io(
+            ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert!(matches!(tls, Failure::Tls(_)), "{tls:?}");
+        let t = failure(&ureq::Error::Timeout(ureq::Timeout::RecvResponse));
+        assert_eq!(t, Failure::Timeout("no answer".into()));
+        let t = failure(&ureq::Error::Timeout(ureq::Timeout::Connect));
+        assert!(matches!(t, Failure::Connect(_)), "{t:?}");
+        let http = Http::new(&TlsOptions::default(), Duration::from_secs(3)).unwrap();
+        let (e, retry) = http.transport(
+            "POST",
+            "http://g/v2/images",
+            &io(ErrorKind::ConnectionReset, "reset"),
+        );
+        assert!(
+            !retry,
+            "a POST that may have been carried out is not repeated: {e}"
+        );
+        let (_, retry) = http.transport(
+            "GET",
+            "http://g/v2/images",
+            &io(ErrorKind::ConnectionReset, "reset"),
+        );
+        assert!(retry);
+        let (e, retry) = http.transport(
+            "GET",
+            "http://g/v2/images",
+            &ureq::Error::Timeout(ureq::Timeout::PerCall),
+        );
+        assert!(!retry);
+        assert_eq!(
+            e.to_string(),
+            "GET http://g/v2/images: timed out after 3 s (no complete answer)"
+        );
+    }
+
+    #[test]
     fn error_messages_come_from_openstack_json() {
         assert_eq!(
             message_of(
@@ -364,8 +761,21 @@ mod tests {
             "The request you have made requires authentication."
         );
         assert_eq!(
-            message_of("<html>\n <h1>413</h1>  Too big</html>"),
-            "<html> <h1>413</h1> Too big</html>"
+            message_of(
+                "<html>\n <head>\n  <title>413 Request Entity Too Large</title>\n </head>\n <body>\n  <h1>413 Request Entity Too Large</h1>\n  Image exceeds the storage quota: 42 bytes remaining.<br /><br />\n\n </body>\n</html>"
+            ),
+            "413 Request Entity Too Large Image exceeds the storage quota: 42 bytes remaining."
+        );
+        // Glance's JSON faults carry markup in the message.
+        assert_eq!(
+            message_of(
+                r#"{"message": "You are not authorized to complete add_image action.<br /><br />\n\n\n", "code": "403 Forbidden", "title": "Forbidden"}"#
+            ),
+            "You are not authorized to complete add_image action."
+        );
+        assert_eq!(
+            message_of(r#"{"versions": [{"id": "v2.15", "status": "CURRENT"}]}"#),
+            "the server answered with its list of API versions"
         );
     }
 }

@@ -1,5 +1,5 @@
-//! OpenStack: Keystone v3 authentication (`auth`) over one HTTP module (`http`). The Glance
-//! upload itself (`imgbuild publish`) is the next step; see the issue note.
+//! OpenStack: Keystone v3 authentication (`auth`) and the Glance upload behind
+//! `imgbuild publish` (`publish`), over one HTTP module (`http`).
 
 pub mod auth;
 pub mod http;

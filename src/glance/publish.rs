@@ -73,22 +73,43 @@ pub enum PublishError {
         status: String,
         secs: u64,
     },
+    #[error(
+        "Glance's import of image {id} into store `{stores}` failed ({message}); it was deleted"
+    )]
+    ImportFailed {
+        id: String,
+        stores: String,
+        message: String,
+    },
 }
 
-/// What an HTTP status means for a publish, in a word the operator can act on.
+/// What an HTTP status (or a timeout) means for a publish, in words the operator can act on.
 pub fn explain(e: &PublishError) -> Option<&'static str> {
     match e {
         PublishError::Http(HttpError::Status { status, .. }) => Some(match status {
+            300 => "wrong image endpoint: its URL has a path Glance does not serve (see `openstack endpoint list --service image`)",
+            301..=308 => "the image endpoint redirects: put the URL it redirects to in the catalog",
             401 => "authentication failed or the token expired",
             403 => "not allowed: the user lacks a role or the policy forbids it",
             404 => "not found: wrong image endpoint or the image is gone",
             409 => "conflict: the image is in a state that does not allow this",
             413 => "too large: an image or storage quota of the project is exceeded",
             415 => "Glance rejected the data (disk_format does not match the file)",
-            s if *s >= 500 => "Glance failed on its side (retried, still failing)",
+            s if *s >= 500 => "Glance failed on its side, and again on every retry",
             _ => return None,
         }),
+        PublishError::Http(HttpError::Timeout { .. }) => {
+            Some("no progress within --timeout seconds; a slow link or a busy Glance needs a higher --timeout")
+        }
         _ => None,
+    }
+}
+
+/// The one-line account of a failed publish: the error and what it means.
+pub fn describe(e: &PublishError) -> String {
+    match explain(e) {
+        Some(h) => format!("{e} ({h})"),
+        None => e.to_string(),
     }
 }
 
@@ -254,7 +275,13 @@ pub fn find_existing(http: &Http, s: &Session, sha256: &str) -> Result<Vec<Value
     Ok(out)
 }
 
+/// The answer for an artifact that is already in Glance (an image from [`find_existing`]).
+pub fn unchanged(existing: &Value) -> Published {
+    published(existing, "unchanged")
+}
+
 /// Creates the image and uploads `artifact`; verifies; deletes the image on any failure.
+/// Call [`find_existing`] first: this always creates a new image.
 #[allow(clippy::too_many_arguments)]
 pub fn publish(
     http: &Http,
@@ -266,15 +293,6 @@ pub fn publish(
     timeout: Duration,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Published, PublishError> {
-    // The build artifact's identity (its sha256), also when the data sent is a raw copy.
-    let identity = plan
-        .properties
-        .get("imgbuild_sha256")
-        .cloned()
-        .unwrap_or_else(|| m.digests.sha256.clone());
-    if let Some(existing) = find_existing(http, s, &identity)?.first() {
-        return Ok(published(existing, "unchanged"));
-    }
     let import = match method {
         Method::Upload => false,
         Method::Import => true,
@@ -289,6 +307,9 @@ pub fn publish(
                 tracing::warn!(
                     "import of image {id} stalled in `{status}` after {secs} s (deleted); falling back to the classic upload"
                 );
+            }
+            Err(e @ PublishError::ImportFailed { .. }) => {
+                tracing::warn!("{e}; falling back to the classic upload");
             }
             Err(e) => return Err(e),
         }
@@ -393,6 +414,22 @@ fn wait_and_verify(
         if status == "active" {
             break r.json;
         }
+        // A failed import task leaves the image `importing` (or `queued`) with the store in
+        // os_glance_failed_import and none left in os_glance_importing_to_stores; it would
+        // never become active.
+        let failed = r.json["os_glance_failed_import"]
+            .as_str()
+            .unwrap_or_default();
+        let pending = r.json["os_glance_importing_to_stores"]
+            .as_str()
+            .unwrap_or_default();
+        if !failed.is_empty() && pending.is_empty() {
+            return Err(PublishError::ImportFailed {
+                id: id.into(),
+                stores: failed.into(),
+                message: import_task_message(http, s, id),
+            });
+        }
         if matches!(status.as_str(), "killed" | "deleted" | "deactivated")
             || started.elapsed() > timeout
         {
@@ -440,6 +477,21 @@ fn wait_and_verify(
         });
     }
     Ok(published(&img, "created"))
+}
+
+/// The message of the image's last failed import task (Glance keeps the cause in its log).
+fn import_task_message(http: &Http, s: &Session, id: &str) -> String {
+    let url = format!("{}/v2/images/{id}/tasks", s.image_url);
+    http.get(&url, Some(s.token.expose()), &[200])
+        .ok()
+        .and_then(|r| {
+            r.json["tasks"]
+                .as_array()?
+                .iter()
+                .find(|t| t["status"] == "failure")
+                .and_then(|t| t["message"].as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| "see Glance's log".into())
 }
 
 /// What retention did.
