@@ -149,11 +149,15 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
         if r.definition.features.docker.is_some() {
             groups.push("docker");
         }
-        v.push(json!({"name": "launch-user", "kind": "builtin", "builtin": "launch-user",
-            "user": l.user, "ssh_key": l.ssh_key, "groups": groups, "vnc_display": l.vnc_display}));
-        v.push(json!({"name": "desktop-session", "kind": "builtin", "builtin": "desktop-session",
+        v.push(
+            json!({"name": "launch-user", "kind": "builtin", "builtin": "launch-user",
+            "user": l.user, "ssh_key": l.ssh_key, "groups": groups, "vnc_display": l.vnc_display}),
+        );
+        v.push(
+            json!({"name": "desktop-session", "kind": "builtin", "builtin": "desktop-session",
             "user": l.user, "vnc_display": l.vnc_display,
-            "wait": (r.definition.smoke.timeout as u64 * 60 / 2).max(120)}));
+            "wait": (r.definition.smoke.timeout as u64 * 60 / 2).max(120)}),
+        );
     }
     if let Ok(Some(stack)) = crate::render::compose::render(r) {
         let ports: Vec<u16> = stack
@@ -162,8 +166,10 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
             .filter(|p| p.host_ip.is_some())
             .map(|p| p.port)
             .collect();
-        v.push(json!({"name": "stack-ports-loopback-only", "kind": "builtin",
-            "builtin": "stack-ports-loopback-only", "ports": ports}));
+        v.push(
+            json!({"name": "stack-ports-loopback-only", "kind": "builtin",
+            "builtin": "stack-ports-loopback-only", "ports": ports}),
+        );
     }
     v.extend(r.definition.smoke.checks.iter().map(check_json));
     v
@@ -185,13 +191,21 @@ pub fn user_data(
         json!({"path": "/run/imgbuild-smoke/checks.json", "content": checks, "permissions": "0600"}),
         json!({"path": "/run/imgbuild-smoke/smoke.py", "content": RUNNER, "permissions": "0700"}),
     ];
-    let run = json!(["env", format!("IMGBUILD_SMOKE_INSTANCE={instance_id}"), "python3", "/run/imgbuild-smoke/smoke.py"]);
+    let run = json!([
+        "env",
+        format!("IMGBUILD_SMOKE_INSTANCE={instance_id}"),
+        "python3",
+        "/run/imgbuild-smoke/smoke.py"
+    ]);
     let obj = doc.as_object_mut().expect("a cloud-config map");
     let wf = obj.entry("write_files").or_insert_with(|| json!([]));
     wf.as_array_mut().expect("a list").extend(files);
     let rc = obj.entry("runcmd").or_insert_with(|| json!([]));
     rc.as_array_mut().expect("a list").push(run);
-    Ok(to_cloud_config(&doc, &format!("imgbuild smoke seed for {}", r.name)))
+    Ok(to_cloud_config(
+        &doc,
+        &format!("imgbuild smoke seed for {}", r.name),
+    ))
 }
 
 pub struct SmokeOptions<'a> {
@@ -207,7 +221,9 @@ pub const MIN_DESKTOP_COLOURS: usize = 64;
 
 /// A free TCP port on 127.0.0.1 for a QEMU forward.
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -339,7 +355,11 @@ pub fn smoke(
         // The desktop as a VNC client sees it, logged in with the launch's password.
         let t0 = Instant::now();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], host_port));
-        let outcome = match crate::vnc::capture(addr, Some(&l.vnc_password), Duration::from_secs(60)) {
+        let outcome = match crate::vnc::capture(
+            addr,
+            Some(&l.vnc_password),
+            Duration::from_secs(60),
+        ) {
             Ok(frame) => {
                 let colours = frame.distinct_colours(4096);
                 let written = frame.write_png(&png);

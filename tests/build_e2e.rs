@@ -186,6 +186,8 @@ fn qemu_backend_builds_a_smoked_checksummed_image() {
         "docker-active",
         "docker-answers",
         "marker-from-script",
+        "stack-ports-loopback-only",
+        "stack-started-offline",
     ] {
         assert_eq!(
             names.iter().filter(|n| **n == want).count(),
@@ -193,21 +195,40 @@ fn qemu_backend_builds_a_smoked_checksummed_image() {
             "check {want} reported once"
         );
     }
-    assert_eq!(names.len(), 11);
+    assert_eq!(names.len(), 13);
     assert!(report["checks"]
         .as_array()
         .unwrap()
         .iter()
         .all(|c| c["passed"] == true));
     assert_eq!(m["smoke"]["passed"], true);
-    assert_eq!(m["smoke"]["checks"], 11);
+    assert_eq!(m["smoke"]["checks"], 13);
     let junit = std::fs::read_to_string(dir.join("smoke/junit.xml")).unwrap();
     assert!(junit.starts_with("<?xml"));
-    assert!(junit.contains("tests=\"11\" failures=\"0\""), "{junit}");
-    assert_eq!(junit.matches("<testcase ").count(), 11);
+    assert!(junit.contains("tests=\"13\" failures=\"0\""), "{junit}");
+    assert_eq!(junit.matches("<testcase ").count(), 13);
     assert!(junit.contains("name=\"docker-active\""));
     assert!(!junit.contains("<failure"));
     assert!(dir.join("smoke/serial.log").is_file());
+
+    // Offline start: the probe stack's image came from a `docker save` archive in the image
+    // (no registry reachable), the manifest lists it with its id, and the stack's unit
+    // started it at first boot without any pull.
+    let imgs = m["container_images"].as_array().expect("container_images");
+    assert_eq!(imgs.len(), 1, "{imgs:?}");
+    assert_eq!(imgs[0]["image"], "localhost/imgbuild-probe:1");
+    assert_eq!(imgs[0]["source"], "loaded");
+    assert!(
+        imgs[0]["id"].as_str().unwrap().starts_with("sha256:"),
+        "{imgs:?}"
+    );
+    let offline = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "stack-started-offline")
+        .unwrap();
+    assert_eq!(offline["passed"], true, "{offline}");
 
     // `imgbuild checksum` on the artifact is what coreutils print.
     for (algo, tool) in [
@@ -293,7 +314,7 @@ fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
     assert!(o.status.success(), "smoke failed:\n{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["passed"], true);
-    assert_eq!(report["checks"].as_array().unwrap().len(), 11);
+    assert_eq!(report["checks"].as_array().unwrap().len(), 13);
     assert!(report["checks"]
         .as_array()
         .unwrap()

@@ -349,6 +349,22 @@ pub struct Desktop {
     pub browser: String,
     /// Extra desktop packages (editors, tools).
     pub packages: Vec<String>,
+    /// The Zed editor from Zed's release archive (no distribution packages it).
+    pub zed: Option<Zed>,
+}
+
+/// A pinned Zed release, installed system-wide into /opt/zed.app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zed {
+    /// The release, e.g. "0.212.4" (no `v`).
+    pub version: String,
+    /// sha256 of zed-linux-x86_64.tar.gz; with it the download is verified, without it only
+    /// the installed binary's version is.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub sha256_arm64: Option<String>,
 }
 
 impl Default for Desktop {
@@ -360,6 +376,7 @@ impl Default for Desktop {
             rdp: true,
             browser: "firefox".into(),
             packages: Vec::new(),
+            zed: None,
         }
     }
 }

@@ -171,6 +171,28 @@ fn check_features(r: &Resolved, err: &mut impl FnMut(&str, String)) {
         if desk.vnc_display == 0 || desk.vnc_display > 99 {
             err("features.desktop.vnc_display", "must be 1..99".into());
         }
+        if let Some(z) = &desk.zed {
+            let ok = !z.version.is_empty()
+                && z.version
+                    .split('.')
+                    .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            if !ok {
+                err(
+                    "features.desktop.zed.version",
+                    format!("`{}` is not a release number like 0.212.4", z.version),
+                );
+            }
+            for (field, v) in [("sha256", &z.sha256), ("sha256_arm64", &z.sha256_arm64)] {
+                if let Some(h) = v {
+                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                        err(
+                            &format!("features.desktop.zed.{field}"),
+                            "must be 64 hex digits".into(),
+                        );
+                    }
+                }
+            }
+        }
     }
     if let Some(cs) = &f.compose_stack {
         if f.docker.is_none() {

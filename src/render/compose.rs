@@ -50,8 +50,7 @@ impl ComposeProject {
     pub fn images_for(&self, profiles: &[String]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for si in &self.images {
-            let wanted =
-                si.profiles.is_empty() || si.profiles.iter().any(|p| profiles.contains(p));
+            let wanted = si.profiles.is_empty() || si.profiles.iter().any(|p| profiles.contains(p));
             if wanted && !out.contains(&si.image) {
                 out.push(si.image.clone());
             }
@@ -64,14 +63,22 @@ impl ComposeProject {
 /// port (ephemeral) and interpolated ones are left out.
 fn published_ports(service: &str, svc: &Value) -> Vec<Published> {
     let mut out = Vec::new();
-    for p in svc.get("ports").and_then(Value::as_array).into_iter().flatten() {
+    for p in svc
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let (ip, port) = match p {
             Value::String(s) => {
                 let s = s.split('/').next().unwrap_or_default();
                 let parts: Vec<&str> = s.rsplitn(3, ':').collect();
                 match parts.as_slice() {
                     [_, host] => (None, host.to_string()),
-                    [_, host, ip] => (Some(ip.trim_matches(['[', ']']).to_string()), host.to_string()),
+                    [_, host, ip] => (
+                        Some(ip.trim_matches(['[', ']']).to_string()),
+                        host.to_string(),
+                    ),
                     _ => continue,
                 }
             }
@@ -82,7 +89,10 @@ fn published_ports(service: &str, svc: &Value) -> Vec<Published> {
                 }) else {
                     continue;
                 };
-                (m.get("host_ip").and_then(Value::as_str).map(str::to_string), port)
+                (
+                    m.get("host_ip").and_then(Value::as_str).map(str::to_string),
+                    port,
+                )
             }
             _ => continue,
         };

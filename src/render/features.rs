@@ -222,7 +222,7 @@ fn nvidia(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
     fr
 }
 
-fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
+fn desktop(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
     let mut fr = Fragment::default();
     fr.pkgs(&[
         "xfce4",
@@ -232,6 +232,7 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
         "xauth",
         "tigervnc-standalone-server",
         "tigervnc-common",
+        "tigervnc-tools",
         "novnc",
         "python3-websockify",
         "fonts-dejavu",
@@ -259,6 +260,9 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
         ));
     }
     fr.packages.push(desk.browser.clone());
+    if let Some(z) = &desk.zed {
+        zed(&mut fr, z, arch);
+    }
     fr.packages.extend(desk.packages.iter().cloned());
     let port = 5900 + desk.vnc_display;
     fr.files.push(WriteFile::new(
@@ -293,6 +297,38 @@ fn desktop(d: &Definition, desk: &Desktop, _arch: Arch) -> Fragment {
     }
     fr.step("30-desktop", script);
     fr
+}
+
+/// Zed from its release archive into /opt/zed.app, on the PATH and in the menu. It draws with
+/// Vulkan: Mesa's llvmpipe gives it a software device in a VNC session without a GPU.
+fn zed(fr: &mut Fragment, z: &Zed, arch: Arch) {
+    fr.pkgs(&["mesa-vulkan-drivers", "libxkbcommon-x11-0"]);
+    let (file, sha) = match arch {
+        Arch::Amd64 => ("zed-linux-x86_64.tar.gz", &z.sha256),
+        Arch::Arm64 => ("zed-linux-aarch64.tar.gz", &z.sha256_arm64),
+    };
+    let url = format!(
+        "https://github.com/zed-industries/zed/releases/download/v{}/{file}",
+        z.version
+    );
+    let verify = match sha {
+        Some(h) => format!("echo '{h}  /tmp/{file}' | sha256sum -c -\n"),
+        None => "# No sha256 in the definition: only the installed version is checked.\n".into(),
+    };
+    fr.step(
+        "35-zed",
+        format!(
+            "curl -fsSL --retry 3 -o /tmp/{file} {url}\n{verify}\
+             rm -rf /opt/zed.app && mkdir -p /opt\n\
+             tar -C /opt -xzf /tmp/{file}\nrm -f /tmp/{file}\n\
+             ln -sf /opt/zed.app/bin/zed /usr/local/bin/zed\n\
+             sed -e 's|Icon=zed|Icon=/opt/zed.app/share/icons/hicolor/512x512/apps/zed.png|' \\\n\
+             \x20   -e 's|Exec=zed|Exec=/opt/zed.app/bin/zed|' \\\n\
+             \x20   /opt/zed.app/share/applications/zed.desktop > /usr/share/applications/dev.zed.Zed.desktop\n\
+             /opt/zed.app/bin/zed --version | grep -F ' {v}'\n",
+            v = z.version
+        ),
+    );
 }
 
 fn shared_mount(s: &SharedMount) -> Fragment {

@@ -1,0 +1,110 @@
+//! The Debian 12 twin of desktop-ai (images/debian12-desktop-ai.yaml, the real definition)
+//! builds with the real tools and smoke-boots with launch-time user-data, as a workspace VM
+//! would: the named user with the given key and VNC password, XFCE in a TigerVNC session that
+//! the host logs in to over the network and photographs, noVNC, Docker, the compose project
+//! valid, first-boot secrets 0600. Slow (a desktop under TCG): one build serves every assertion.
+
+mod common;
+
+use common::{repo, text};
+use std::path::Path;
+use std::process::Command;
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("the smoke report has no check {name}: {report:#}"))
+}
+
+#[test]
+fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(common::bin())
+        .args([
+            "--json",
+            "build",
+            "debian12-desktop-ai",
+            "--version",
+            "d1",
+            "--out",
+        ])
+        .arg(out.path())
+        .current_dir(repo())
+        .env("IMGBUILD_CACHE_DIR", repo().join("target/e2e-cache"))
+        .env("IMGBUILD_VENV", repo().join(".venv"))
+        .output()
+        .expect("imgbuild runs");
+    let (stdout, stderr) = text(&o);
+    let dir = out.path().join("debian12-desktop-ai/d1");
+    assert!(
+        o.status.success(),
+        "build failed:\n{stderr}\n{}",
+        std::fs::read_to_string(dir.join("smoke/report.json")).unwrap_or_default()
+    );
+    let m: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints the manifest");
+    assert_eq!(m["smoke"]["passed"], true);
+    assert_eq!(m["base"]["kind"], "bootstrap");
+
+    let report = read_json(&dir.join("smoke/report.json"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    for name in [
+        "launch-user",
+        "desktop-session",
+        "vnc-login-and-desktop",
+        "docker-active",
+        "novnc-listening",
+        "stack-secrets-made-at-first-boot",
+        "compose-project-valid",
+        "stack-ports-loopback-only",
+        "no-build-leftovers",
+    ] {
+        assert_eq!(check(&report, name)["passed"], true, "{name}: {report:#}");
+    }
+    // The launch user-data's user, key and VNC password: checked in the guest, and the VNC
+    // password proven by the host's login.
+    let lu = check(&report, "launch-user")["detail"].as_str().unwrap();
+    assert!(lu.contains("smoke with the launch key"), "{lu}");
+    assert!(lu.contains("docker"), "{lu}");
+    let vnc = check(&report, "vnc-login-and-desktop")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(vnc.contains("with the launch password"), "{vnc}");
+    assert!(
+        check(&report, "desktop-session")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("XFCE"),
+        "{report:#}"
+    );
+
+    // The screenshot is the VNC desktop: the configured geometry, and drawn (many colours).
+    let png = dir.join("smoke/screenshot.png");
+    assert_eq!(report["screenshot"], "screenshot.png");
+    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (1280, 800), "TigerVNC geometry");
+    let mut colours = std::collections::HashSet::new();
+    for px in buf[..info.buffer_size()].chunks_exact(3) {
+        colours.insert([px[0], px[1], px[2]]);
+    }
+    assert!(
+        colours.len() >= 64,
+        "the screenshot has {} colours: not a drawn XFCE desktop",
+        colours.len()
+    );
+
+    // No secret of the stack in the manifest or the rendered files.
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    for word in ["PASSWORD=", "SECRET=", "vnc-password"] {
+        assert!(!manifest.contains(word), "manifest mentions {word}");
+    }
+}
