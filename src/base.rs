@@ -143,7 +143,18 @@ pub fn ensure(
             let cache_hit = path.is_file() && sidecar.is_file();
             if !cache_hit {
                 let work = dir.join(format!("{key}.work"));
-                let result = bootstrap::bootstrap(b, arch, &work, &path, cancel);
+                let debs = crate::cache::bootstrap_debs(cache, &b.suite, arch.as_str())
+                    .ok()
+                    .flatten();
+                let result = bootstrap::bootstrap(
+                    b,
+                    arch,
+                    &work,
+                    &path,
+                    debs.as_ref().map(|(d, _)| d.as_path()),
+                    cancel,
+                );
+                drop(debs);
                 let _ = std::fs::remove_dir_all(&work);
                 result?;
                 let d = crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Io {

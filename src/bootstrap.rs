@@ -86,7 +86,7 @@ pub fn kernel_package(arch: Arch) -> &'static str {
 /// The cache key: every input of the recipe, hashed.
 pub fn cache_key(spec: &Bootstrap, arch: Arch) -> String {
     let mut h = Sha256::new();
-    let canon = serde_json::json!({
+    let mut canon = serde_json::json!({
         "recipe": RECIPE_VERSION,
         "arch": arch,
         "suite": spec.suite,
@@ -96,6 +96,10 @@ pub fn cache_key(spec: &Bootstrap, arch: Arch) -> String {
         "size_gib": spec.size_gib,
         "base_packages": BASE_PACKAGES,
     });
+    if spec.recommends {
+        // Only when set, so that the keys of existing bases stay what they were.
+        canon["recommends"] = true.into();
+    }
     h.update(canon.to_string().as_bytes());
     crate::render::hex(&h.finalize())
 }
@@ -115,6 +119,7 @@ pub fn bootstrap(
     arch: Arch,
     work: &Path,
     out: &Path,
+    debs: Option<&Path>,
     cancel: &AtomicBool,
 ) -> Result<(), BootstrapError> {
     if arch != Arch::Amd64 {
@@ -129,9 +134,25 @@ pub fn bootstrap(
     include.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
     include.extend(spec.packages.iter().cloned());
     tracing::info!("bootstrap: mmdebstrap {} from {}", spec.suite, spec.mirror);
-    Cmd::new("mmdebstrap")
-        .args(["--variant=minbase", "--mode=root"])
-        .arg(format!("--architectures={arch}"))
+    let mut c = Cmd::new("mmdebstrap").args(["--variant=minbase", "--mode=root"]);
+    if spec.recommends {
+        c = c.arg("--aptopt=Apt::Install-Recommends \"true\"");
+    }
+    if let Some(d) = debs {
+        // Shared downloads: the packages of earlier bootstraps go in, this one's come out
+        // (before mmdebstrap empties the archive folder); essential packages are kept for it.
+        let d = std::fs::canonicalize(d).map_err(io(d))?;
+        let q = crate::exec::quote(&d.to_string_lossy());
+        c = c
+            .arg("--skip=essential/unlink")
+            .arg(format!(
+                "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/partial && cp -a {q}/. \"$1\"/var/cache/apt/archives/"
+            ))
+            .arg(format!(
+                "--customize-hook=cp -au \"$1\"/var/cache/apt/archives/*.deb {q}/ 2>/dev/null || true"
+            ));
+    }
+    c.arg(format!("--architectures={arch}"))
         .arg(format!("--components={}", spec.components.join(",")))
         .arg(format!("--include={}", include.join(",")))
         .arg(&spec.suite)

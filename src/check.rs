@@ -135,6 +135,18 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
         ),
     };
     add("cloud-init-schema", USER_DATA, status);
+    for (_, layer) in &rendered.layers {
+        let status = match &tools.cloud_init {
+            None => not_installed("cloud-init"),
+            Some(ci) => outcome(
+                Cmd::new(ci)
+                    .args(["schema", "-c"])
+                    .arg(dir.join(layer))
+                    .run_unchecked(),
+            ),
+        };
+        add("cloud-init-schema", layer, status);
+    }
 
     match &tools.check_jsonschema {
         None => {
@@ -143,6 +155,13 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
                 USER_DATA,
                 not_installed("check-jsonschema"),
             );
+            for (_, layer) in &rendered.layers {
+                add(
+                    "cloud-config-schema-24.04",
+                    layer,
+                    not_installed("check-jsonschema"),
+                );
+            }
             add(
                 "netplan-v2-schema",
                 NETWORK_CONFIG,
@@ -178,6 +197,9 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
                 USER_DATA,
                 run_schema(&cc, USER_DATA),
             );
+            for (_, layer) in &rendered.layers {
+                add("cloud-config-schema-24.04", layer, run_schema(&cc, layer));
+            }
             add(
                 "netplan-v2-schema",
                 NETWORK_CONFIG,

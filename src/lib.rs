@@ -7,6 +7,7 @@
 pub mod base;
 pub mod bootstrap;
 pub mod build;
+pub mod cache;
 pub mod check;
 pub mod definition;
 pub mod digest;

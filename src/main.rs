@@ -80,6 +80,9 @@ enum Command {
     /// with the same artifact uploads nothing.
     #[command(disable_version_flag = true)]
     Publish(PublishArgs),
+    /// The build cache: `ls` what is in it, `prune` what is old. Layers are content-addressed
+    /// (a layer's key covers its parent and everything it renders from).
+    Cache(CacheArgs),
 }
 
 #[derive(Args, Debug)]
@@ -193,6 +196,42 @@ struct BuildArgs {
     /// Cache for base images and work folders (default: $XDG_CACHE_HOME/imgbuild).
     #[arg(long, env = "IMGBUILD_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Build every layer afresh and keep none of them (downloaded packages are still shared).
+    #[arg(long)]
+    no_cache: bool,
+}
+
+#[derive(Args, Debug)]
+struct CacheArgs {
+    #[command(subcommand)]
+    action: CacheAction,
+    /// The cache (default: $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheAction {
+    /// List the cached layers, bases and shared downloads: size, last use, whether a running
+    /// build holds them.
+    Ls,
+    /// Remove layers not used for a while (and the layers built on them), broken and abandoned
+    /// ones; never anything a running build holds.
+    Prune {
+        /// Remove layers not used for this long (e.g. 7d, 12h).
+        #[arg(long, default_value = "7d")]
+        older_than: String,
+        /// Then remove the least recently used layers until they take at most this much
+        /// (e.g. 20G).
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Remove everything no running build holds: layers, bases, shared downloads.
+        #[arg(long)]
+        all: bool,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -337,6 +376,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Userdata(a) => userdata_cmd(cli, &catalog, a),
         Command::Lima(a) => lima_cmd(cli, &catalog, a),
         Command::Publish(a) => publish_cmd(cli, &catalog, a),
+        Command::Cache(a) => cache_cmd(cli, a),
     }
 }
 
@@ -627,6 +667,7 @@ fn build_cmd(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         smoke: !a.no_smoke,
         compression: a.compression,
         force: a.force,
+        no_cache: a.no_cache,
     };
     let mut p = imgbuild::progress::Progress::new(cli.quiet);
     let m = build::build(&r, &opts, &cancel, &mut p)?;
@@ -1223,4 +1264,122 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn cache_cmd(cli: &Cli, a: &CacheArgs) -> Result<()> {
+    use imgbuild::cache::{self, LayerCache, PrunePolicy};
+    let root = a
+        .cache_dir
+        .clone()
+        .unwrap_or_else(imgbuild::base::default_cache_dir);
+    let lc = LayerCache::new(&root);
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / 1048576.0);
+    match &a.action {
+        CacheAction::Ls => {
+            let mut rows = cache::list_bases(&root);
+            rows.extend(lc.list());
+            rows.extend(cache::list_downloads(&root));
+            if cli.json {
+                return print_json(&rows);
+            }
+            for e in &rows {
+                println!(
+                    "{:<7} {:<16} {:<14} {:>10}  used {}{}{}{}",
+                    e.kind,
+                    &e.key[..e.key.len().min(16)],
+                    e.name,
+                    mib(e.size),
+                    e.last_used,
+                    e.image
+                        .as_ref()
+                        .map(|i| format!("  (built for {i})"))
+                        .unwrap_or_default(),
+                    if e.in_use { "  IN USE" } else { "" },
+                    if e.broken { "  BROKEN" } else { "" },
+                );
+            }
+            let total: u64 = rows.iter().map(|e| e.size).sum();
+            println!(
+                "{} entries, {} in {}",
+                rows.len(),
+                mib(total),
+                root.display()
+            );
+            Ok(())
+        }
+        CacheAction::Prune {
+            older_than,
+            max_size,
+            all,
+            dry_run,
+        } => {
+            let policy = PrunePolicy {
+                older_than: Some(
+                    cache::parse_age(older_than)
+                        .map_err(|e| UsageError(format!("--older-than {e}")))?,
+                ),
+                max_size: match max_size {
+                    None => None,
+                    Some(s) => Some(imgbuild::definition::parse_size(s).ok_or_else(|| {
+                        UsageError(format!("--max-size `{s}`: a size such as 20G or 512M"))
+                    })?),
+                },
+                all: *all,
+            };
+            let mut report = lc.prune(&policy, std::time::SystemTime::now(), *dry_run);
+            if *all {
+                let mut others = cache::list_bases(&root);
+                others.extend(cache::list_downloads(&root));
+                for e in others {
+                    let removed = if e.in_use {
+                        false
+                    } else if *dry_run {
+                        true
+                    } else if e.kind == "base" {
+                        cache::remove_base(&e.path)?
+                    } else {
+                        cache::remove_locked(&e.path, &e.path.with_extension("lock"))?
+                    };
+                    if removed {
+                        report.freed += e.size;
+                        report.removed.push(e);
+                    } else {
+                        report.busy.push(e);
+                    }
+                }
+            }
+            if cli.json {
+                return print_json(&serde_json::json!({
+                    "dry_run": dry_run,
+                    "removed": report.removed,
+                    "in_use": report.busy,
+                    "freed": report.freed,
+                }));
+            }
+            let verb = if *dry_run { "would remove" } else { "removed" };
+            for e in &report.removed {
+                println!(
+                    "{verb} {} {} {} ({})",
+                    e.kind,
+                    &e.key[..e.key.len().min(16)],
+                    e.name,
+                    mib(e.size)
+                );
+            }
+            for e in &report.busy {
+                println!(
+                    "kept {} {} {}: in use by a running build",
+                    e.kind,
+                    &e.key[..e.key.len().min(16)],
+                    e.name
+                );
+            }
+            println!(
+                "{verb} {} entries, {}",
+                report.removed.len(),
+                mib(report.freed)
+            );
+            Ok(())
+        }
+    }
 }

@@ -33,6 +33,20 @@ pub struct Manifest {
     /// loaded from archives at build time), as Docker in the guest reported them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_images: Vec<ContainerImage>,
+    /// The layers of a native build, bottom first: which were reused from the cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LayerRecord {
+    pub name: String,
+    /// The cache key (sha256 of the parent's key and what the layer renders from).
+    pub key: String,
+    /// Reused from the layer cache rather than built by this build.
+    pub cached: bool,
+    /// Seconds this build spent on the layer (0 when cached).
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -79,7 +79,7 @@ impl Progress {
         }
         let due = self
             .last_plain
-            .map_or(true, |t| t.elapsed() >= Duration::from_secs(10));
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         if important || due {
             if let Some((name, _)) = &self.stage {
                 self.line(&format!("{name}: {msg}"));

@@ -182,6 +182,7 @@ fn probe_kvm(arch: Arch) -> AccelChoice {
         qmp_socket: None,
         uefi_vars: Some(vars_copy),
         hostfwd: Vec::new(),
+        extra_disks: Vec::new(),
     };
     let _ = code;
     let mut vm = match Vm::start(&spec) {
@@ -238,6 +239,9 @@ pub struct VmSpec {
     pub uefi_vars: Option<PathBuf>,
     /// (host port on 127.0.0.1, guest port).
     pub hostfwd: Vec<(u16, u16)>,
+    /// More qcow2 disks, each (file, serial): the guest finds them as
+    /// /dev/disk/by-id/virtio-SERIAL. Written through to the host (guest flushes honoured).
+    pub extra_disks: Vec<(PathBuf, String)>,
 }
 
 impl VmSpec {
@@ -301,6 +305,15 @@ impl VmSpec {
                 d.display()
             ));
             c = c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+        }
+        for (i, (path, serial)) in self.extra_disks.iter().enumerate() {
+            c = c.arg("-drive").arg(format!(
+                "file={},if=none,id=extra{i},format=qcow2,discard=unmap,cache=writeback",
+                path.display()
+            ));
+            c = c
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=extra{i},serial={serial}"));
         }
         if let Some(s) = &self.seed_iso {
             c = c.arg("-drive").arg(format!(

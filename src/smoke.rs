@@ -218,6 +218,8 @@ pub struct SmokeOptions<'a> {
 /// A desktop drawn by XFCE (panel, icons, wallpaper) has hundreds of colours; a black screen,
 /// a bare X root window or an error box have a handful.
 pub const MIN_DESKTOP_COLOURS: usize = 64;
+/// How long the host keeps taking VNC frames until one shows a drawn desktop.
+pub const DESKTOP_PAINT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A free TCP port on 127.0.0.1 for a QEMU forward.
 fn free_port() -> std::io::Result<u16> {
@@ -313,6 +315,7 @@ pub fn smoke(
         qmp_socket: Some(w.join("qmp.sock")),
         uefi_vars,
         hostfwd: vnc_fwd.into_iter().collect(),
+        extra_disks: Vec::new(),
     };
     let started = Instant::now();
     let mut vm = Vm::start(&spec)?;
@@ -355,11 +358,22 @@ pub fn smoke(
         // The desktop as a VNC client sees it, logged in with the launch's password.
         let t0 = Instant::now();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], host_port));
-        let outcome = match crate::vnc::capture(
-            addr,
-            Some(&l.vnc_password),
-            Duration::from_secs(60),
-        ) {
+        // XFCE paints its first session slowly under TCG: frames are taken until one is
+        // drawn (or the time is up), and the last one is the screenshot.
+        let mut captured =
+            crate::vnc::capture(addr, Some(&l.vnc_password), Duration::from_secs(60));
+        let mut frames = 1;
+        while let Ok(f) = &captured {
+            if f.distinct_colours(MIN_DESKTOP_COLOURS) >= MIN_DESKTOP_COLOURS
+                || t0.elapsed() > DESKTOP_PAINT_TIMEOUT
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(10));
+            captured = crate::vnc::capture(addr, Some(&l.vnc_password), Duration::from_secs(60));
+            frames += 1;
+        }
+        let outcome = match captured {
             Ok(frame) => {
                 let colours = frame.distinct_colours(4096);
                 let written = frame.write_png(&png);
@@ -368,7 +382,7 @@ pub fn smoke(
                 }
                 let drawn = colours >= MIN_DESKTOP_COLOURS;
                 (drawn && written.is_ok(), format!(
-                    "logged in to VNC :{} ({}) with the launch password; {}x{} frame with {}{} colours{}{}",
+                    "logged in to VNC :{} ({}) with the launch password; frame {frames}: {}x{} with {}{} colours{}{}",
                     l.vnc_display, frame.desktop_name, frame.width, frame.height,
                     colours, if colours >= 4096 { "+" } else { "" },
                     if drawn { "" } else { ": too few for a drawn desktop" },

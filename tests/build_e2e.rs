@@ -33,6 +33,70 @@ fn run(args: &[&str]) -> Output {
     cmd(args).output().expect("imgbuild runs")
 }
 
+/// A private copy of the fixtures (to change definitions in) and a private cache for layers
+/// and shared downloads, whose bases are the shared ones (one bootstrap for every test).
+struct Private {
+    _dir: tempfile::TempDir,
+    images: PathBuf,
+    cache: PathBuf,
+}
+
+impl Private {
+    fn new() -> Private {
+        let dir = tempfile::tempdir().unwrap();
+        let fx = dir.path().join("fixtures");
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(repo().join("tests/fixtures"))
+            .arg(&fx)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let cache_dir = dir.path().join("cache");
+        std::fs::create_dir_all(&cache_dir).unwrap();
+        std::fs::create_dir_all(cache().join("bootstrap")).unwrap();
+        std::os::unix::fs::symlink(cache().join("bootstrap"), cache_dir.join("bootstrap")).unwrap();
+        Private {
+            images: fx.join("images"),
+            cache: cache_dir,
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(common::bin())
+            .arg("--images-dir")
+            .arg(&self.images)
+            .args(args)
+            .current_dir(repo())
+            .env("IMGBUILD_CACHE_DIR", &self.cache)
+            .env("IMGBUILD_VENV", repo().join(".venv"))
+            .output()
+            .expect("imgbuild runs")
+    }
+
+    /// Replaces `from` by `to` in a fixture file (relative to the fixtures folder).
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let p = self.images.parent().unwrap().join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file} lacks {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    }
+}
+
+fn layers(m: &serde_json::Value) -> Vec<(String, bool)> {
+    m["layers"]
+        .as_array()
+        .expect("the manifest lists the layers")
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap().to_string(), l["cached"] == true))
+        .collect()
+}
+
+fn layer_names_and_cached(spec: &[(&str, bool)]) -> Vec<(String, bool)> {
+    spec.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
 /// QEMU processes whose command line mentions `needle`.
 fn qemu_processes(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -83,9 +147,10 @@ fn assert_nothing_left(out: &Path, image: &str, version: &str) {
 }
 
 #[test]
-fn qemu_backend_builds_a_smoked_checksummed_image() {
+fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
+    let private = Private::new();
     let out = tempfile::tempdir().unwrap();
-    let o = run(&[
+    let o = private.run(&[
         "--json",
         "build",
         "e2e",
@@ -265,6 +330,144 @@ fn qemu_backend_builds_a_smoked_checksummed_image() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("q1")]);
+
+    // Every layer was built (a fresh layer cache), each in its own boot, the top one with the
+    // hygiene; the joined serial log has them in order.
+    assert_eq!(
+        layers(&m),
+        layer_names_and_cached(&[
+            ("system", false),
+            ("runtime", false),
+            ("image", false),
+            ("stack", false),
+        ])
+    );
+    let mut at = 0;
+    for l in ["system", "runtime", "image", "stack"] {
+        let header = format!("===== imgbuild layer {l} =====");
+        let i = serial[at..]
+            .find(&header)
+            .unwrap_or_else(|| panic!("{header}"));
+        at += i;
+    }
+    assert_eq!(serial.matches("IMGBUILD-HYGIENE-DONE").count(), 1);
+    let ls = private.run(&["--json", "cache", "ls"]);
+    assert!(ls.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let kinds = |k: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == k)
+            .count()
+    };
+    assert_eq!(kinds("layer"), 4, "{rows:#}");
+    assert_eq!(kinds("partial"), 0, "{rows:#}");
+    assert!(kinds("apt") >= 1, "the shared apt disk: {rows:#}");
+
+    // A change to the compose stack only: the three lower layers come from the cache, one
+    // boot builds the stack layer, and the image passes the same smoke.
+    private.edit(
+        "compose/probe/compose.yaml",
+        "    mem_limit: 64m\n",
+        "    mem_limit: 64m\n    labels: {imgbuild.test: changed}\n",
+    );
+    let o = private.run(&[
+        "--json",
+        "build",
+        "e2e",
+        "--version",
+        "q2",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "rebuild failed:\n{stderr}");
+    let m2: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        layers(&m2),
+        layer_names_and_cached(&[
+            ("system", true),
+            ("runtime", true),
+            ("image", true),
+            ("stack", false),
+        ])
+    );
+    for l in ["system", "runtime", "image"] {
+        assert!(
+            stderr.contains(&format!("{l}: reused from the cache")),
+            "{stderr}"
+        );
+    }
+    assert_eq!(m2["smoke"]["passed"], true);
+    assert_eq!(m2["smoke"]["checks"], 13);
+    assert_eq!(m2["container_images"], m["container_images"]);
+    let dir2 = out.path().join("e2e/q2");
+    let serial2 = std::fs::read_to_string(dir2.join("logs/serial-build.log")).unwrap();
+    assert!(serial2.contains("===== imgbuild layer stack ====="));
+    assert!(!serial2.contains("===== imgbuild layer runtime ====="));
+    let report2 = read_json(&dir2.join("smoke/report.json"));
+    assert!(
+        report2["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "stack-started-offline" && c["passed"] == true),
+        "{report2:#}"
+    );
+
+    // A change to the image's own script: the image and stack layers are rebuilt on the cached
+    // runtime layer. The image layer's package (busybox-static) comes from the shared apt
+    // disk, filled by the first build: nothing is downloaded again.
+    private.edit(
+        "images/e2e.yaml",
+        "echo \"built by imgbuild\"",
+        "echo \"built by imgbuild, again\"",
+    );
+    let o = private.run(&[
+        "--json",
+        "build",
+        "e2e",
+        "--version",
+        "q3",
+        "--no-smoke",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "rebuild failed:\n{stderr}");
+    let m3: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        layers(&m3),
+        layer_names_and_cached(&[
+            ("system", true),
+            ("runtime", true),
+            ("image", false),
+            ("stack", false),
+        ])
+    );
+    let serial3 = std::fs::read_to_string(out.path().join("e2e/q3/logs/serial-build.log")).unwrap();
+    let need: Vec<&str> = serial3
+        .lines()
+        .filter(|l| l.contains("Need to get "))
+        .collect();
+    assert!(!need.is_empty(), "apt installed nothing?\n{serial3}");
+    assert!(
+        need.iter().all(|l| l.contains("Need to get 0 B")),
+        "packages were downloaded again: {need:?}"
+    );
+    assert!(serial3.contains("IMGBUILD-APT-CACHE "), "{serial3}");
+
+    // prune: nothing is used now; every layer older than 0 s goes, and the cache is empty of
+    // layers (the stack layer of q2 and the image and stack layers of q3 included).
+    let o = private.run(&["--json", "cache", "prune", "--older-than", "0s"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let pr: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pr["removed"].as_array().unwrap().len(), 7, "{pr:#}");
+    assert!(private.cache.join("layers").read_dir().unwrap().all(|e| {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        n.ends_with(".build") || n.ends_with(".use")
+    }));
 }
 
 #[test]
@@ -397,6 +600,7 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
     let mut child = cmd(&[
         "build",
         "e2e-fail-smoke",
+        "--no-cache",
         "--version",
         "int1",
         "--out",

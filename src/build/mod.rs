@@ -8,6 +8,7 @@
 //! version folder. A failed build keeps its logs (not its disks) under the cache's `failed/`.
 
 pub mod dist;
+pub mod layers;
 pub mod packer_backend;
 pub mod qemu_backend;
 pub mod watch;
@@ -127,14 +128,22 @@ pub struct BuildOptions {
     pub smoke: bool,
     pub compression: CompressionChoice,
     pub force: bool,
+    /// Build every layer afresh and keep none (the shared downloads are still used).
+    pub no_cache: bool,
 }
 
 /// What a provisioning backend hands back.
 pub struct Provisioned {
     /// The provisioned disk (qcow2), hygiene done, not yet compacted.
     pub disk: PathBuf,
+    /// The disk is a cache entry: compaction reads it and leaves it.
+    pub keep_disk: bool,
     /// What the guest reported baking in (see `watch`).
     pub container_images: Vec<crate::manifest::ContainerImage>,
+    /// The native backend's layers, bottom first.
+    pub layers: Vec<crate::manifest::LayerRecord>,
+    /// The cache entries the disk is made of, held (so not pruned) until the build ends.
+    pub leases: Vec<crate::cache::Held>,
 }
 
 /// What the backends get.
@@ -149,6 +158,11 @@ pub struct ProvisionInput<'a> {
     /// logs/ inside the version folder being assembled.
     pub logs: &'a Path,
     pub cancel: &'a AtomicBool,
+    /// The native backend's layers (see `layers::plan`).
+    pub layers: &'a [layers::PlannedLayer],
+    /// The cache root (layers, shared downloads).
+    pub cache: &'a Path,
+    pub no_cache: bool,
 }
 
 /// Builds one arch of an image into OUT/IMAGE/VERSION; returns the manifest.
@@ -261,6 +275,21 @@ fn build_in(
         &base.sha256[..12],
         if base.cache_hit { " (cached)" } else { "" }
     ));
+    // Held while the build stands on the base, so that `cache prune` leaves it alone.
+    let _base_in_use =
+        crate::cache::FileLock::shared(&base.path.with_extension("use")).map_err(|e| match e {
+            crate::cache::CacheError::Io { path, source } => BuildError::Io { path, source },
+        })?;
+    let d = &r.definition;
+    let plan = layers::plan(
+        &base.sha256,
+        &rendered,
+        &layers::DiskSettings {
+            arch,
+            size: crate::definition::parse_size(&d.disk.size),
+            uefi: d.build.firmware == crate::definition::Firmware::Uefi || arch == Arch::Arm64,
+        },
+    );
 
     let choice = qemu::probe_accel(arch);
     p.line(&format!(
@@ -282,6 +311,9 @@ fn build_in(
         work: w,
         logs: &logs,
         cancel,
+        layers: &plan,
+        cache: &opts.cache,
+        no_cache: opts.no_cache,
     };
     let provisioned = match opts.backend {
         Backend::Qemu => qemu_backend::provision(&input, p),
@@ -314,7 +346,9 @@ fn build_in(
     let file = format!("{}-{version}-{arch}.{}", r.name, format.as_str());
     let artifact = stage_dir.join(&file);
     qemu::convert(&provisioned.disk, &artifact, format.as_str(), compression)?;
-    let _ = std::fs::remove_file(&provisioned.disk);
+    if !provisioned.keep_disk {
+        let _ = std::fs::remove_file(&provisioned.disk);
+    }
     let info = qemu::img_info(&artifact)?;
     let size = std::fs::metadata(&artifact).map_err(io(&artifact))?.len();
     p.done(&format!(
@@ -371,6 +405,10 @@ fn build_in(
                 smoke_dir.join("report.json"),
                 logs.join("smoke-report.json"),
             );
+            let _ = std::fs::copy(
+                smoke_dir.join("screenshot.png"),
+                logs.join("smoke-screenshot.png"),
+            );
             return Err(BuildError::Smoke {
                 summary: parts.join("\n  "),
                 report: "smoke/report.json".into(),
@@ -424,6 +462,7 @@ fn build_in(
         digests,
         smoke: smoke_summary,
         container_images: provisioned.container_images.clone(),
+        layers: provisioned.layers.clone(),
         build: BuildInfo {
             started: humantime::format_rfc3339_seconds(started).to_string(),
             duration_seconds: (p.elapsed().as_secs_f64() * 10.0).round() / 10.0,

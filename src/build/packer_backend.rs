@@ -166,7 +166,10 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
     }
     Ok(Provisioned {
         disk,
+        keep_disk: false,
         container_images: watch.container_images,
+        layers: Vec::new(),
+        leases: Vec::new(),
     })
 }
 

@@ -144,6 +144,9 @@ pub struct Bootstrap {
     pub packages: Vec<String>,
     /// The base disk's size in GiB (the build grows it to `disk.size`).
     pub size_gib: u32,
+    /// Install the packages' Recommends too, as apt does in a cloud image (mmdebstrap does
+    /// not by default).
+    pub recommends: bool,
 }
 
 impl Default for Bootstrap {
@@ -154,6 +157,7 @@ impl Default for Bootstrap {
             components: vec!["main".into()],
             packages: Vec::new(),
             size_gib: 3,
+            recommends: false,
         }
     }
 }

@@ -459,7 +459,7 @@ pub fn image_endpoint(catalog: &Value, interface: &str, region: Option<&str>) ->
         .filter(|s| s["type"] == "image")
         .find_map(|s| {
             s["endpoints"].as_array()?.iter().find_map(|e| {
-                let region_ok = region.map_or(true, |r| e["region_id"] == r || e["region"] == r);
+                let region_ok = region.is_none_or(|r| e["region_id"] == r || e["region"] == r);
                 (e["interface"] == iface && region_ok)
                     .then(|| {
                         e["url"]

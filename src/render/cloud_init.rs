@@ -62,86 +62,189 @@ fn push_unique(v: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
     }
 }
 
-/// The build-time user-data.
-pub fn user_data(
+/// One build layer's share of the build-time user-data: what cloud-init sets up and the
+/// provisioning steps that run in that layer's boot.
+#[derive(Clone, Debug, Default)]
+pub struct LayerPart {
+    pub name: &'static str,
+    /// The first layer upgrades the base's packages.
+    upgrade: bool,
+    apt_sources: Map<String, Value>,
+    apt_proxy: Option<String>,
+    packages: Vec<String>,
+    users: Vec<Value>,
+    /// `write_files` entries, already as cloud-config values.
+    files: Vec<Value>,
+    steps: Vec<Step>,
+}
+
+impl LayerPart {
+    fn new(name: &'static str) -> LayerPart {
+        LayerPart {
+            name,
+            ..LayerPart::default()
+        }
+    }
+    fn is_empty(&self) -> bool {
+        !self.upgrade
+            && self.apt_sources.is_empty()
+            && self.apt_proxy.is_none()
+            && self.packages.is_empty()
+            && self.users.is_empty()
+            && self.files.is_empty()
+            && self.steps.is_empty()
+    }
+    fn add_fragment(&mut self, fr: &Fragment) {
+        for (name, src) in &fr.apt_sources {
+            self.apt_sources.insert(name.clone(), src.clone());
+        }
+        push_unique(&mut self.packages, fr.packages.iter().cloned());
+        self.files.extend(fr.files.iter().map(write_file));
+        self.steps.extend(fr.steps.iter().cloned());
+    }
+}
+
+/// The layer a feature's fragment belongs to. Layers build in this order, each a qcow2
+/// overlay on the one before (see build::layers): what changes least goes lowest.
+pub fn feature_layer(feature: &str) -> &'static str {
+    match feature {
+        "hardening" | "shared_mount" => "system",
+        "docker" | "nvidia" => "runtime",
+        "desktop" => "desktop",
+        _ => "cluster",
+    }
+}
+
+pub const LAYER_ORDER: [&str; 6] = ["system", "runtime", "desktop", "cluster", "image", "stack"];
+
+/// What a build-time document is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything in one boot (the Packer backend, `imgbuild render`).
+    Flat,
+    /// A lower layer of a layered build: no hygiene, the runner clears its steps.
+    Layer,
+    /// The top layer of a layered build: hygiene at poweroff.
+    Top,
+}
+
+/// The build-time user-data split into layers (empty layers left out), in build order.
+pub fn layer_parts(
     r: &Resolved,
     arch: Arch,
     fragments: &[(&'static str, Fragment)],
     compose: Option<&ComposeProject>,
-) -> Result<String, RenderError> {
+) -> Result<Vec<LayerPart>, RenderError> {
     let d = &r.definition;
-    let mut doc = Map::new();
-    doc.insert("package_update".into(), json!(true));
-    doc.insert("package_upgrade".into(), json!(true));
-    doc.insert("ssh_pwauth".into(), json!(false));
-
-    // apt: definition sources after feature sources.
-    let mut sources = Map::new();
-    for (_, fr) in fragments {
-        for (name, src) in &fr.apt_sources {
-            sources.insert(name.clone(), src.clone());
-        }
-    }
-    for (name, s) in &d.apt.sources {
-        sources.insert(name.clone(), serde_json::to_value(s).expect("plain data"));
-    }
-    let mut apt = Map::new();
-    if !sources.is_empty() {
-        apt.insert("sources".into(), Value::Object(sources));
-    }
-    if let Some(p) = &d.apt.proxy {
-        apt.insert("http_proxy".into(), json!(p));
-    }
-    if !apt.is_empty() {
-        doc.insert("apt".into(), Value::Object(apt));
-    }
-
-    let mut packages = Vec::new();
-    for (_, fr) in fragments {
-        push_unique(&mut packages, fr.packages.iter().cloned());
-    }
-    push_unique(&mut packages, d.packages.iter().cloned());
-    if !packages.is_empty() {
-        doc.insert("packages".into(), json!(packages));
-    }
-
-    if !d.users.is_empty() {
-        let users: Vec<Value> = d
-            .users
+    let mut parts: Vec<LayerPart> = LAYER_ORDER.iter().map(|n| LayerPart::new(n)).collect();
+    let part = |parts: &mut Vec<LayerPart>, name: &str| -> usize {
+        parts
             .iter()
-            .map(|u| {
+            .position(|p| p.name == name)
+            .expect("a known layer")
+    };
+
+    // system: the base's upgrade and the definition's apt configuration, for every later layer.
+    let sys = part(&mut parts, "system");
+    parts[sys].upgrade = true;
+    for (name, s) in &d.apt.sources {
+        parts[sys]
+            .apt_sources
+            .insert(name.clone(), serde_json::to_value(s).expect("plain data"));
+    }
+    parts[sys].apt_proxy = d.apt.proxy.clone();
+    for (feature, fr) in fragments {
+        let i = part(&mut parts, feature_layer(feature));
+        parts[i].add_fragment(fr);
+    }
+
+    // image: the definition's own packages, users, files and scripts.
+    let img = part(&mut parts, "image");
+    push_unique(&mut parts[img].packages, d.packages.iter().cloned());
+    for u in &d.users {
+        let mut m = Map::new();
+        m.insert("name".into(), json!(u.name));
+        if let Some(g) = &u.gecos {
+            m.insert("gecos".into(), json!(g));
+        }
+        if !u.groups.is_empty() {
+            m.insert("groups".into(), json!(u.groups.join(",")));
+        }
+        m.insert(
+            "shell".into(),
+            json!(u.shell.clone().unwrap_or_else(|| "/bin/bash".into())),
+        );
+        if u.sudo {
+            m.insert("sudo".into(), json!("ALL=(ALL) NOPASSWD:ALL"));
+        }
+        m.insert("lock_passwd".into(), json!(true));
+        if !u.ssh_authorized_keys.is_empty() {
+            m.insert("ssh_authorized_keys".into(), json!(u.ssh_authorized_keys));
+        }
+        parts[img].users.push(Value::Object(m));
+    }
+    for (i, f) in d.files.iter().enumerate() {
+        let content = match (&f.content, &f.source) {
+            (Some(c), _) => c.clone().into_bytes(),
+            (None, Some(src)) => {
+                let path = r.relative_path(&format!("files[{i}].source"), src);
+                std::fs::read(&path).map_err(|source| RenderError::Io { path, source })?
+            }
+            (None, None) => Vec::new(),
+        };
+        let owner = f.owner.clone().unwrap_or_else(|| "root:root".into());
+        let perms = f.permissions.clone().unwrap_or_else(|| "0644".into());
+        let v = match String::from_utf8(content) {
+            Ok(text) => write_file(&WriteFile {
+                path: f.path.clone(),
+                content: text,
+                permissions: perms,
+                owner,
+            }),
+            Err(bin) => {
                 let mut m = Map::new();
-                m.insert("name".into(), json!(u.name));
-                if let Some(g) = &u.gecos {
-                    m.insert("gecos".into(), json!(g));
-                }
-                if !u.groups.is_empty() {
-                    m.insert("groups".into(), json!(u.groups.join(",")));
-                }
+                m.insert("path".into(), json!(f.path));
+                m.insert("encoding".into(), json!("b64"));
                 m.insert(
-                    "shell".into(),
-                    json!(u.shell.clone().unwrap_or_else(|| "/bin/bash".into())),
+                    "content".into(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(bin.into_bytes())),
                 );
-                if u.sudo {
-                    m.insert("sudo".into(), json!("ALL=(ALL) NOPASSWD:ALL"));
-                }
-                m.insert("lock_passwd".into(), json!(true));
-                if !u.ssh_authorized_keys.is_empty() {
-                    m.insert("ssh_authorized_keys".into(), json!(u.ssh_authorized_keys));
+                m.insert("permissions".into(), json!(perms));
+                m.insert("owner".into(), json!(owner.clone()));
+                if owner != "root:root" && owner != "root" {
+                    m.insert("defer".into(), json!(true));
                 }
                 Value::Object(m)
-            })
-            .collect();
-        doc.insert("users".into(), json!(users));
+            }
+        };
+        parts[img].files.push(v);
     }
+    for (i, s) in d.scripts.iter().enumerate() {
+        parts[img].steps.push(Step {
+            name: format!("50-{:02}-{}", i + 1, s.name),
+            script: s.run.clone(),
+        });
+    }
+    parts[img].files.push(write_file(&WriteFile::new(
+        "/etc/imgbuild/image.json",
+        serde_json::to_string_pretty(&json!({
+            "image": r.name,
+            "arch": arch.as_str(),
+            "os": d.os,
+            "features": d.features.enabled(),
+            "imgbuild": env!("CARGO_PKG_VERSION"),
+        }))
+        .expect("json")
+            + "\n",
+        "0644",
+    )));
 
-    let mut files: Vec<WriteFile> = Vec::new();
-    let mut steps: Vec<Step> = Vec::new();
-    for (_, fr) in fragments {
-        files.extend(fr.files.iter().cloned());
-        steps.extend(fr.steps.iter().cloned());
-    }
+    // stack: the compose project, its first-boot secrets and unit, its baked-in images. On
+    // top, so that a change to the stack rebuilds only this layer.
     if let Some(c) = compose {
+        let st = part(&mut parts, "stack");
+        let mut files: Vec<WriteFile> = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
         let dir = format!("/opt/imgbuild/{}", c.name);
         files.push(WriteFile::new(
             format!("{dir}/compose.yaml"),
@@ -186,7 +289,7 @@ pub fn user_data(
                 "0644",
             ));
             steps.push(Step {
-                name: "45-stack-secrets".into(),
+                name: "60-stack-secrets".into(),
                 script: format!(
                     "# Enabled, not started: the values are made at the first boot of an instance.\n\
                      systemctl enable {unit}\nrm -f {env}\n",
@@ -194,92 +297,115 @@ pub fn user_data(
                 ),
             });
         }
-    }
-    if let (Some(c), Some(cs)) = (compose, &d.features.compose_stack) {
-        stack_unit_and_prepull(c, cs, &mut files, &mut steps);
-    }
-    let mut extra_b64 = Vec::new();
-    for (i, f) in d.files.iter().enumerate() {
-        let content = match (&f.content, &f.source) {
-            (Some(c), _) => c.clone().into_bytes(),
-            (None, Some(src)) => {
-                let path = r.relative_path(&format!("files[{i}].source"), src);
-                std::fs::read(&path).map_err(|source| RenderError::Io { path, source })?
-            }
-            (None, None) => Vec::new(),
-        };
-        let owner = f.owner.clone().unwrap_or_else(|| "root:root".into());
-        let perms = f.permissions.clone().unwrap_or_else(|| "0644".into());
-        match String::from_utf8(content) {
-            Ok(text) => files.push(WriteFile {
-                path: f.path.clone(),
-                content: text,
-                permissions: perms,
-                owner,
-            }),
-            Err(bin) => extra_b64.push((f.path.clone(), bin.into_bytes(), perms, owner)),
+        if let Some(cs) = &d.features.compose_stack {
+            stack_unit_and_prepull(c, cs, &mut files, &mut steps);
         }
+        parts[st].files.extend(files.iter().map(write_file));
+        parts[st].steps.extend(steps);
     }
-    for (i, s) in d.scripts.iter().enumerate() {
-        steps.push(Step {
-            name: format!("50-{:02}-{}", i + 1, s.name),
-            script: s.run.clone(),
-        });
+    parts.retain(|p| !p.is_empty());
+    Ok(parts)
+}
+
+/// The shell run by `bootcmd` in a layered (native) build: a disk the host attaches with
+/// serial `imgbuild-apt-cache` becomes /var/cache/apt/archives, so packages downloaded by one
+/// build are there for the next. Formatted on first use; the runner unmounts it before the
+/// layer is finished, so nothing of it stays in the image. No such disk: nothing happens.
+pub const APT_CACHE_BOOTCMD: &str = "d=/dev/disk/by-id/virtio-imgbuild-apt-cache; \
+[ -e \"$d\" ] || exit 0; \
+blkid \"$d\" >/dev/null 2>&1 || mkfs.ext4 -q -L imgbuild-apt \"$d\"; \
+mountpoint -q /var/cache/apt/archives || mount \"$d\" /var/cache/apt/archives; \
+mkdir -p /var/cache/apt/archives/partial; \
+chown _apt:root /var/cache/apt/archives/partial 2>/dev/null || true; \
+printf 'APT::Keep-Downloaded-Packages \"true\";\\nBinary::apt::APT::Keep-Downloaded-Packages \"true\";\\n' > /etc/apt/apt.conf.d/00imgbuild-keep-debs; \
+echo \"IMGBUILD-APT-CACHE $(ls /var/cache/apt/archives | grep -c '\\.deb$') packages\" > /dev/console";
+
+/// The cloud-config document of `parts` booted together in one `role`.
+pub fn document(parts: &[&LayerPart], role: Role) -> Value {
+    let mut doc = Map::new();
+    let upgrade = parts.iter().any(|p| p.upgrade);
+    let mut sources = Map::new();
+    let mut proxy = None;
+    let mut packages = Vec::new();
+    let mut users = Vec::new();
+    let mut wf: Vec<Value> = Vec::new();
+    let mut steps: Vec<&Step> = Vec::new();
+    for p in parts {
+        for (k, v) in &p.apt_sources {
+            sources.insert(k.clone(), v.clone());
+        }
+        if p.apt_proxy.is_some() {
+            proxy = p.apt_proxy.clone();
+        }
+        push_unique(&mut packages, p.packages.iter().cloned());
+        users.extend(p.users.iter().cloned());
+        wf.extend(p.files.iter().cloned());
+        steps.extend(p.steps.iter());
+    }
+    let update = upgrade || !packages.is_empty() || !sources.is_empty();
+    doc.insert("package_update".into(), json!(update));
+    doc.insert("package_upgrade".into(), json!(upgrade));
+    doc.insert("ssh_pwauth".into(), json!(false));
+    // Build VMs are never reached over SSH, and the hygiene removes their host keys: one
+    // quick key type instead of RSA's slow generation under TCG (instances get all types).
+    doc.insert("ssh_genkeytypes".into(), json!(["ed25519"]));
+    if role != Role::Flat {
+        doc.insert("bootcmd".into(), json!([["sh", "-c", APT_CACHE_BOOTCMD]]));
+    }
+    let mut apt = Map::new();
+    if !sources.is_empty() {
+        apt.insert("sources".into(), Value::Object(sources));
+    }
+    if let Some(p) = proxy {
+        apt.insert("http_proxy".into(), json!(p));
+    }
+    if !apt.is_empty() {
+        doc.insert("apt".into(), Value::Object(apt));
+    }
+    if !packages.is_empty() {
+        doc.insert("packages".into(), json!(packages));
+    }
+    if !users.is_empty() {
+        doc.insert("users".into(), json!(users));
     }
     for s in &steps {
-        files.push(WriteFile::new(
+        wf.push(write_file(&WriteFile::new(
             format!("{LIB}/steps/{}.sh", s.name),
             s.script.clone(),
             "0755",
-        ));
+        )));
     }
-    files.push(WriteFile::new(
+    wf.push(write_file(&WriteFile::new(
         format!("{LIB}/provision"),
         PROVISION,
         "0755",
-    ));
-    files.push(WriteFile::new(format!("{LIB}/hygiene"), HYGIENE, "0755"));
-    files.push(WriteFile::new(
-        "/etc/systemd/system/imgbuild-hygiene.service",
-        HYGIENE_UNIT,
-        "0644",
-    ));
-    files.push(WriteFile::new(
-        "/etc/imgbuild/image.json",
-        serde_json::to_string_pretty(&json!({
-            "image": r.name,
-            "arch": arch.as_str(),
-            "os": d.os,
-            "features": d.features.enabled(),
-            "imgbuild": env!("CARGO_PKG_VERSION"),
-        }))
-        .expect("json")
-            + "\n",
-        "0644",
-    ));
-    let mut wf: Vec<Value> = files.iter().map(write_file).collect();
-    for (path, bytes, perms, owner) in extra_b64 {
-        let mut m = Map::new();
-        m.insert("path".into(), json!(path));
-        m.insert("encoding".into(), json!("b64"));
-        m.insert(
-            "content".into(),
-            json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        );
-        m.insert("permissions".into(), json!(perms));
-        m.insert("owner".into(), json!(owner.clone()));
-        if owner != "root:root" {
-            m.insert("defer".into(), json!(true));
-        }
-        wf.push(Value::Object(m));
+    )));
+    if role != Role::Layer {
+        wf.push(write_file(&WriteFile::new(
+            format!("{LIB}/hygiene"),
+            HYGIENE,
+            "0755",
+        )));
+        wf.push(write_file(&WriteFile::new(
+            "/etc/systemd/system/imgbuild-hygiene.service",
+            HYGIENE_UNIT,
+            "0644",
+        )));
     }
     doc.insert("write_files".into(), Value::Array(wf));
-    doc.insert("runcmd".into(), json!([[format!("{LIB}/provision")]]));
+    let runcmd = match role {
+        Role::Layer => json!([[format!("{LIB}/provision"), "--layer"]]),
+        _ => json!([[format!("{LIB}/provision")]]),
+    };
+    doc.insert("runcmd".into(), runcmd);
     doc.insert(
         "power_state".into(),
         json!({
             "mode": "poweroff",
-            "message": "imgbuild: provisioning succeeded, powering off for hygiene",
+            "message": match role {
+                Role::Layer => "imgbuild: layer provisioned, powering off",
+                _ => "imgbuild: provisioning succeeded, powering off for hygiene",
+            },
             "timeout": 30,
             "condition": "test -f /run/imgbuild/provision-ok",
         }),
@@ -291,8 +417,20 @@ pub fn user_data(
             markers::FINAL
         )),
     );
+    Value::Object(doc)
+}
+
+/// The build-time user-data for one boot that provisions everything (Packer, `render`).
+pub fn user_data(
+    r: &Resolved,
+    arch: Arch,
+    fragments: &[(&'static str, Fragment)],
+    compose: Option<&ComposeProject>,
+) -> Result<String, RenderError> {
+    let parts = layer_parts(r, arch, fragments, compose)?;
+    let all: Vec<&LayerPart> = parts.iter().collect();
     Ok(to_cloud_config(
-        &Value::Object(doc),
+        &document(&all, Role::Flat),
         &format!(
             "imgbuild build-time user-data for {} ({arch}). Rendered; edit images/{}.yaml instead.",
             r.name, r.name
@@ -300,10 +438,48 @@ pub fn user_data(
     ))
 }
 
+/// The build-time user-data per layer, in build order: (layer name, user-data).
+pub fn layer_user_data(
+    r: &Resolved,
+    arch: Arch,
+    fragments: &[(&'static str, Fragment)],
+    compose: Option<&ComposeProject>,
+) -> Result<Vec<(&'static str, String)>, RenderError> {
+    let parts = layer_parts(r, arch, fragments, compose)?;
+    let n = parts.len();
+    Ok(parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let role = if i + 1 == n { Role::Top } else { Role::Layer };
+            let doc = document(&[p], role);
+            (
+                p.name,
+                to_cloud_config(
+                    &doc,
+                    &format!(
+                        "imgbuild build-time user-data for {} ({arch}), layer {} ({}/{n}). Rendered; edit images/{}.yaml instead.",
+                        r.name, p.name, i + 1, r.name
+                    ),
+                ),
+            )
+        })
+        .collect())
+}
+
 pub fn meta_data(r: &Resolved, arch: Arch) -> String {
     super::yaml::to_string(&json!({
         "instance-id": format!("imgbuild-build-{}-{arch}", r.name),
         "local-hostname": r.name,
+    }))
+}
+
+/// meta-data for one layer's boot: a new instance-id per layer, so cloud-init runs that
+/// layer's user-data although the disk has seen an earlier layer's.
+pub fn layer_meta_data(image: &str, arch: Arch, layer: &str, key: &str) -> String {
+    super::yaml::to_string(&json!({
+        "instance-id": format!("imgbuild-build-{image}-{arch}-{layer}-{}", &key[..key.len().min(16)]),
+        "local-hostname": image,
     }))
 }
 
@@ -368,7 +544,7 @@ fn stack_unit_and_prepull(
         "0644",
     ));
     steps.push(Step {
-        name: "46-stack".into(),
+        name: "61-stack".into(),
         script: format!("systemctl enable {unit}\n"),
     });
     let images = c.images_for(&cs.prepull);
@@ -378,8 +554,8 @@ fn stack_unit_and_prepull(
     let list: Vec<String> = images.iter().map(|i| crate::exec::quote(i)).collect();
     files.push(WriteFile::new(format!("{LIB}/prepull"), PREPULL, "0755"));
     steps.push(Step {
-        // After the definition's scripts (50-…), which may place archives.
-        name: "60-prepull".into(),
+        // After the definition's scripts (50-…, a lower layer), which may place archives.
+        name: "62-prepull".into(),
         script: format!(
             "# The images of profiles {profiles}, baked in for an offline first start.\n{LIB}/prepull {offline} {list}\n",
             profiles = cs.prepull.join(", "),

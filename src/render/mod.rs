@@ -62,12 +62,17 @@ pub struct Rendered {
     pub packer: PackerTarget,
     pub files: Vec<RenderedFile>,
     pub compose: Option<compose::ComposeProject>,
+    /// The layers of a native (layered) build, in build order: name and the path of its
+    /// user-data among `files` (see `LAYERS_DIR`).
+    pub layers: Vec<(&'static str, String)>,
 }
 
 pub const USER_DATA: &str = "seed/user-data";
 pub const META_DATA: &str = "seed/meta-data";
 pub const NETWORK_CONFIG: &str = "seed/network-config";
 pub const PACKER_DIR: &str = "packer";
+/// `seed/layers/NN-NAME/user-data`: one user-data per build layer (native backend).
+pub const LAYERS_DIR: &str = "seed/layers";
 
 pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered, RenderError> {
     let d = &r.definition;
@@ -111,6 +116,18 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
             content: packer::variables_file(&packer::default_variables(r, arch)),
         },
     ];
+    let mut layers = Vec::new();
+    for (i, (name, ud)) in cloud_init::layer_user_data(r, arch, &frags, compose.as_ref())?
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("{LAYERS_DIR}/{:02}-{name}/user-data", i + 1);
+        files.push(RenderedFile {
+            path: path.clone(),
+            content: ud,
+        });
+        layers.push((name, path));
+    }
     if let Some(c) = &compose {
         files.push(RenderedFile {
             path: format!("compose/{}/compose.yaml", c.name),
@@ -127,6 +144,7 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
         packer: opts.packer,
         files,
         compose,
+        layers,
     })
 }
 

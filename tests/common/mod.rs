@@ -153,6 +153,7 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
             host: "linux".into(),
         },
         container_images: Vec::new(),
+        layers: Vec::new(),
     };
     std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
     artifact

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Side by side, in one run, on the same definition (tests/fixtures/images/e2e.yaml: Debian 12
+# bootstrap base, docker.io, a user, files, a script, an offline compose stack):
+#   (a) a full build: `imgbuild build --backend packer` (real `packer build`, one boot) vs
+#       imgbuild's native backend with an empty layer cache (every layer built);
+#   (b) an incremental rebuild after a change to the top layer (the compose stack) vs (a);
+#   (d) smoke boot to ready (TCG; KVM is probed and reported);
+#   (e) the artifact sizes of (a).
+# Every build skips its own smoke (--no-smoke: the same for both); (d) smokes the artifact
+# separately. The base is bootstrapped once beforehand (not timed) and shared by all. GNU time
+# gives wall seconds and peak RSS of the imgbuild/packer process (not of QEMU). RUNS rounds,
+# alternating. Writes bench/results/build.tsv and prints Markdown for BENCHMARKS.md.
+#
+#   bench/build.sh            (needs: make host-tools; builds imgbuild --release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${RUNS:-3}"
+cargo build --release --locked -q
+imgbuild="$PWD/target/release/imgbuild"
+work="$(mktemp -d "$PWD/target/bench-build-XXXX")"
+trap 'rm -rf "$work"' EXIT
+mkdir -p bench/results
+out="bench/results/build.tsv"
+shared="$PWD/target/bench-cache"      # bases only (bootstrap/), kept between runs
+mkdir -p "$shared/bootstrap"
+cp -a tests/fixtures "$work/fx"
+images="$work/fx/images"
+export IMGBUILD_VENV="$PWD/.venv"
+
+fresh_cache() { # a cache root with the shared bases and nothing else
+  local c="$work/cache-$1"
+  rm -rf "$c"; mkdir -p "$c"; ln -s "$shared/bootstrap" "$c/bootstrap"
+  echo "$c"
+}
+
+measure() { # label cache command...
+  local tf="$work/time.txt" label=$1 cache=$2; shift 2
+  IMGBUILD_CACHE_DIR="$cache" /usr/bin/time -f '%e %M' -o "$tf" "$@" >"$work/out.json" 2>"$work/err.txt" \
+    || { tail -30 "$work/err.txt"; exit 1; }
+  read -r secs kib <"$tf"
+  printf '%s\t%s\t%s\n' "$label" "$secs" "$kib" | tee -a "$out"
+}
+
+echo "== warm-up: the shared bootstrap base (not timed)"
+IMGBUILD_CACHE_DIR="$(fresh_cache warm)" "$imgbuild" --images-dir "$images" -q build e2e \
+  --version warm --out "$work/dist" --no-smoke >/dev/null
+
+printf 'what\tseconds\tmax_rss_kib\n' >"$out"
+: >"$work/sizes.tsv"
+for i in $(seq 1 "$runs"); do
+  echo "== round $i"
+  measure "a-packer-full" "$(fresh_cache p$i)" "$imgbuild" --images-dir "$images" --json build e2e \
+    --backend packer --version "p$i" --out "$work/dist" --no-smoke
+  printf 'packer\t%s\n' "$(stat -c %s "$work/dist/e2e/p$i/e2e-p$i-amd64.qcow2")" >>"$work/sizes.tsv"
+  c="$(fresh_cache q$i)"
+  measure "a-imgbuild-full" "$c" "$imgbuild" --images-dir "$images" --json build e2e \
+    --version "q$i" --out "$work/dist" --no-smoke
+  printf 'imgbuild\t%s\n' "$(stat -c %s "$work/dist/e2e/q$i/e2e-q$i-amd64.qcow2")" >>"$work/sizes.tsv"
+  # (b) the top layer changes: one more label on the stack's service.
+  sed -i "s/^    mem_limit: 64m\$/    mem_limit: 64m\n    labels: {bench.round: \"$i\"}/" "$work/fx/compose/probe/compose.yaml"
+  measure "b-imgbuild-incremental" "$c" "$imgbuild" --images-dir "$images" --json build e2e \
+    --version "r$i" --out "$work/dist" --no-smoke
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("   layers:", " ".join(f"{l["name"]}={"cached" if l["cached"] else "built"}" for l in m["layers"]))' "$work/out.json"
+  git -C "$PWD" show HEAD:tests/fixtures/compose/probe/compose.yaml >"$work/fx/compose/probe/compose.yaml"
+  # (d) smoke boot of the native artifact (TCG).
+  measure "d-smoke-tcg" "$c" "$imgbuild" --images-dir "$images" --json smoke \
+    "$work/dist/e2e/q$i/e2e-q$i-amd64.qcow2" --image e2e -o "$work/smoke-$i"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"   boot to ready {r["boot_seconds"]:.1f} s, accel {r["accel"]}, passed {r["passed"]}")' "$work/out.json" \
+    | tee -a "$work/boot.txt"
+  rm -rf "$work/dist/e2e" "$work"/cache-p$i "$work"/cache-q$i
+done
+kvm="$("$imgbuild" --json doctor 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["accel"] + ": " + d["accel_reason"])' 2>/dev/null || true)"
+
+python3 - "$out" "$work/sizes.tsv" "$work/boot.txt" "$kvm" <<'PY'
+import sys, statistics as st, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
+by = collections.defaultdict(list)
+for what, s, kib in rows:
+    by[what].append((float(s), int(kib)))
+def line(what, label):
+    v = by[what]
+    secs = [x[0] for x in v]; rss = [x[1] for x in v]
+    return f"| {label} | {st.median(secs):.0f} | {min(secs):.0f}–{max(secs):.0f} | {st.median(rss)/1024:.0f} |"
+print("| e2e definition | median wall s | min–max s | median peak RSS MiB (tool process) |")
+print("|---|---|---|---|")
+print(line("a-packer-full", "Packer 1.6.6 (`--backend packer`), full build"))
+print(line("a-imgbuild-full", "imgbuild native, full build (empty layer cache)"))
+print(line("b-imgbuild-incremental", "imgbuild native, rebuild after a compose-stack change"))
+print(line("d-smoke-tcg", "smoke boot of the artifact (TCG), whole command"))
+full = st.median(x[0] for x in by["a-imgbuild-full"]); inc = st.median(x[0] for x in by["b-imgbuild-incremental"])
+pk = st.median(x[0] for x in by["a-packer-full"])
+print(f"\nincremental / full = {inc/full:.0%}; imgbuild full / Packer full = {full/pk:.2f}")
+sizes = collections.defaultdict(list)
+for l in open(sys.argv[2]):
+    k, v = l.split(); sizes[k].append(int(v))
+print("artifact size MiB (median): " + ", ".join(f"{k} {st.median(v)/1048576:.0f}" for k, v in sizes.items()))
+print("boot to ready: " + "; ".join(l.strip() for l in open(sys.argv[3])))
+print(f"KVM: {sys.argv[4]}")
+PY

@@ -1,0 +1,146 @@
+//! The layer plan of a native build (pure): which layers, in which order, under which cache
+//! keys. A layer's key hashes its parent's key and everything the layer's boot renders from:
+//! its user-data, the network-config, the disk size, firmware and arch. So a change to one
+//! layer changes its key and the keys of every layer above it, and nothing below.
+
+use crate::definition::Arch;
+use crate::render::{Rendered, NETWORK_CONFIG};
+use sha2::{Digest, Sha256};
+
+/// Bumped when the way a layer is made changes (runner, hygiene, disk handling), so that old
+/// cache entries are not mixed with new ones.
+pub const FORMAT: &str = "imgbuild-layer-1";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedLayer {
+    pub name: &'static str,
+    pub key: String,
+    pub parent_key: Option<String>,
+    /// The layer's user-data (a path among the rendered files) and its content.
+    pub user_data_path: String,
+    pub user_data: String,
+    /// The top layer: its boot ends with the hygiene.
+    pub top: bool,
+}
+
+/// What a layer's disk depends on beyond its user-data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskSettings {
+    pub arch: Arch,
+    pub size: Option<u64>,
+    pub uefi: bool,
+}
+
+fn key(parent: &str, name: &str, user_data: &str, network: &str, s: &DiskSettings) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        FORMAT,
+        parent,
+        name,
+        user_data,
+        network,
+        s.arch.as_str(),
+        &s.size.map(|v| v.to_string()).unwrap_or_default(),
+        if s.uefi { "uefi" } else { "bios" },
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    crate::render::hex(&h.finalize())
+}
+
+/// The layers of `rendered` on the base whose sha256 is `base_sha256`, bottom first.
+pub fn plan(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<PlannedLayer> {
+    let network = rendered.get(NETWORK_CONFIG).unwrap_or_default();
+    let mut parent = format!("base:{base_sha256}");
+    let mut parent_key = None;
+    let n = rendered.layers.len();
+    let mut out = Vec::new();
+    for (i, (name, path)) in rendered.layers.iter().enumerate() {
+        let ud = rendered.get(path).unwrap_or_default().to_string();
+        let k = key(&parent, name, &ud, network, s);
+        out.push(PlannedLayer {
+            name,
+            key: k.clone(),
+            parent_key: parent_key.clone(),
+            user_data_path: path.clone(),
+            user_data: ud,
+            top: i + 1 == n,
+        });
+        parent = k.clone();
+        parent_key = Some(k);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::load::Catalog;
+    use crate::render::{render, RenderOptions};
+
+    const DEF: &str = "\
+description: layers
+os: {distro: debian, version: \"12\", codename: bookworm}
+arch: [amd64]
+base:
+  amd64:
+    bootstrap: {suite: bookworm}
+packages: [jq]
+features:
+  docker: {source: distro}
+scripts:
+  - name: mark
+    run: echo hi > /etc/mark
+";
+
+    fn keys(def: &str, base: &str) -> Vec<(&'static str, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.yaml"), def).unwrap();
+        let r = Catalog::new(dir.path())
+            .load("t")
+            .expect("valid definition");
+        let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
+        let s = DiskSettings {
+            arch: Arch::Amd64,
+            size: Some(4 << 30),
+            uefi: false,
+        };
+        plan(base, &rendered, &s)
+            .into_iter()
+            .map(|l| (l.name, l.key))
+            .collect()
+    }
+
+    #[test]
+    fn layers_come_in_order_and_only_the_changed_layer_and_those_above_change() {
+        let a = keys(DEF, "b1");
+        let names: Vec<&str> = a.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["system", "runtime", "image"]);
+
+        // The image's own script: only the top layer.
+        let b = keys(&DEF.replace("echo hi", "echo ho"), "b1");
+        assert_eq!(a[0], b[0]);
+        assert_eq!(a[1], b[1]);
+        assert_ne!(a[2], b[2]);
+
+        // A feature: its layer and everything above.
+        let c = keys(
+            &DEF.replace(
+                "docker: {source: distro}",
+                "docker: {source: distro, users: [x]}",
+            ),
+            "b1",
+        );
+        assert_eq!(a[0], c[0]);
+        assert_ne!(a[1], c[1]);
+        assert_ne!(a[2], c[2]);
+
+        // Another base: all of them.
+        let d = keys(DEF, "b2");
+        assert!(a.iter().zip(&d).all(|(x, y)| x.1 != y.1));
+
+        // The same input: the same keys.
+        assert_eq!(a, keys(DEF, "b1"));
+    }
+}
