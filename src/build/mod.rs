@@ -10,6 +10,7 @@
 pub mod dist;
 pub mod packer_backend;
 pub mod qemu_backend;
+pub mod schedule;
 pub mod watch;
 
 use crate::base::{self, BaseError, BaseImage};
