@@ -165,7 +165,11 @@ fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
 
     // Both amd64 builds landed, each in its own version folder, with a passing smoke boot.
     let mut spans = Vec::new();
-    for (r, image, checks) in [(&results[1], "e2e-par-a", 3), (&results[2], "e2e-par-b", 4)] {
+    for (r, image, checks) in [
+        // The five built-in checks and e2e-common's three; e2e-par-b adds one.
+        (&results[1], "e2e-par-a", 8),
+        (&results[2], "e2e-par-b", 9),
+    ] {
         assert_eq!(r["ok"], true, "{image}: {}", r["error"]);
         assert_eq!(r["arch"], "amd64");
         assert_eq!(r["version"], "par1");
@@ -175,7 +179,7 @@ fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
         assert_eq!(m["image"], image);
         assert_eq!(m["version"], "par1");
         assert_eq!(m["smoke"]["passed"], true, "{image}");
-        assert_eq!(m["smoke"]["checks"], checks, "{image}");
+        assert_eq!(m["smoke"]["checks"], checks, "{image}:\n{stderr}");
         assert!(dir.join(m["artifact"]["file"].as_str().unwrap()).is_file());
         assert!(dir.join("logs/serial-build.log").is_file());
         let report = read_json(&dir.join("smoke/report.json"));
@@ -201,6 +205,11 @@ fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
     assert!(
         line_at(&stderr, a, "building e2e-par-a par1 for amd64")
             < line_at(&stderr, b, "ok   smoke"),
+        "{stderr}"
+    );
+    // The build that cannot run here failed at once, not when its turn came.
+    assert!(
+        line_at(&stderr, "[e2e-par-arm64/arm64] ", "error: ") < line_at(&stderr, a, "ok   render"),
         "{stderr}"
     );
     // Every progress line of a build carries its prefix.

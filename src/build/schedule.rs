@@ -147,7 +147,7 @@ impl Scheduler {
         started
     }
 
-    /// Build `i` ended (however it ended).
+    /// Build `i` ended (however it ended), or will not run.
     pub fn finish(&mut self, i: usize) {
         self.state[i] = State::Done;
     }
@@ -259,6 +259,15 @@ pub fn run(jobs: Vec<Job>, budget: Budget, cancel: &AtomicBool) -> Vec<Outcome> 
         })
         .collect();
     let mut slots: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    // A build this host cannot run fails now rather than when its turn comes.
+    for (i, job) in slots.iter().enumerate() {
+        let job = job.as_ref().expect("not started yet");
+        if let Err(e) = host_check(job) {
+            eprintln!("[{}] error: {e}", meta[i].3);
+            sched.finish(i);
+            outcomes[i] = Some(outcome(&meta[i], Err(e)));
+        }
+    }
     let (tx, rx) = mpsc::channel::<(usize, Result<Manifest, JobError>)>();
     std::thread::scope(|scope| {
         loop {
@@ -350,7 +359,7 @@ fn outcome(
     }
 }
 
-fn run_one(job: &mut Job, cancel: &AtomicBool) -> Result<Manifest, JobError> {
+fn host_check(job: &Job) -> Result<(), JobError> {
     host_can_build(&job.resolved, job.opts.arch).map_err(JobError::Host)?;
     if job.opts.backend == Backend::Packer && crate::exec::which("packer").is_none() {
         return Err(JobError::Host(format!(
@@ -358,6 +367,10 @@ fn run_one(job: &mut Job, cancel: &AtomicBool) -> Result<Manifest, JobError> {
             crate::exec::install_hint("packer").unwrap_or_default()
         )));
     }
+    Ok(())
+}
+
+fn run_one(job: &mut Job, cancel: &AtomicBool) -> Result<Manifest, JobError> {
     Ok(build(&job.resolved, &job.opts, cancel, &mut job.progress)?)
 }
 
