@@ -188,8 +188,11 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// How to install a host tool that imgbuild drives.
 pub fn install_hint(program: &str) -> Option<&'static str> {
     Some(match program {
-        "qemu-system-x86_64" | "qemu-system-aarch64" => {
+        "qemu-system-x86_64" => {
             "apt-get install -t bookworm-backports qemu-system-x86 (or `make host-tools`)"
+        }
+        "qemu-system-aarch64" => {
+            "apt-get install -t bookworm-backports qemu-system-arm (UEFI: qemu-efi-aarch64)"
         }
         "qemu-img" => "apt-get install qemu-utils",
         "packer" => "apt-get install packer",

@@ -170,11 +170,17 @@ struct UserdataArgs {
 
 #[derive(Args, Debug)]
 struct BuildArgs {
-    /// The image to build.
-    image: String,
-    /// The arch to build (default: the host's, if the image lists it, else its first).
-    #[arg(long)]
-    arch: Option<Arch>,
+    /// The images to build. Several (or several arches) build in parallel, as many at once as
+    /// the host's cores and memory hold.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+    /// The arch to build (default: the host's, if the image lists it, else its first). Repeat
+    /// it for several arches, or give `all` for every arch each image lists.
+    #[arg(long, value_name = "A|all")]
+    arch: Vec<ArchArg>,
+    /// At most N builds at once (default: as many as fit the host's cores and memory).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: Option<u64>,
     /// qemu: imgbuild drives QEMU itself; packer: `packer build` on the rendered HCL.
     #[arg(long, value_enum, default_value = "qemu")]
     backend: imgbuild::build::Backend,
@@ -232,6 +238,26 @@ enum CacheAction {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// `--arch` of `build`: one arch, or every arch the image lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ArchArg {
+    All,
+    One(Arch),
+}
+
+impl std::str::FromStr for ArchArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "all" {
+            Ok(ArchArg::All)
+        } else {
+            s.parse()
+                .map(ArchArg::One)
+                .map_err(|_| format!("unknown arch `{s}` (expected amd64, arm64 or all)"))
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -651,14 +677,47 @@ fn buildable(catalog: &Catalog, image: &str) -> Result<Resolved> {
 }
 
 fn build_cmd(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
-    use imgbuild::build::{self, BuildOptions};
-    let r = buildable(catalog, &a.image)?;
-    let arch = one_arch(&r, a.arch)?;
+    use imgbuild::build;
+    let several = a.images.len() > 1 || a.arch.len() > 1 || a.arch.contains(&ArchArg::All);
+    if several {
+        return build_several(cli, catalog, a);
+    }
+    let r = buildable(catalog, &a.images[0])?;
+    let only = a.arch.first().map(|x| match x {
+        ArchArg::One(arch) => *arch,
+        ArchArg::All => unreachable!("`all` builds several"),
+    });
+    let arch = one_arch(&r, only)?;
+    let opts = build_options(a, arch, a.image_version.clone());
+    // Bad input first (exit 2), then what the host lacks for this arch (exit 1).
+    if let Some(v) = &opts.version {
+        build::check_version(v)?;
+        let dir = a.out.join(&r.name).join(v);
+        if dir.exists() && !a.force {
+            return Err(build::BuildError::Exists(dir).into());
+        }
+    }
+    build::schedule::host_can_build(&r, arch).map_err(Failed)?;
     let cancel = cancel_flag()?;
-    let opts = BuildOptions {
+    let mut p = imgbuild::progress::Progress::new(cli.quiet);
+    let m = build::build(&r, &opts, &cancel, &mut p)?;
+    if cli.json {
+        print_json(&m)?;
+    } else {
+        print_built(&a.out, &m);
+    }
+    Ok(())
+}
+
+fn build_options(
+    a: &BuildArgs,
+    arch: Arch,
+    version: Option<String>,
+) -> imgbuild::build::BuildOptions {
+    imgbuild::build::BuildOptions {
         arch,
         backend: a.backend,
-        version: a.image_version.clone(),
+        version,
         out: a.out.clone(),
         cache: a
             .cache_dir
@@ -668,28 +727,160 @@ fn build_cmd(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         compression: a.compression,
         force: a.force,
         no_cache: a.no_cache,
-    };
-    let mut p = imgbuild::progress::Progress::new(cli.quiet);
-    let m = build::build(&r, &opts, &cancel, &mut p)?;
-    let dir = a.out.join(&m.image).join(&m.version);
-    if cli.json {
-        print_json(&m)?;
-    } else {
-        println!("{}", dir.join(&m.artifact.file).display());
-        println!("sha256 {}", m.digests.sha256);
-        println!(
-            "{} {} {}: built in {:.0} s ({}, {}), smoke {}",
-            m.image,
-            m.version,
-            m.arch,
-            m.build.duration_seconds,
-            m.backend,
-            m.accel,
-            match &m.smoke {
-                Some(s) => format!("passed ({} checks)", s.checks),
-                None => "skipped".into(),
+    }
+}
+
+/// The plain lines of a finished build on stdout.
+fn print_built(out: &std::path::Path, m: &imgbuild::manifest::Manifest) {
+    let dir = out.join(&m.image).join(&m.version);
+    println!("{}", dir.join(&m.artifact.file).display());
+    println!("sha256 {}", m.digests.sha256);
+    println!(
+        "{} {} {}: built in {:.0} s ({}, {}), smoke {}",
+        m.image,
+        m.version,
+        m.arch,
+        m.build.duration_seconds,
+        m.backend,
+        m.accel,
+        match &m.smoke {
+            Some(s) => format!("passed ({} checks)", s.checks),
+            None => "skipped".into(),
+        }
+    );
+}
+
+/// Several images and/or arches: everything is checked before the first build starts (exit
+/// 2), then the builds run in parallel within the host's cores and memory (see
+/// `build::schedule`); exit 1 if any of them failed.
+fn build_several(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
+    use imgbuild::build::{self, schedule};
+    let now = std::time::SystemTime::now();
+    let mut names: Vec<&String> = Vec::new();
+    for n in &a.images {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let mut images = Vec::new();
+    for name in names {
+        images.push(buildable(catalog, name)?);
+    }
+    if let Some(v) = &a.image_version {
+        build::check_version(v)?;
+    }
+    let mut planned: Vec<(Resolved, Arch, String)> = Vec::new();
+    for r in images {
+        let mut wanted: Vec<Arch> = Vec::new();
+        if a.arch.contains(&ArchArg::All) {
+            wanted = r.definition.arch.clone();
+        } else if a.arch.is_empty() {
+            wanted.push(one_arch(&r, None)?);
+        } else {
+            for x in &a.arch {
+                if let ArchArg::One(arch) = x {
+                    for arch in arches(&r, Some(*arch))? {
+                        if !wanted.contains(&arch) {
+                            wanted.push(arch);
+                        }
+                    }
+                }
             }
-        );
+        }
+        // One version for every image; the version folder holds one arch, so several arches
+        // of one image get the arch appended (V-amd64, V-arm64).
+        let version = match &a.image_version {
+            Some(v) => v.clone(),
+            None => {
+                let (commit, dirty) = build::git_state(&r.chain[0].path);
+                build::default_version(now, commit.as_deref(), dirty)
+            }
+        };
+        let per_arch = wanted.len() > 1;
+        for arch in wanted {
+            let v = if per_arch {
+                format!("{version}-{arch}")
+            } else {
+                version.clone()
+            };
+            build::check_version(&v)?;
+            let dir = a.out.join(&r.name).join(&v);
+            if dir.exists() && !a.force {
+                return Err(build::BuildError::Exists(dir).into());
+            }
+            planned.push((r.clone(), arch, v));
+        }
+    }
+    let jobs: Vec<schedule::Job> = planned
+        .into_iter()
+        .map(|(r, arch, v)| {
+            let label = format!("{}/{arch}", r.name);
+            schedule::Job {
+                opts: build_options(a, arch, Some(v)),
+                resolved: r,
+                // Plain lines even on a terminal: several spinners would fight over it.
+                progress: imgbuild::progress::Progress::plain(cli.quiet).with_prefix(&label),
+            }
+        })
+        .collect();
+    let budget = schedule::Budget::host(a.jobs.map(|j| j as usize));
+    tracing::info!(
+        "{} build(s): {}; budget {} cores, {} MiB{}",
+        jobs.len(),
+        jobs.iter()
+            .map(|j| j.label())
+            .collect::<Vec<_>>()
+            .join(", "),
+        budget.cpus,
+        budget.memory_mib,
+        match budget.jobs {
+            Some(n) => format!(", at most {n} at once"),
+            None => String::new(),
+        }
+    );
+    let cancel = cancel_flag()?;
+    let outcomes = schedule::run(jobs, budget, &cancel);
+    let mut failed = Vec::new();
+    let mut results = Vec::new();
+    for o in &outcomes {
+        let mut v = serde_json::json!({
+            "image": o.image, "arch": o.arch, "version": o.version, "ok": o.result.is_ok(),
+        });
+        match &o.result {
+            Ok(m) => {
+                v["manifest"] = serde_json::to_value(m)?;
+                if !cli.json {
+                    print_built(&a.out, m);
+                }
+            }
+            Err(e) => {
+                let msg = schedule::describe(e);
+                let first = msg.lines().next().unwrap_or_default().to_string();
+                if !cli.json {
+                    println!(
+                        "{} {} {}: FAILED: {first}",
+                        o.image,
+                        o.version.as_deref().unwrap_or("-"),
+                        o.arch
+                    );
+                }
+                v["error"] = serde_json::json!(msg);
+                failed.push(format!("{}/{} ({first})", o.image, o.arch));
+            }
+        }
+        results.push(v);
+    }
+    if cli.json {
+        print_json(&results)?;
+    }
+    if !failed.is_empty() {
+        return Err(Failed(format!(
+            "{} of {} builds failed: {}",
+            failed.len(),
+            outcomes.len(),
+            failed.join("; ")
+        ))
+        .into());
     }
     Ok(())
 }

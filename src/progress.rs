@@ -12,6 +12,8 @@ pub struct Progress {
     stage: Option<(String, Instant)>,
     bar: Option<ProgressBar>,
     last_plain: Option<Instant>,
+    /// `[IMAGE/ARCH] ` when several builds share stderr; empty otherwise.
+    prefix: String,
 }
 
 impl Progress {
@@ -24,7 +26,14 @@ impl Progress {
             stage: None,
             bar: None,
             last_plain: None,
+            prefix: String::new(),
         }
+    }
+
+    /// Starts every line with `[label] `, for several builds writing to one stderr.
+    pub fn with_prefix(mut self, label: &str) -> Progress {
+        self.prefix = format!("[{label}] ");
+        self
     }
 
     /// Plain lines only (for tests and pipes).
@@ -35,7 +44,11 @@ impl Progress {
     }
 
     fn stamp(&self) -> String {
-        format!("[{:>7.1}s]", self.started.elapsed().as_secs_f64())
+        format!(
+            "{}[{:>7.1}s]",
+            self.prefix,
+            self.started.elapsed().as_secs_f64()
+        )
     }
 
     /// Prints a line (above the spinner on a terminal).

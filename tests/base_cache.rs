@@ -192,3 +192,70 @@ fn an_interrupted_download_keeps_nothing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn two_builds_asking_for_the_same_base_at_once_fetch_it_once() {
+    // Parallel builds of images that share a base: the first one fetches it while holding the
+    // base's lock; the second, asking meanwhile, waits for it and then reuses the result.
+    let body = payload();
+    let sha = hex(&Sha256::digest(&body));
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("base.img");
+    std::fs::write(&file, &body).unwrap();
+    let url = format!("file://{}", file.display());
+    let cache = tempfile::tempdir().unwrap();
+    let never = AtomicBool::new(false);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            let mut told = false;
+            ensure(
+                &spec(&url, &format!("sha256:{sha}")),
+                Arch::Amd64,
+                cache.path(),
+                &never,
+                &mut |_, _| {
+                    if !told {
+                        told = true;
+                        started_tx.send(()).unwrap();
+                        // Still fetching while the second one asks.
+                        std::thread::sleep(std::time::Duration::from_millis(700));
+                    }
+                },
+            )
+            .unwrap()
+        });
+        started_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the first fetch started");
+        let second = s.spawn(|| {
+            let asked = std::time::Instant::now();
+            let b = ensure(
+                &spec(&url, &format!("sha256:{sha}")),
+                Arch::Amd64,
+                cache.path(),
+                &never,
+                &mut |_, _| panic!("the second one must not fetch"),
+            )
+            .unwrap();
+            (b, asked.elapsed())
+        });
+        let a = first.join().unwrap();
+        let (b, waited) = second.join().unwrap();
+        assert!(!a.cache_hit, "the first one fetched");
+        assert!(b.cache_hit, "the second one reused the first one's result");
+        assert!(
+            waited >= std::time::Duration::from_millis(300),
+            "the second one waited for the first ({waited:?})"
+        );
+        assert_eq!(a.path, b.path);
+        assert_eq!(a.sha256, sha);
+        assert_eq!(b.sha256, sha);
+        assert_eq!(std::fs::read(&b.path).unwrap(), body);
+    });
+    let left: Vec<String> = files(cache.path())
+        .into_iter()
+        .filter(|f| f.ends_with(".part"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

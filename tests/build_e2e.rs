@@ -335,15 +335,10 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
     // hygiene; the joined serial log has them in order.
     assert_eq!(
         layers(&m),
-        layer_names_and_cached(&[
-            ("system", false),
-            ("runtime", false),
-            ("image", false),
-            ("stack", false),
-        ])
+        layer_names_and_cached(&[("features", false), ("image", false), ("stack", false)])
     );
     let mut at = 0;
-    for l in ["system", "runtime", "image", "stack"] {
+    for l in ["features", "image", "stack"] {
         let header = format!("===== imgbuild layer {l} =====");
         let i = serial[at..]
             .find(&header)
@@ -361,11 +356,11 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
             .filter(|r| r["kind"] == k)
             .count()
     };
-    assert_eq!(kinds("layer"), 4, "{rows:#}");
+    assert_eq!(kinds("layer"), 3, "{rows:#}");
     assert_eq!(kinds("partial"), 0, "{rows:#}");
     assert!(kinds("apt") >= 1, "the shared apt disk: {rows:#}");
 
-    // A change to the compose stack only: the three lower layers come from the cache, one
+    // A change to the compose stack only: the two lower layers come from the cache, one
     // boot builds the stack layer, and the image passes the same smoke.
     private.edit(
         "compose/probe/compose.yaml",
@@ -386,14 +381,9 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
     let m2: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         layers(&m2),
-        layer_names_and_cached(&[
-            ("system", true),
-            ("runtime", true),
-            ("image", true),
-            ("stack", false),
-        ])
+        layer_names_and_cached(&[("features", true), ("image", true), ("stack", false)])
     );
-    for l in ["system", "runtime", "image"] {
+    for l in ["features", "image"] {
         assert!(
             stderr.contains(&format!("{l}: reused from the cache")),
             "{stderr}"
@@ -405,7 +395,7 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
     let dir2 = out.path().join("e2e/q2");
     let serial2 = std::fs::read_to_string(dir2.join("logs/serial-build.log")).unwrap();
     assert!(serial2.contains("===== imgbuild layer stack ====="));
-    assert!(!serial2.contains("===== imgbuild layer runtime ====="));
+    assert!(!serial2.contains("===== imgbuild layer features ====="));
     let report2 = read_json(&dir2.join("smoke/report.json"));
     assert!(
         report2["checks"]
@@ -417,7 +407,7 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
     );
 
     // A change to the image's own script: the image and stack layers are rebuilt on the cached
-    // runtime layer. The image layer's package (busybox-static) comes from the shared apt
+    // features layer. The image layer's package (busybox-static) comes from the shared apt
     // disk, filled by the first build: nothing is downloaded again.
     private.edit(
         "images/e2e.yaml",
@@ -439,12 +429,7 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
     let m3: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         layers(&m3),
-        layer_names_and_cached(&[
-            ("system", true),
-            ("runtime", true),
-            ("image", false),
-            ("stack", false),
-        ])
+        layer_names_and_cached(&[("features", true), ("image", false), ("stack", false)])
     );
     let serial3 = std::fs::read_to_string(out.path().join("e2e/q3/logs/serial-build.log")).unwrap();
     let need: Vec<&str> = serial3
@@ -463,7 +448,7 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
     let o = private.run(&["--json", "cache", "prune", "--older-than", "0s"]);
     assert!(o.status.success(), "{}", text(&o).1);
     let pr: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(pr["removed"].as_array().unwrap().len(), 7, "{pr:#}");
+    assert_eq!(pr["removed"].as_array().unwrap().len(), 6, "{pr:#}");
     assert!(private.cache.join("layers").read_dir().unwrap().all(|e| {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
         n.ends_with(".build") || n.ends_with(".use")

@@ -11,6 +11,7 @@ pub mod dist;
 pub mod layers;
 pub mod packer_backend;
 pub mod qemu_backend;
+pub mod schedule;
 pub mod watch;
 
 use crate::base::{self, BaseError, BaseImage};

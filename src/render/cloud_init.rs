@@ -105,17 +105,14 @@ impl LayerPart {
 }
 
 /// The layer a feature's fragment belongs to. Layers build in this order, each a qcow2
-/// overlay on the one before (see build::layers): what changes least goes lowest.
-pub fn feature_layer(feature: &str) -> &'static str {
-    match feature {
-        "hardening" | "shared_mount" => "system",
-        "docker" | "nvidia" => "runtime",
-        "desktop" => "desktop",
-        _ => "cluster",
-    }
+/// overlay on the one before (see build::layers): what changes least goes lowest. Every layer
+/// costs a boot of its own (40–90 s under TCG before any work), so the features share one:
+/// the base's upgrade, apt sources, hardening, docker, nvidia, desktop, cluster roles.
+pub fn feature_layer(_feature: &str) -> &'static str {
+    "features"
 }
 
-pub const LAYER_ORDER: [&str; 6] = ["system", "runtime", "desktop", "cluster", "image", "stack"];
+pub const LAYER_ORDER: [&str; 3] = ["features", "image", "stack"];
 
 /// What a build-time document is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,8 +141,9 @@ pub fn layer_parts(
             .expect("a known layer")
     };
 
-    // system: the base's upgrade and the definition's apt configuration, for every later layer.
-    let sys = part(&mut parts, "system");
+    // features: the base's upgrade and the definition's apt configuration (for every later
+    // layer), then the features' fragments.
+    let sys = part(&mut parts, "features");
     parts[sys].upgrade = true;
     for (name, s) in &d.apt.sources {
         parts[sys]

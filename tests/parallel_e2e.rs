@@ -1,0 +1,366 @@
+//! Several builds in one invocation, with the real tools (QEMU under TCG here): two small
+//! images built at once with `--jobs 2`, each into its own dist folder with a passing smoke
+//! boot, next to an arm64 build that cannot run here and fails alone; bad input refused
+//! before any build starts; SIGTERM stopping every build and leaving nothing. The Debian 12
+//! bootstrap base is shared with tests/build_e2e.rs (target/e2e-cache).
+
+mod common;
+
+use common::{repo, text};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The VM tests of this file run one after the other (each already runs two builds at once).
+static VMS: Mutex<()> = Mutex::new(());
+
+fn cache() -> PathBuf {
+    repo().join("target/e2e-cache")
+}
+
+fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(common::bin());
+    c.arg("--images-dir")
+        .arg(repo().join("tests/fixtures/images"))
+        .args(args)
+        .current_dir(repo())
+        .env("IMGBUILD_CACHE_DIR", cache())
+        .env("IMGBUILD_VENV", repo().join(".venv"));
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    cmd(args).output().expect("imgbuild runs")
+}
+
+/// QEMU processes whose command line mentions `needle`.
+fn qemu_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if line.contains("qemu-system") && line.contains(needle) {
+                found.push(line);
+            }
+        }
+    }
+    found
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// No QEMU, no work folder and nothing in dist/IMAGE of `image` at `version`.
+fn assert_nothing_left(out: &Path, image: &str, version: &str) {
+    assert!(
+        entries(&out.join(image)).is_empty(),
+        "dist/{image} must stay empty, has {:?}",
+        entries(&out.join(image))
+    );
+    let tag = format!("{image}-{version}-amd64.");
+    assert!(
+        qemu_processes(&tag).is_empty(),
+        "a QEMU of {image} is still running"
+    );
+    let work: Vec<String> = entries(&cache().join("work"))
+        .into_iter()
+        .filter(|n| n.starts_with(&tag))
+        .collect();
+    assert!(work.is_empty(), "work folder left behind: {work:?}");
+}
+
+/// `build.started` (RFC 3339) plus `build.duration_seconds` of a manifest.
+fn span(m: &serde_json::Value) -> (SystemTime, SystemTime) {
+    let start = humantime::parse_rfc3339(m["build"]["started"].as_str().unwrap()).unwrap();
+    let secs = m["build"]["duration_seconds"].as_f64().unwrap();
+    (start, start + Duration::from_secs_f64(secs))
+}
+
+/// Where in `log` the first line that starts with `prefix` and contains `needle` is.
+fn line_at(log: &str, prefix: &str, needle: &str) -> usize {
+    let mut at = 0;
+    for l in log.split_inclusive('\n') {
+        if l.starts_with(prefix) && l.contains(needle) {
+            return at;
+        }
+        at += l.len();
+    }
+    panic!("no line `{prefix}…{needle}` in:\n{log}")
+}
+
+#[test]
+fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
+    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "--json",
+        "build",
+        "e2e-par-arm64",
+        "e2e-par-a",
+        "e2e-par-b",
+        "--jobs",
+        "2",
+        "--version",
+        "par1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "one build failed, so exit 1:\n{stderr}"
+    );
+    let results: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout).expect("--json prints an array of results");
+    assert_eq!(results.len(), 3, "{stdout}");
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["e2e-par-arm64", "e2e-par-a", "e2e-par-b"]);
+
+    // The arm64 build cannot run on this amd64 host and says why; it leaves nothing.
+    let arm = &results[0];
+    assert_eq!(arm["arch"], "arm64");
+    assert_eq!(arm["ok"], false);
+    assert_eq!(arm["version"], "par1");
+    assert!(arm.get("manifest").is_none());
+    let why = arm["error"].as_str().unwrap();
+    let emulator = Command::new("sh")
+        .args(["-c", "command -v qemu-system-aarch64"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if emulator && Path::new("/usr/share/AAVMF/AAVMF_CODE.fd").is_file() {
+        // Where arm64 guests can run, it fails on its base, which does not exist.
+        assert!(why.contains("imgbuild-e2e-arm64.img"), "{why}");
+    } else {
+        assert!(
+            why.contains("cannot build arm64") && why.contains("qemu-system-aarch64")
+                || why.contains("UEFI firmware for arm64"),
+            "{why}"
+        );
+    }
+    assert!(entries(&out.path().join("e2e-par-arm64")).is_empty());
+    assert!(
+        stderr.contains("[e2e-par-arm64/arm64] ") && stderr.contains("error: "),
+        "the failure is in the log, prefixed:\n{stderr}"
+    );
+
+    // Both amd64 builds landed, each in its own version folder, with a passing smoke boot.
+    let mut spans = Vec::new();
+    for (r, image, checks) in [
+        // The five built-in checks and e2e-common's three; e2e-par-b adds one.
+        (&results[1], "e2e-par-a", 8),
+        (&results[2], "e2e-par-b", 9),
+    ] {
+        assert_eq!(r["ok"], true, "{image}: {}", r["error"]);
+        assert_eq!(r["arch"], "amd64");
+        assert_eq!(r["version"], "par1");
+        let dir = out.path().join(image).join("par1");
+        let m = &r["manifest"];
+        assert_eq!(*m, read_json(&dir.join("manifest.json")));
+        assert_eq!(m["image"], image);
+        assert_eq!(m["version"], "par1");
+        assert_eq!(m["smoke"]["passed"], true, "{image}");
+        assert_eq!(m["smoke"]["checks"], checks, "{image}:\n{stderr}");
+        assert!(dir.join(m["artifact"]["file"].as_str().unwrap()).is_file());
+        assert!(dir.join("logs/serial-build.log").is_file());
+        let report = read_json(&dir.join("smoke/report.json"));
+        assert_eq!(report["passed"], true);
+        assert_eq!(entries(&out.path().join(image)), ["par1"], "no partials");
+        assert!(qemu_processes(&format!("{image}-par1-amd64.")).is_empty());
+        spans.push(span(m));
+    }
+
+    // They ran at the same time: by their manifests and by the log.
+    let ((a0, a1), (b0, b1)) = (spans[0], spans[1]);
+    assert!(
+        a0 < b1 && b0 < a1,
+        "the two builds did not overlap: a {a0:?}..{a1:?}, b {b0:?}..{b1:?}"
+    );
+    let a = "[e2e-par-a/amd64] ";
+    let b = "[e2e-par-b/amd64] ";
+    assert!(
+        line_at(&stderr, b, "building e2e-par-b par1 for amd64")
+            < line_at(&stderr, a, "ok   smoke"),
+        "b started before a's smoke boot ended:\n{stderr}"
+    );
+    assert!(
+        line_at(&stderr, a, "building e2e-par-a par1 for amd64")
+            < line_at(&stderr, b, "ok   smoke"),
+        "{stderr}"
+    );
+    // The build that cannot run here failed at once, not when its turn came.
+    assert!(
+        line_at(&stderr, "[e2e-par-arm64/arm64] ", "error: ") < line_at(&stderr, a, "ok   render"),
+        "{stderr}"
+    );
+    // Every progress line of a build carries its prefix.
+    for l in stderr.lines() {
+        if l.contains("provision (qemu)") || l.contains("ok   compact") {
+            assert!(l.starts_with(a) || l.starts_with(b), "unprefixed: {l}");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_before_any_build_starts() {
+    let out = tempfile::tempdir().unwrap();
+    let o_ = out.path().to_str().unwrap();
+    std::fs::create_dir_all(out.path().join("e2e-par-b/x1")).unwrap();
+    let cases: &[&[&str]] = &[
+        &["build", "e2e-par-a", "no-such-image", "--out", o_],
+        &["build", "e2e-par-a", "e2e-common", "--out", o_],
+        &[
+            "build",
+            "e2e-par-a",
+            "e2e-par-b",
+            "--version",
+            "x1",
+            "--out",
+            o_,
+        ],
+        &[
+            "build",
+            "e2e-par-a",
+            "e2e-par-b",
+            "--version=../x",
+            "--out",
+            o_,
+        ],
+        &[
+            "build",
+            "e2e-par-a",
+            "e2e-par-b",
+            "--arch",
+            "arm64",
+            "--out",
+            o_,
+        ],
+        &["build", "e2e-par-a", "--arch", "sparc", "--out", o_],
+        &[
+            "build",
+            "e2e-par-a",
+            "e2e-par-b",
+            "--jobs",
+            "0",
+            "--out",
+            o_,
+        ],
+    ];
+    for args in cases {
+        let started = Instant::now();
+        let o = run(args);
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(
+            !stderr.contains("building "),
+            "{args:?}: a build started:\n{stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "{args:?}");
+    }
+    assert_eq!(entries(out.path()), ["e2e-par-b"]);
+    assert_eq!(entries(&out.path().join("e2e-par-b")), ["x1"]);
+    assert!(entries(&out.path().join("e2e-par-b/x1")).is_empty());
+}
+
+#[test]
+fn sigterm_stops_every_build_and_starts_no_more() {
+    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let mut child = cmd(&[
+        "--json",
+        "build",
+        "e2e-par-a",
+        "e2e-par-b",
+        "e2e-fail-smoke",
+        "--jobs",
+        "2",
+        "--version",
+        "int2",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Both build VMs run (the third build waits for a slot).
+    let started = Instant::now();
+    loop {
+        let a = qemu_processes("e2e-par-a-int2-amd64.").len();
+        let b = qemu_processes("e2e-par-b-int2-amd64.").len();
+        if a > 0 && b > 0 {
+            break;
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("build ended early: {s}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1200),
+            "the build VMs never started"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(qemu_processes("e2e-fail-smoke-int2-amd64.").is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe {
+        libc_kill(child.id() as i32, 15);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the builds did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let results: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect(&stdout);
+    assert_eq!(results.len(), 3);
+    for r in &results {
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(r["error"].as_str().unwrap().contains("interrupted"), "{r}");
+    }
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("before it started"),
+        "{}",
+        results[2]
+    );
+    for image in ["e2e-par-a", "e2e-par-b", "e2e-fail-smoke"] {
+        assert_nothing_left(out.path(), image, "int2");
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
