@@ -52,6 +52,28 @@ impl Private {
             .status()
             .unwrap();
         assert!(st.success());
+        // A repository, as definitions usually live in one (the manifest records the commit).
+        for args in [
+            &["init", "-q"][..],
+            &["add", "-A"],
+            &[
+                "-c",
+                "user.name=imgbuild test",
+                "-c",
+                "user.email=test@imgbuild.invalid",
+                "commit",
+                "-qm",
+                "fixtures",
+            ],
+        ] {
+            let st = Command::new("git")
+                .arg("-C")
+                .arg(&fx)
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "git {args:?}");
+        }
         let cache_dir = dir.path().join("cache");
         std::fs::create_dir_all(&cache_dir).unwrap();
         std::fs::create_dir_all(cache().join("bootstrap")).unwrap();

@@ -247,3 +247,19 @@ fn a_null_removes_an_inherited_struct_entry() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("bad.yaml:"), "{}", text(&o).1);
 }
+
+#[test]
+fn a_bad_prepull_profile_is_named_by_its_own_list_and_line() {
+    let body = format!(
+        "{MINIMAL}features:\n  compose_stack:\n    project: ../compose/x\n    profiles: [ai]\n    prepull: [ai, Bad_Name]\n"
+    );
+    assert_bad(
+        &[("img", &body)],
+        "img",
+        &[
+            "images/img.yaml:12",
+            "features.compose_stack.prepull[1]",
+            "`Bad_Name` is not a profile name",
+        ],
+    );
+}

@@ -261,7 +261,7 @@ fn boot_layer(
         } else {
             qemu::Firmware::Bios
         },
-        cpus: d.build.cpus.min(host_cpus()),
+        cpus: d.build.cpus.min(super::schedule::host_cpus()),
         memory_mib: d.build.memory,
         disk: Some(disk.clone()),
         seed_iso: Some(seed_iso),
@@ -390,10 +390,4 @@ pub fn log_name(path: &std::path::Path) -> String {
         "logs/{}",
         path.file_name().unwrap_or_default().to_string_lossy()
     )
-}
-
-pub fn host_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
 }

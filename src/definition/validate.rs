@@ -215,16 +215,24 @@ fn check_features(r: &Resolved, err: &mut impl FnMut(&str, String)) {
                 }
             }
         }
-        for (i, p) in cs.profiles.iter().chain(&cs.prepull).enumerate() {
+        let all = cs
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("features.compose_stack.profiles[{i}]"), p))
+            .chain(
+                cs.prepull
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("features.compose_stack.prepull[{i}]"), p)),
+            );
+        for (field, p) in all {
             if p.is_empty()
                 || !p
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             {
-                err(
-                    &format!("features.compose_stack.profiles[{i}]"),
-                    format!("`{p}` is not a profile name"),
-                );
+                err(&field, format!("`{p}` is not a profile name"));
             }
         }
     }

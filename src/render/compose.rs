@@ -196,14 +196,25 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
             }
         }
     }
-    for (i, p) in cs.profiles.iter().chain(&cs.prepull).enumerate() {
+    let named = cs
+        .profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ("profiles", i, p))
+        .chain(
+            cs.prepull
+                .iter()
+                .enumerate()
+                .map(|(i, p)| ("prepull", i, p)),
+        );
+    for (list, i, p) in named {
         if !profiles.contains(p) {
-            let loc = r.locate(&format!("features.compose_stack.profiles[{i}]"));
+            let loc = r.locate(&format!("features.compose_stack.{list}[{i}]"));
             return Err(RenderError::Definition(crate::definition::Diagnostic {
                 file: loc.file,
                 line: loc.pos.line,
                 col: loc.pos.col,
-                field: "features.compose_stack.profiles".into(),
+                field: format!("features.compose_stack.{list}"),
                 message: format!(
                     "profile `{p}` is not in {} ({})",
                     main.display(),
