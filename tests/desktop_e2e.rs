@@ -85,7 +85,13 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     );
 
     // The screenshot is the VNC desktop: the configured geometry, and drawn (many colours).
+    // A copy stays in target/ for a person (or CI artifacts) to look at.
     let png = dir.join("smoke/screenshot.png");
+    let keep = repo().join("target/desktop-e2e");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::copy(&png, keep.join("screenshot.png")).unwrap();
+    std::fs::copy(dir.join("smoke/report.json"), keep.join("report.json")).unwrap();
+    std::fs::copy(dir.join("manifest.json"), keep.join("manifest.json")).unwrap();
     assert_eq!(report["screenshot"], "screenshot.png");
     let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
     let mut reader = decoder.read_info().unwrap();
