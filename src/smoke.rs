@@ -307,7 +307,11 @@ pub fn smoke(
         arch,
         accel: opts.accel,
         firmware,
-        cpus: r.definition.build.cpus.min(num_cpus()),
+        cpus: r
+            .definition
+            .build
+            .cpus
+            .min(crate::build::schedule::host_cpus()),
         memory_mib: r.definition.build.memory,
         disk: Some(overlay),
         seed_iso: Some(seed_iso),
@@ -447,12 +451,6 @@ pub fn smoke(
     let jp = out.join("junit.xml");
     std::fs::write(&jp, junit(&report)).map_err(io(&jp))?;
     Ok(report)
-}
-
-fn num_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
 }
 
 fn xml_escape(s: &str) -> String {

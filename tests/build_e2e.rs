@@ -169,7 +169,7 @@ fn assert_nothing_left(out: &Path, image: &str, version: &str) {
 }
 
 #[test]
-fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
+fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
     let o = private.run(&[
@@ -382,8 +382,9 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
     assert_eq!(kinds("partial"), 0, "{rows:#}");
     assert!(kinds("apt") >= 1, "the shared apt disk: {rows:#}");
 
-    // A change to the compose stack only: the two lower layers come from the cache, one
-    // boot builds the stack layer, and the image passes the same smoke.
+    // A change to the compose stack only: the two lower layers come from the cache and one
+    // boot builds the stack layer. (No smoke boot here: q1's proved that a chain of layers
+    // boots; CI time goes to the rebuilds.)
     private.edit(
         "compose/probe/compose.yaml",
         "    mem_limit: 64m\n",
@@ -395,6 +396,7 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
         "e2e",
         "--version",
         "q2",
+        "--no-smoke",
         "--out",
         out.path().to_str().unwrap(),
     ]);
@@ -411,22 +413,13 @@ fn qemu_backend_builds_layers_then_rebuilds_only_what_changed() {
             "{stderr}"
         );
     }
-    assert_eq!(m2["smoke"]["passed"], true);
-    assert_eq!(m2["smoke"]["checks"], 13);
+    assert!(m2["smoke"].is_null());
     assert_eq!(m2["container_images"], m["container_images"]);
     let dir2 = out.path().join("e2e/q2");
     let serial2 = std::fs::read_to_string(dir2.join("logs/serial-build.log")).unwrap();
     assert!(serial2.contains("===== imgbuild layer stack ====="));
     assert!(!serial2.contains("===== imgbuild layer features ====="));
-    let report2 = read_json(&dir2.join("smoke/report.json"));
-    assert!(
-        report2["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "stack-started-offline" && c["passed"] == true),
-        "{report2:#}"
-    );
+    assert!(serial2.contains("IMGBUILD-HYGIENE-DONE"));
 
     // A change to the image's own script: the image and stack layers are rebuilt on the cached
     // features layer. The image layer's package (busybox-static) comes from the shared apt

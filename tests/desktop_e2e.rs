@@ -31,6 +31,7 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
             "--json",
             "build",
             "debian12-desktop-ai",
+            "--no-cache",
             "--version",
             "d1",
             "--out",
@@ -51,6 +52,10 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     let m: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints the manifest");
     assert_eq!(m["smoke"]["passed"], true);
     assert_eq!(m["base"]["kind"], "bootstrap");
+    // --no-cache: provisioned in one boot, nothing kept in the layer cache.
+    assert_eq!(m["layers"].as_array().unwrap().len(), 1, "{m:#}");
+    assert_eq!(m["layers"][0]["name"], "all");
+    assert_eq!(m["layers"][0]["cached"], false);
 
     let report = read_json(&dir.join("smoke/report.json"));
     assert_eq!(report["passed"], true, "{report:#}");

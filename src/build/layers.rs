@@ -4,7 +4,7 @@
 //! layer changes its key and the keys of every layer above it, and nothing below.
 
 use crate::definition::Arch;
-use crate::render::{Rendered, NETWORK_CONFIG};
+use crate::render::{Rendered, NETWORK_CONFIG, USER_DATA};
 use sha2::{Digest, Sha256};
 
 /// Bumped when the way a layer is made changes (runner, hygiene, disk handling), so that old
@@ -71,6 +71,20 @@ pub fn plan(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<Pla
         parent_key = Some(k);
     }
     out
+}
+
+/// One layer holding everything (the flat user-data), for builds that keep no layers.
+pub fn single(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<PlannedLayer> {
+    let network = rendered.get(NETWORK_CONFIG).unwrap_or_default();
+    let ud = rendered.get(USER_DATA).unwrap_or_default().to_string();
+    vec![PlannedLayer {
+        name: "all",
+        key: key(&format!("base:{base_sha256}"), "all", &ud, network, s),
+        parent_key: None,
+        user_data_path: USER_DATA.to_string(),
+        user_data: ud,
+        top: true,
+    }]
 }
 
 #[cfg(test)]

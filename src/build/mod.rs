@@ -282,15 +282,17 @@ fn build_in(
             crate::cache::CacheError::Io { path, source } => BuildError::Io { path, source },
         })?;
     let d = &r.definition;
-    let plan = layers::plan(
-        &base.sha256,
-        &rendered,
-        &layers::DiskSettings {
-            arch,
-            size: crate::definition::parse_size(&d.disk.size),
-            uefi: d.build.firmware == crate::definition::Firmware::Uefi || arch == Arch::Arm64,
-        },
-    );
+    let settings = layers::DiskSettings {
+        arch,
+        size: crate::definition::parse_size(&d.disk.size),
+        uefi: d.build.firmware == crate::definition::Firmware::Uefi || arch == Arch::Arm64,
+    };
+    // Without the cache, layers would only cost boots: everything in one.
+    let plan = if opts.no_cache {
+        layers::single(&base.sha256, &rendered, &settings)
+    } else {
+        layers::plan(&base.sha256, &rendered, &settings)
+    };
 
     let choice = qemu::probe_accel(arch);
     p.line(&format!(

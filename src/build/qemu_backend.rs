@@ -100,7 +100,7 @@ fn provision_layers(
             chain.parent_vars = Some(dir.join(cache::VARS)).filter(|v| v.is_file());
             chain.records.push(record(layer, false, t));
             p.line(&format!(
-                "{label}: built in {:.0} s (not cached: --no-cache)",
+                "{label}: built in {:.0} s (--no-cache: one boot, nothing kept)",
                 t.elapsed().as_secs_f64()
             ));
             continue;

@@ -305,7 +305,7 @@ pub fn layer_parts(
     Ok(parts)
 }
 
-/// The shell run by `bootcmd` in a layered (native) build: a disk the host attaches with
+/// The shell run by `bootcmd` at build time: a disk the host attaches to native builds with
 /// serial `imgbuild-apt-cache` becomes /var/cache/apt/archives, so packages downloaded by one
 /// build are there for the next. Formatted on first use; the runner unmounts it before the
 /// layer is finished, so nothing of it stays in the image. No such disk: nothing happens.
@@ -347,9 +347,7 @@ pub fn document(parts: &[&LayerPart], role: Role) -> Value {
     // Build VMs are never reached over SSH, and the hygiene removes their host keys: one
     // quick key type instead of RSA's slow generation under TCG (instances get all types).
     doc.insert("ssh_genkeytypes".into(), json!(["ed25519"]));
-    if role != Role::Flat {
-        doc.insert("bootcmd".into(), json!([["sh", "-c", APT_CACHE_BOOTCMD]]));
-    }
+    doc.insert("bootcmd".into(), json!([["sh", "-c", APT_CACHE_BOOTCMD]]));
     let mut apt = Map::new();
     if !sources.is_empty() {
         apt.insert("sources".into(), Value::Object(sources));
