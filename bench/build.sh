@@ -2,7 +2,9 @@
 # Side by side, in one run, on the same definition (tests/fixtures/images/e2e.yaml: Debian 12
 # bootstrap base, docker.io, a user, files, a script, an offline compose stack):
 #   (a) a full build: `imgbuild build --backend packer` (real `packer build`, one boot) vs
-#       imgbuild's native backend with an empty layer cache (every layer built);
+#       imgbuild's native backend without the layer cache (`--no-cache`: one boot, the same
+#       work as Packer's) and with an empty layer cache (every layer built in its own boot,
+#       the price of filling the cache);
 #   (b) an incremental rebuild after a change to the top layer (the compose stack) vs (a);
 #   (d) smoke boot to ready (TCG; KVM is probed and reported);
 #   (e) the artifact sizes of (a).
@@ -52,10 +54,13 @@ for i in $(seq 1 "$runs"); do
   measure "a-packer-full" "$(fresh_cache p$i)" "$imgbuild" --images-dir "$images" --json build e2e \
     --backend packer --version "p$i" --out "$work/dist" --no-smoke
   printf 'packer\t%s\n' "$(stat -c %s "$work/dist/e2e/p$i/e2e-p$i-amd64.qcow2")" >>"$work/sizes.tsv"
+  measure "a-imgbuild-flat" "$(fresh_cache f$i)" "$imgbuild" --images-dir "$images" --json build e2e \
+    --no-cache --version "f$i" --out "$work/dist" --no-smoke
+  printf 'imgbuild-flat\t%s\n' "$(stat -c %s "$work/dist/e2e/f$i/e2e-f$i-amd64.qcow2")" >>"$work/sizes.tsv"
   c="$(fresh_cache q$i)"
   measure "a-imgbuild-full" "$c" "$imgbuild" --images-dir "$images" --json build e2e \
     --version "q$i" --out "$work/dist" --no-smoke
-  printf 'imgbuild\t%s\n' "$(stat -c %s "$work/dist/e2e/q$i/e2e-q$i-amd64.qcow2")" >>"$work/sizes.tsv"
+  printf 'imgbuild-layered\t%s\n' "$(stat -c %s "$work/dist/e2e/q$i/e2e-q$i-amd64.qcow2")" >>"$work/sizes.tsv"
   # (b) the top layer changes: one more label on the stack's service.
   sed -i "s/^    mem_limit: 64m\$/    mem_limit: 64m\n    labels: {bench.round: \"$i\"}/" "$work/fx/compose/probe/compose.yaml"
   measure "b-imgbuild-incremental" "$c" "$imgbuild" --images-dir "$images" --json build e2e \
@@ -67,7 +72,7 @@ for i in $(seq 1 "$runs"); do
     "$work/dist/e2e/q$i/e2e-q$i-amd64.qcow2" --image e2e -o "$work/smoke-$i"
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"   boot to ready {r["boot_seconds"]:.1f} s, accel {r["accel"]}, passed {r["passed"]}")' "$work/out.json" \
     | tee -a "$work/boot.txt"
-  rm -rf "$work/dist/e2e" "$work"/cache-p$i "$work"/cache-q$i
+  rm -rf "$work/dist/e2e" "$work"/cache-p$i "$work"/cache-f$i "$work"/cache-q$i
 done
 kvm="$("$imgbuild" --json doctor 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["accel"] + ": " + d["accel_reason"])' 2>/dev/null || true)"
 
@@ -84,12 +89,15 @@ def line(what, label):
 print("| e2e definition | median wall s | min–max s | median peak RSS MiB (tool process) |")
 print("|---|---|---|---|")
 print(line("a-packer-full", "Packer 1.6.6 (`--backend packer`), full build"))
-print(line("a-imgbuild-full", "imgbuild native, full build (empty layer cache)"))
+print(line("a-imgbuild-flat", "imgbuild native, full build `--no-cache` (one boot)"))
+print(line("a-imgbuild-full", "imgbuild native, full build with an empty layer cache (a boot per layer)"))
 print(line("b-imgbuild-incremental", "imgbuild native, rebuild after a compose-stack change"))
 print(line("d-smoke-tcg", "smoke boot of the artifact (TCG), whole command"))
 full = st.median(x[0] for x in by["a-imgbuild-full"]); inc = st.median(x[0] for x in by["b-imgbuild-incremental"])
 pk = st.median(x[0] for x in by["a-packer-full"])
-print(f"\nincremental / full = {inc/full:.0%}; imgbuild full / Packer full = {full/pk:.2f}")
+flat = st.median(x[0] for x in by["a-imgbuild-flat"])
+print(f"\nincremental / layered full = {inc/full:.0%}; incremental / flat full = {inc/flat:.0%}; "
+      f"imgbuild flat / Packer = {flat/pk:.2f}; imgbuild layered / Packer = {full/pk:.2f}")
 sizes = collections.defaultdict(list)
 for l in open(sys.argv[2]):
     k, v = l.split(); sizes[k].append(int(v))
