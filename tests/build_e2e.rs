@@ -646,6 +646,82 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
     assert_nothing_left(out.path(), "e2e-fail-smoke", "int1");
 }
 
+/// A crash (SIGKILL: no clean-up code runs) while a layer is being built: QEMU dies with
+/// imgbuild (parent-death signal), dist/ has nothing, and the layer cache holds no entry, only
+/// the abandoned `.partial-` folder, which lookups never see and `cache prune` removes.
+#[test]
+fn a_killed_layered_build_leaves_no_qemu_no_entry_and_prune_clears_the_partial() {
+    let private = Private::new();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(common::bin())
+        .arg("--images-dir")
+        .arg(&private.images)
+        .args(["build", "e2e-common-kill", "--version", "k1", "--out"])
+        .arg(out.path())
+        .current_dir(repo())
+        .env("IMGBUILD_CACHE_DIR", &private.cache)
+        .env("IMGBUILD_VENV", repo().join(".venv"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tag = "e2e-common-kill-k1-amd64.";
+    let started = Instant::now();
+    while qemu_processes(tag).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1200),
+            "the build VM never started"
+        );
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("build ended early: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    unsafe {
+        libc_kill(child.id() as i32, 9);
+    }
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !qemu_processes(tag).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU outlived the killed imgbuild"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dist: Vec<_> = std::fs::read_dir(out.path())
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(dist.is_empty(), "dist has {dist:?}");
+
+    let rows = |private: &Private| -> Vec<String> {
+        let o = private.run(&["--json", "cache", "ls"]);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] != "apt" && r["kind"] != "base")
+            .map(|r| r["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        rows(&private),
+        ["partial"],
+        "no entry, one abandoned partial"
+    );
+    let o = private.run(&["--json", "cache", "prune"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let pr: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pr["removed"].as_array().unwrap().len(), 1, "{pr:#}");
+    assert!(rows(&private).is_empty());
+    assert!(std::fs::read_dir(private.cache.join("layers"))
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".partial-")));
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
