@@ -41,6 +41,45 @@ fn validate_all_strict_passes_with_every_validator_run() {
             && r["status"] == "passed"),
         "desktop-ai's compose project was not checked against compose-spec"
     );
+    // desktop-ai builds a layer per feature (`build.layers: per-feature`); its Debian twin
+    // groups them. Every layer's user-data went through both cloud-config validators.
+    for (image, layers) in [
+        (
+            "desktop-ai",
+            &[
+                "01-hardening",
+                "02-docker",
+                "03-nvidia",
+                "04-desktop",
+                "05-shared_mount",
+                "06-image",
+                "07-stack",
+            ][..],
+        ),
+        (
+            "debian12-desktop-ai",
+            &["01-features", "02-image", "03-stack"][..],
+        ),
+    ] {
+        let mut seen: Vec<&str> = results
+            .iter()
+            .filter(|r| r["image"] == image && r["validator"] == "cloud-init-schema")
+            .filter_map(|r| r["file"].as_str()?.strip_prefix("seed/layers/"))
+            .filter_map(|f| f.strip_suffix("/user-data"))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, layers, "{image}");
+        for l in layers {
+            let file = format!("seed/layers/{l}/user-data");
+            assert!(
+                results.iter().any(|r| r["image"] == image
+                    && r["validator"] == "cloud-config-schema-24.04"
+                    && r["file"] == file.as_str()
+                    && r["status"] == "passed"),
+                "{image} {file}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -68,6 +68,20 @@ fn wrong_type_names_file_and_line() {
 }
 
 #[test]
+fn unknown_layering_names_the_choices() {
+    let body = format!("{MINIMAL}build:\n  layers: nested\n");
+    assert_bad(
+        &[("img", &body)],
+        "img",
+        &[
+            "images/img.yaml:9:11",
+            "build.layers",
+            "expected `grouped` or `per-feature`",
+        ],
+    );
+}
+
+#[test]
 fn missing_base_checksum_names_the_field_and_line() {
     let body = "description: x
 os: {distro: ubuntu, version: \"24.04\", codename: noble}

@@ -127,6 +127,72 @@ scripts:
     }
 
     #[test]
+    fn per_feature_layers_rebuild_from_the_changed_feature_up() {
+        let def = DEF.replace(
+            "features:\n",
+            "build: {layers: per-feature}\nfeatures:\n  hardening: true\n",
+        );
+        let a = keys(&def, "b1");
+        let names: Vec<&str> = a.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["hardening", "docker", "image"]);
+
+        // docker changes: hardening is reused, docker and image are rebuilt.
+        let b = keys(
+            &def.replace(
+                "docker: {source: distro}",
+                "docker: {source: distro, users: [x]}",
+            ),
+            "b1",
+        );
+        assert_eq!(a[0], b[0]);
+        assert_ne!(a[1], b[1]);
+        assert_ne!(a[2], b[2]);
+
+        // The image's own script: only the top layer.
+        let c = keys(&def.replace("echo hi", "echo ho"), "b1");
+        assert_eq!(a[..2], c[..2]);
+        assert_ne!(a[2], c[2]);
+
+        // Grouped (the default) makes one features layer of the same two features.
+        let g = keys(&def.replace("build: {layers: per-feature}\n", ""), "b1");
+        let names: Vec<&str> = g.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["features", "image"]);
+    }
+
+    #[test]
+    fn per_feature_layers_upgrade_and_configure_apt_in_the_lowest_layer_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = DEF.replace(
+            "features:\n",
+            "build: {layers: per-feature}\napt:\n  proxy: http://127.0.0.1:3142\nfeatures:\n  hardening: true\n",
+        );
+        std::fs::write(dir.path().join("t.yaml"), def).unwrap();
+        let r = Catalog::new(dir.path())
+            .load("t")
+            .expect("valid definition");
+        let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
+        let s = DiskSettings {
+            arch: Arch::Amd64,
+            size: Some(4 << 30),
+            uefi: false,
+        };
+        let layers = plan("b1", &rendered, &s);
+        let upgrades: Vec<bool> = layers
+            .iter()
+            .map(|l| l.user_data.contains("package_upgrade: true"))
+            .collect();
+        assert_eq!(upgrades, [true, false, false]);
+        let proxies: Vec<bool> = layers
+            .iter()
+            .map(|l| l.user_data.contains("127.0.0.1:3142"))
+            .collect();
+        assert_eq!(proxies, [true, false, false]);
+        // Docker's packages are in its own layer, not in hardening's.
+        assert!(!layers[0].user_data.contains("docker.io"));
+        assert!(layers[1].user_data.contains("docker.io"));
+    }
+
+    #[test]
     fn layers_come_in_order_and_only_the_changed_layer_and_those_above_change() {
         let a = keys(DEF, "b1");
         let names: Vec<&str> = a.iter().map(|(n, _)| *n).collect();

@@ -215,6 +215,18 @@ pub enum Firmware {
     Uefi,
 }
 
+/// How a native build splits the features into cached layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layering {
+    /// All features in one layer (one boot): the fastest full build.
+    #[default]
+    Grouped,
+    /// A layer per feature, in the order the features are rendered: a change to one feature
+    /// rebuilds it and those above, at the price of a boot per feature in a full build.
+    PerFeature,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Build {
@@ -224,6 +236,8 @@ pub struct Build {
     /// Minutes until provisioning is given up.
     pub timeout: u32,
     pub firmware: Firmware,
+    /// `grouped` (default) or `per-feature`.
+    pub layers: Layering,
 }
 
 impl Default for Build {
@@ -233,6 +247,7 @@ impl Default for Build {
             memory: 2048,
             timeout: 60,
             firmware: Firmware::Bios,
+            layers: Layering::Grouped,
         }
     }
 }

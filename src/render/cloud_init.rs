@@ -5,7 +5,7 @@
 use super::compose::ComposeProject;
 use super::features::{Fragment, Step, WriteFile};
 use super::RenderError;
-use crate::definition::{Arch, Resolved};
+use crate::definition::{Arch, Layering, Resolved};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -104,14 +104,12 @@ impl LayerPart {
     }
 }
 
-/// The layer a feature's fragment belongs to. Layers build in this order, each a qcow2
-/// overlay on the one before (see build::layers): what changes least goes lowest. Every layer
-/// costs a boot of its own (40–90 s under TCG before any work), so the features share one:
-/// the base's upgrade, apt sources, hardening, docker, nvidia, desktop, cluster roles.
-pub fn feature_layer(_feature: &str) -> &'static str {
-    "features"
-}
-
+/// The fixed layers, in build order. Layers build in this order, each a qcow2 overlay on the
+/// one before (see build::layers): what changes least goes lowest. Every layer costs a boot
+/// of its own (40–90 s under TCG before any work), so by default (`build.layers: grouped`)
+/// the features share one: the base's upgrade, apt sources, hardening, docker, nvidia,
+/// desktop, cluster roles. `per-feature` puts each feature in a layer of its own, named after
+/// it, in place of `features`.
 pub const LAYER_ORDER: [&str; 3] = ["features", "image", "stack"];
 
 /// What a build-time document is for.
@@ -133,7 +131,13 @@ pub fn layer_parts(
     compose: Option<&ComposeProject>,
 ) -> Result<Vec<LayerPart>, RenderError> {
     let d = &r.definition;
-    let mut parts: Vec<LayerPart> = LAYER_ORDER.iter().map(|n| LayerPart::new(n)).collect();
+    // The feature layers: one `features` layer, or one per feature (`features` first, empty
+    // unless no feature is on, so the upgrade below has a layer).
+    let mut parts: Vec<LayerPart> = vec![LayerPart::new("features")];
+    if d.build.layers == Layering::PerFeature {
+        parts.extend(fragments.iter().map(|(f, _)| LayerPart::new(f)));
+    }
+    parts.extend(LAYER_ORDER[1..].iter().map(|n| LayerPart::new(n)));
     let part = |parts: &mut Vec<LayerPart>, name: &str| -> usize {
         parts
             .iter()
@@ -141,9 +145,19 @@ pub fn layer_parts(
             .expect("a known layer")
     };
 
-    // features: the base's upgrade and the definition's apt configuration (for every later
-    // layer), then the features' fragments.
-    let sys = part(&mut parts, "features");
+    for (feature, fr) in fragments {
+        let i = match d.build.layers {
+            Layering::Grouped => part(&mut parts, "features"),
+            Layering::PerFeature => part(&mut parts, feature),
+        };
+        parts[i].add_fragment(fr);
+    }
+    // The lowest layer: the base's upgrade and the definition's apt configuration (for every
+    // later layer).
+    if d.build.layers == Layering::PerFeature && !fragments.is_empty() {
+        parts.remove(0);
+    }
+    let sys = 0;
     parts[sys].upgrade = true;
     for (name, s) in &d.apt.sources {
         parts[sys]
@@ -151,10 +165,6 @@ pub fn layer_parts(
             .insert(name.clone(), serde_json::to_value(s).expect("plain data"));
     }
     parts[sys].apt_proxy = d.apt.proxy.clone();
-    for (feature, fr) in fragments {
-        let i = part(&mut parts, feature_layer(feature));
-        parts[i].add_fragment(fr);
-    }
 
     // image: the definition's own packages, users, files and scripts.
     let img = part(&mut parts, "image");
