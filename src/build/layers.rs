@@ -126,6 +126,46 @@ scripts:
             .collect()
     }
 
+    /// Keys of a definition with the e2e fixture's compose stack (`compose` as its file).
+    fn keys_with_stack(compose: &str) -> Vec<(&'static str, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        let project = dir.path().join("compose/probe");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::create_dir_all(&project).unwrap();
+        std::fs::write(project.join("compose.yaml"), compose).unwrap();
+        let def = DEF.replace(
+            "features:\n",
+            "features:\n  compose_stack: {project: ../compose/probe, profiles: [probe]}\n",
+        );
+        std::fs::write(images.join("t.yaml"), def).unwrap();
+        let r = Catalog::new(&images).load("t").expect("valid definition");
+        let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
+        let s = DiskSettings {
+            arch: Arch::Amd64,
+            size: Some(4 << 30),
+            uefi: false,
+        };
+        plan("b1", &rendered, &s)
+            .into_iter()
+            .map(|l| (l.name, l.key))
+            .collect()
+    }
+
+    #[test]
+    fn a_change_to_the_compose_stack_changes_only_the_stack_layer() {
+        let compose = include_str!("../../tests/fixtures/compose/probe/compose.yaml");
+        let a = keys_with_stack(compose);
+        let names: Vec<&str> = a.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["features", "image", "stack"]);
+        let b = keys_with_stack(&compose.replace(
+            "    mem_limit: 64m\n",
+            "    mem_limit: 64m\n    labels: {imgbuild.test: changed}\n",
+        ));
+        assert_eq!(a[..2], b[..2]);
+        assert_ne!(a[2], b[2]);
+    }
+
     #[test]
     fn per_feature_layers_rebuild_from_the_changed_feature_up() {
         let def = DEF.replace(
