@@ -34,7 +34,7 @@ bytes=$(stat -c %s "$file")
 
 quiet() { # no VM running and (nearly) idle CPUs, for the record
   if pgrep -f qemu-system >/dev/null; then echo "no: a qemu-system process is running"
-  else echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"; fi
+  else echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"; fi
 }
 before="$(quiet)"
 
