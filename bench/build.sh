@@ -10,8 +10,9 @@
 #   (e) the artifact sizes of (a).
 # Every build skips its own smoke (--no-smoke: the same for both); (d) smokes the artifact
 # separately. The base is bootstrapped once beforehand (not timed) and shared by all. GNU time
-# gives wall seconds and peak RSS of the imgbuild/packer process (not of QEMU). RUNS rounds,
-# alternating. Writes bench/results/build.tsv and prints Markdown for BENCHMARKS.md.
+# gives wall seconds and the peak RSS of the largest process in the tree (QEMU with its
+# 2 GiB guest during builds). RUNS rounds, alternating. Writes bench/results/build.tsv and
+# prints Markdown for BENCHMARKS.md.
 #
 #   bench/build.sh            (needs: make host-tools; builds imgbuild --release)
 set -euo pipefail
@@ -43,9 +44,19 @@ measure() { # label cache command...
   printf '%s\t%s\t%s\n' "$label" "$secs" "$kib" | tee -a "$out"
 }
 
-echo "== warm-up: the shared bootstrap base (not timed)"
-IMGBUILD_CACHE_DIR="$(fresh_cache warm)" "$imgbuild" --images-dir "$images" -q build e2e \
-  --version warm --out "$work/dist" --no-smoke >/dev/null
+layers() { # which layers the last build reused or built, and its seconds on each
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))[0]["manifest"]; print("   layers:", " ".join("%s=%s" % (l["name"], "cached" if l["cached"] else "built %.0fs" % l["seconds"]) for l in m["layers"]))' "$work/out.json" | tee -a "$work/layers.txt"
+}
+
+# The tests' bases (same bootstrap inputs, content-addressed) serve as well.
+if ! compgen -G "$shared/bootstrap/*.qcow2" >/dev/null && compgen -G "target/e2e-cache/bootstrap/*.qcow2" >/dev/null; then
+  cp -al target/e2e-cache/bootstrap/. "$shared/bootstrap/" 2>/dev/null || cp -a target/e2e-cache/bootstrap/. "$shared/bootstrap/"
+fi
+if ! compgen -G "$shared/bootstrap/*.qcow2" >/dev/null; then
+  echo "== warm-up: the shared bootstrap base (not timed)"
+  IMGBUILD_CACHE_DIR="$(fresh_cache warm)" "$imgbuild" --images-dir "$images" -q build e2e \
+    --version warm --out "$work/dist" --no-smoke >/dev/null
+fi
 
 printf 'what\tseconds\tmax_rss_kib\n' >"$out"
 : >"$work/sizes.tsv"
@@ -60,17 +71,18 @@ for i in $(seq 1 "$runs"); do
   c="$(fresh_cache q$i)"
   measure "a-imgbuild-full" "$c" "$imgbuild" --images-dir "$images" --json build e2e \
     --version "q$i" --out "$work/dist" --no-smoke
+  layers
   printf 'imgbuild-layered\t%s\n' "$(stat -c %s "$work/dist/e2e/q$i/e2e-q$i-amd64.qcow2")" >>"$work/sizes.tsv"
   # (b) the top layer changes: one more label on the stack's service.
   sed -i "s/^    mem_limit: 64m\$/    mem_limit: 64m\n    labels: {bench.round: \"$i\"}/" "$work/fx/compose/probe/compose.yaml"
   measure "b-imgbuild-incremental" "$c" "$imgbuild" --images-dir "$images" --json build e2e \
     --version "r$i" --out "$work/dist" --no-smoke
-  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("   layers:", " ".join(f"{l["name"]}={"cached" if l["cached"] else "built"}" for l in m["layers"]))' "$work/out.json"
+  layers
   git -C "$PWD" show HEAD:tests/fixtures/compose/probe/compose.yaml >"$work/fx/compose/probe/compose.yaml"
   # (d) smoke boot of the native artifact (TCG).
   measure "d-smoke-tcg" "$c" "$imgbuild" --images-dir "$images" --json smoke \
     "$work/dist/e2e/q$i/e2e-q$i-amd64.qcow2" --image e2e -o "$work/smoke-$i"
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"   boot to ready {r["boot_seconds"]:.1f} s, accel {r["accel"]}, passed {r["passed"]}")' "$work/out.json" \
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("   boot to ready %.1f s, accel %s, passed %s" % (r["boot_seconds"], r["accel"], r["passed"]))' "$work/out.json" \
     | tee -a "$work/boot.txt"
   rm -rf "$work/dist/e2e" "$work"/cache-p$i "$work"/cache-f$i "$work"/cache-q$i
 done
@@ -86,7 +98,7 @@ def line(what, label):
     v = by[what]
     secs = [x[0] for x in v]; rss = [x[1] for x in v]
     return f"| {label} | {st.median(secs):.0f} | {min(secs):.0f}–{max(secs):.0f} | {st.median(rss)/1024:.0f} |"
-print("| e2e definition | median wall s | min–max s | median peak RSS MiB (tool process) |")
+print("| e2e definition | median wall s | min–max s | median peak RSS MiB (largest process: QEMU) |")
 print("|---|---|---|---|")
 print(line("a-packer-full", "Packer 1.6.6 (`--backend packer`), full build"))
 print(line("a-imgbuild-flat", "imgbuild native, full build `--no-cache` (one boot)"))
@@ -105,3 +117,5 @@ print("artifact size MiB (median): " + ", ".join(f"{k} {st.median(v)/1048576:.0f
 print("boot to ready: " + "; ".join(l.strip() for l in open(sys.argv[3])))
 print(f"KVM: {sys.argv[4]}")
 PY
+echo "per-layer seconds (layered full, then incremental, per round):"
+cat "$work/layers.txt"
