@@ -45,7 +45,7 @@ measure() { # label cache command...
 }
 
 layers() { # which layers the last build reused or built, and its seconds on each
-  python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))[0]["manifest"]; print("   layers:", " ".join("%s=%s" % (l["name"], "cached" if l["cached"] else "built %.0fs" % l["seconds"]) for l in m["layers"]))' "$work/out.json" | tee -a "$work/layers.txt"
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); m=j[0]["manifest"] if isinstance(j, list) else j; print("   layers:", " ".join("%s=%s" % (l["name"], "cached" if l["cached"] else "built %.0fs" % l["seconds"]) for l in m["layers"]))' "$work/out.json" | tee -a "$work/layers.txt" || true
 }
 
 # The tests' bases (same bootstrap inputs, content-addressed) serve as well.
