@@ -505,10 +505,7 @@ impl Vm {
                     }
                 }
             }
-            if cancel.load(Ordering::SeqCst) {
-                self.kill();
-                return Err(QemuError::Interrupted);
-            }
+            self.stop_if_cancelled(cancel)?;
             if let Some(status) = self.try_wait()? {
                 // Read what was written just before the exit.
                 for line in self.new_lines() {
@@ -524,15 +521,7 @@ impl Vm {
                     stderr: self.stderr_text(),
                 });
             }
-            if start.elapsed() >= timeout {
-                let tail = self.serial_tail();
-                self.kill();
-                return Err(QemuError::Timeout {
-                    what: what.into(),
-                    secs: timeout.as_secs(),
-                    tail,
-                });
-            }
+            self.stop_if_late(start, timeout, what)?;
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -570,21 +559,38 @@ impl Vm {
                 self.child = None;
                 return Ok(s);
             }
-            if cancel.load(Ordering::SeqCst) {
-                self.kill();
-                return Err(QemuError::Interrupted);
-            }
-            if start.elapsed() >= timeout {
-                let tail = self.serial_tail();
-                self.kill();
-                return Err(QemuError::Timeout {
-                    what: what.into(),
-                    secs: timeout.as_secs(),
-                    tail,
-                });
-            }
+            self.stop_if_cancelled(cancel)?;
+            self.stop_if_late(start, timeout, what)?;
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Kills QEMU when the build was cancelled (SIGINT/SIGTERM).
+    fn stop_if_cancelled(&mut self, cancel: &AtomicBool) -> Result<(), QemuError> {
+        if cancel.load(Ordering::SeqCst) {
+            self.kill();
+            return Err(QemuError::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// Kills QEMU when `timeout` has passed since `start`; the error carries the console's tail.
+    fn stop_if_late(
+        &mut self,
+        start: Instant,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), QemuError> {
+        if start.elapsed() >= timeout {
+            let tail = self.serial_tail();
+            self.kill();
+            return Err(QemuError::Timeout {
+                what: what.into(),
+                secs: timeout.as_secs(),
+                tail,
+            });
+        }
+        Ok(())
     }
 
     /// Kills QEMU and reaps it.
