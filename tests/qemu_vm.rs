@@ -1,6 +1,7 @@
 //! The QEMU driver against a real QEMU (TCG, no disk: firmware only): a wait that runs out
 //! of time, a cancelled wait and a guest that never powers off each end with their own error
-//! and leave no QEMU process behind.
+//! and leave no QEMU process behind; a QMP socket asked for under a folder too deep for a
+//! UNIX socket path still answers.
 
 use imgbuild::definition::Arch;
 use imgbuild::qemu::{Accel, Firmware, QemuError, Vm, VmSpec};
@@ -87,4 +88,26 @@ fn a_cancelled_wait_is_interrupted_and_stops_qemu() {
         assert!(matches!(e, QemuError::Interrupted), "{e}");
         assert!(gone(pid), "QEMU {pid} still runs after the cancel");
     }
+}
+
+#[test]
+fn a_qmp_socket_under_a_deep_folder_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("w".repeat(60)).join("x".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    let asked = deep.join("qmp.sock");
+    assert!(asked.as_os_str().len() > 108, "{}", asked.display());
+    let mut s = spec(dir.path());
+    s.qmp_socket = Some(asked);
+    let vm = Vm::start(&s).unwrap();
+    let mut status = Err(QemuError::Qmp("not asked yet".into()));
+    for _ in 0..50 {
+        status = vm.qmp("query-status", serde_json::Value::Null);
+        if status.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = status.unwrap();
+    assert_eq!(status["status"], "running", "{status}");
 }
