@@ -95,6 +95,32 @@ pub struct BaseImage {
     pub cache_hit: bool,
 }
 
+/// One entry of the base cache: `path` and its `.sha256` sidecar, made under the entry's lock
+/// by `make` (which writes `path` complete or not at all) when either is missing. The sidecar is
+/// written last, so an entry without it counts as missing. Returns the sha256 and whether the
+/// entry was already there.
+fn cached_entry(
+    path: &Path,
+    make: impl FnOnce(&Path) -> Result<(), BaseError>,
+) -> Result<(String, bool), BaseError> {
+    let sidecar = path.with_extension("sha256");
+    let _lock = Lock::acquire(&path.with_extension("lock"))?;
+    let cache_hit = path.is_file() && sidecar.is_file();
+    if !cache_hit {
+        make(path)?;
+        let d = crate::digest::digest_file(path, |_| {}).map_err(|e| BaseError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
+    }
+    let sha256 = std::fs::read_to_string(&sidecar)
+        .map_err(io(&sidecar))?
+        .trim()
+        .to_string();
+    Ok((sha256, cache_hit))
+}
+
 /// Gets the base for `arch` from the cache, downloading or bootstrapping it if needed.
 pub fn ensure(
     spec: &BaseSpec,
@@ -110,22 +136,9 @@ pub fn ensure(
                 .split_once(':')
                 .unwrap_or(("sha256", &c.checksum));
             let path = cache.join("images").join(format!("{algo}-{hex}.img"));
-            let sidecar = path.with_extension("sha256");
-            let _lock = Lock::acquire(&path.with_extension("lock"))?;
-            let cache_hit = path.is_file() && sidecar.is_file();
-            if !cache_hit {
-                fetch(&c.url, algo, hex, &path, cancel, progress)?;
-                let d =
-                    crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Download {
-                        url: c.url.clone(),
-                        message: e.to_string(),
-                    })?;
-                std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
-            }
-            let sha256 = std::fs::read_to_string(&sidecar)
-                .map_err(io(&sidecar))?
-                .trim()
-                .to_string();
+            let (sha256, cache_hit) = cached_entry(&path, |path| {
+                fetch(&c.url, algo, hex, path, cancel, progress)
+            })?;
             Ok(BaseImage {
                 path,
                 kind: "cloud_image",
@@ -138,10 +151,7 @@ pub fn ensure(
             let key = bootstrap::cache_key(b, arch);
             let dir = cache.join("bootstrap");
             let path = dir.join(format!("{key}.qcow2"));
-            let sidecar = path.with_extension("sha256");
-            let _lock = Lock::acquire(&path.with_extension("lock"))?;
-            let cache_hit = path.is_file() && sidecar.is_file();
-            if !cache_hit {
+            let (sha256, cache_hit) = cached_entry(&path, |path| {
                 let work = dir.join(format!("{key}.work"));
                 let debs = crate::cache::bootstrap_debs(cache, &b.suite, arch.as_str())
                     .ok()
@@ -150,23 +160,14 @@ pub fn ensure(
                     b,
                     arch,
                     &work,
-                    &path,
+                    path,
                     debs.as_ref().map(|(d, _)| d.as_path()),
                     cancel,
                 );
                 drop(debs);
                 let _ = std::fs::remove_dir_all(&work);
-                result?;
-                let d = crate::digest::digest_file(&path, |_| {}).map_err(|e| BaseError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
-            }
-            let sha256 = std::fs::read_to_string(&sidecar)
-                .map_err(io(&sidecar))?
-                .trim()
-                .to_string();
+                Ok(result?)
+            })?;
             Ok(BaseImage {
                 path,
                 kind: "bootstrap",
@@ -274,6 +275,45 @@ pub fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_entry_is_made_once_and_one_without_its_sidecar_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images/e.img");
+        let hello = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let made = std::cell::Cell::new(0);
+        let make = |p: &Path| {
+            made.set(made.get() + 1);
+            std::fs::write(p, b"hello").map_err(io(p))
+        };
+        assert_eq!(
+            cached_entry(&path, make).unwrap(),
+            (hello.to_string(), false)
+        );
+        assert_eq!(
+            cached_entry(&path, make).unwrap(),
+            (hello.to_string(), true)
+        );
+        assert_eq!(made.get(), 1, "a hit does not make the entry again");
+        assert_eq!(
+            std::fs::read_to_string(path.with_extension("sha256")).unwrap(),
+            hello
+        );
+
+        // A failed make leaves no sidecar: the entry stays missing.
+        let other = dir.path().join("images/f.img");
+        let e = cached_entry(&other, |_| Err(BaseError::Interrupted)).unwrap_err();
+        assert!(matches!(e, BaseError::Interrupted), "{e}");
+        assert!(!other.with_extension("sha256").exists());
+
+        // An image without its sidecar (a crash between the two) is made again.
+        std::fs::remove_file(path.with_extension("sha256")).unwrap();
+        assert_eq!(
+            cached_entry(&path, make).unwrap(),
+            (hello.to_string(), false)
+        );
+        assert_eq!(made.get(), 2);
+    }
 
     #[test]
     fn file_url_is_verified_and_a_mismatch_leaves_nothing() {

@@ -347,9 +347,14 @@ pub struct Vm {
     serial: SerialReader,
     stderr_log: PathBuf,
     qmp_socket: Option<PathBuf>,
+    /// The short folder holding the QMP socket when the asked-for path was too long.
+    _socket_dir: Option<tempfile::TempDir>,
     /// RCU stall reports seen on the console.
     stalls: u32,
 }
+
+/// `sun_path`'s size on Linux: a socket path must be shorter.
+const SUN_PATH_LEN: usize = 108;
 
 /// After this many RCU stall reports a guest counts as hung.
 pub const HUNG_AFTER_STALL_REPORTS: u32 = 4;
@@ -412,6 +417,22 @@ impl SerialReader {
 
 impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm, QemuError> {
+        // A UNIX socket's path must fit sun_path (108 bytes with its NUL): under a deep work
+        // folder the QMP socket goes to a short private folder in the temp dir instead, removed
+        // with the Vm.
+        let mut spec = spec.clone();
+        let mut socket_dir = None;
+        if let Some(q) = &spec.qmp_socket {
+            if q.as_os_str().len() >= SUN_PATH_LEN {
+                let d = tempfile::Builder::new()
+                    .prefix("imgbuild-qmp-")
+                    .tempdir()
+                    .map_err(io(&std::env::temp_dir()))?;
+                spec.qmp_socket = Some(d.path().join("qmp.sock"));
+                socket_dir = Some(d);
+            }
+        }
+        let spec = &spec;
         let cmd = spec.cmd()?;
         let stderr_log = spec.serial_log.with_extension("qemu.log");
         std::fs::write(&spec.serial_log, b"").map_err(io(&spec.serial_log))?;
@@ -451,6 +472,7 @@ impl Vm {
             serial: SerialReader::new(&spec.serial_log),
             stderr_log,
             qmp_socket: spec.qmp_socket.clone(),
+            _socket_dir: socket_dir,
             stalls: 0,
         })
     }
@@ -505,10 +527,7 @@ impl Vm {
                     }
                 }
             }
-            if cancel.load(Ordering::SeqCst) {
-                self.kill();
-                return Err(QemuError::Interrupted);
-            }
+            self.stop_if_cancelled(cancel)?;
             if let Some(status) = self.try_wait()? {
                 // Read what was written just before the exit.
                 for line in self.new_lines() {
@@ -524,15 +543,7 @@ impl Vm {
                     stderr: self.stderr_text(),
                 });
             }
-            if start.elapsed() >= timeout {
-                let tail = self.serial_tail();
-                self.kill();
-                return Err(QemuError::Timeout {
-                    what: what.into(),
-                    secs: timeout.as_secs(),
-                    tail,
-                });
-            }
+            self.stop_if_late(start, timeout, what)?;
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -570,21 +581,38 @@ impl Vm {
                 self.child = None;
                 return Ok(s);
             }
-            if cancel.load(Ordering::SeqCst) {
-                self.kill();
-                return Err(QemuError::Interrupted);
-            }
-            if start.elapsed() >= timeout {
-                let tail = self.serial_tail();
-                self.kill();
-                return Err(QemuError::Timeout {
-                    what: what.into(),
-                    secs: timeout.as_secs(),
-                    tail,
-                });
-            }
+            self.stop_if_cancelled(cancel)?;
+            self.stop_if_late(start, timeout, what)?;
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Kills QEMU when the build was cancelled (SIGINT/SIGTERM).
+    fn stop_if_cancelled(&mut self, cancel: &AtomicBool) -> Result<(), QemuError> {
+        if cancel.load(Ordering::SeqCst) {
+            self.kill();
+            return Err(QemuError::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// Kills QEMU when `timeout` has passed since `start`; the error carries the console's tail.
+    fn stop_if_late(
+        &mut self,
+        start: Instant,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), QemuError> {
+        if start.elapsed() >= timeout {
+            let tail = self.serial_tail();
+            self.kill();
+            return Err(QemuError::Timeout {
+                what: what.into(),
+                secs: timeout.as_secs(),
+                tail,
+            });
+        }
+        Ok(())
     }
 
     /// Kills QEMU and reaps it.

@@ -5,13 +5,15 @@
 
 mod common;
 
-use common::{repo, text};
+use common::{
+    assert_nothing_left, qemu_processes, read_json, repo, signal_and_wait, text, wait_while_running,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn cache() -> PathBuf {
-    repo().join("target/e2e-cache")
+    common::e2e_cache()
 }
 
 fn fixtures() -> PathBuf {
@@ -119,53 +121,10 @@ fn layer_names_and_cached(spec: &[(&str, bool)]) -> Vec<(String, bool)> {
     spec.iter().map(|(n, c)| (n.to_string(), *c)).collect()
 }
 
-/// QEMU processes whose command line mentions `needle`.
-fn qemu_processes(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
-            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
-            if line.contains("qemu-system") && line.contains(needle) {
-                found.push(line);
-            }
-        }
-    }
-    found
-}
-
 fn coreutils(tool: &str, file: &Path) -> String {
     let o = Command::new(tool).arg(file).output().unwrap();
     assert!(o.status.success());
     String::from_utf8(o.stdout).unwrap()
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn assert_nothing_left(out: &Path, image: &str, version: &str) {
-    let image_dir = out.join(image);
-    let leftovers: Vec<_> = std::fs::read_dir(&image_dir)
-        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        leftovers.is_empty(),
-        "dist/{image} must stay empty, has {leftovers:?}"
-    );
-    let tag = format!("{image}-{version}-amd64.");
-    assert!(
-        qemu_processes(&tag).is_empty(),
-        "a QEMU of the build is still running"
-    );
-    let work: Vec<_> = std::fs::read_dir(cache().join("work"))
-        .map(|r| {
-            r.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
-                .map(|e| e.file_name())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(work.is_empty(), "work folder left behind: {work:?}");
 }
 
 #[test]
@@ -585,35 +544,14 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // Wait for the build VM: its serial console log appears in the work folder.
-    let started = Instant::now();
-    let mut seen = false;
-    while started.elapsed() < Duration::from_secs(1200) {
-        if !qemu_processes("e2e-fail-smoke-int1-amd64.").is_empty() {
-            seen = true;
-            break;
-        }
-        if let Ok(Some(s)) = child.try_wait() {
-            panic!("build ended early: {s}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(seen, "the build VM never started");
+    wait_while_running(
+        &mut child,
+        Duration::from_secs(1200),
+        "the build VM starts",
+        || !qemu_processes("e2e-fail-smoke-int1-amd64.").is_empty(),
+    );
     std::thread::sleep(Duration::from_secs(5));
-    unsafe {
-        libc_kill(child.id() as i32, 15);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "build did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(60));
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
@@ -641,22 +579,14 @@ fn a_killed_layered_build_leaves_no_qemu_no_entry_and_prune_clears_the_partial()
         .spawn()
         .unwrap();
     let tag = "e2e-common-kill-k1-amd64.";
-    let started = Instant::now();
-    while qemu_processes(tag).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(1200),
-            "the build VM never started"
-        );
-        if let Ok(Some(s)) = child.try_wait() {
-            panic!("build ended early: {s}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_while_running(
+        &mut child,
+        Duration::from_secs(1200),
+        "the build VM starts",
+        || !qemu_processes(tag).is_empty(),
+    );
     std::thread::sleep(Duration::from_secs(5));
-    unsafe {
-        libc_kill(child.id() as i32, 9);
-    }
-    child.wait().unwrap();
+    signal_and_wait(&mut child, libc::SIGKILL, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !qemu_processes(tag).is_empty() {
         assert!(
@@ -695,11 +625,6 @@ fn a_killed_layered_build_leaves_no_qemu_no_entry_and_prune_clears_the_partial()
         .unwrap()
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().starts_with(".partial-")));
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[test]

@@ -6,13 +6,8 @@
 
 mod common;
 
-use common::{repo, text};
-use std::path::Path;
+use common::{read_json, repo, text};
 use std::process::Command;
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
 
 fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["checks"]

@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{repo, text};
+use common::{
+    assert_nothing_left, entries, qemu_processes, read_json, repo, signal_and_wait, text,
+    wait_while_running,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 static VMS: Mutex<()> = Mutex::new(());
 
 fn cache() -> PathBuf {
-    repo().join("target/e2e-cache")
+    common::e2e_cache()
 }
 
 fn cmd(args: &[&str]) -> Command {
@@ -31,55 +34,6 @@ fn cmd(args: &[&str]) -> Command {
 
 fn run(args: &[&str]) -> Output {
     cmd(args).output().expect("imgbuild runs")
-}
-
-/// QEMU processes whose command line mentions `needle`.
-fn qemu_processes(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
-            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
-            if line.contains("qemu-system") && line.contains(needle) {
-                found.push(line);
-            }
-        }
-    }
-    found
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// No QEMU, no work folder and nothing in dist/IMAGE of `image` at `version`.
-fn assert_nothing_left(out: &Path, image: &str, version: &str) {
-    assert!(
-        entries(&out.join(image)).is_empty(),
-        "dist/{image} must stay empty, has {:?}",
-        entries(&out.join(image))
-    );
-    let tag = format!("{image}-{version}-amd64.");
-    assert!(
-        qemu_processes(&tag).is_empty(),
-        "a QEMU of {image} is still running"
-    );
-    let work: Vec<String> = entries(&cache().join("work"))
-        .into_iter()
-        .filter(|n| n.starts_with(&tag))
-        .collect();
-    assert!(work.is_empty(), "work folder left behind: {work:?}");
 }
 
 /// `build.started` (RFC 3339) plus `build.duration_seconds` of a manifest.
@@ -305,38 +259,18 @@ fn sigterm_stops_every_build_and_starts_no_more() {
     .spawn()
     .unwrap();
     // Both build VMs run (the third build waits for a slot).
-    let started = Instant::now();
-    loop {
-        let a = qemu_processes("e2e-par-a-int2-amd64.").len();
-        let b = qemu_processes("e2e-par-b-int2-amd64.").len();
-        if a > 0 && b > 0 {
-            break;
-        }
-        if let Ok(Some(s)) = child.try_wait() {
-            panic!("build ended early: {s}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1200),
-            "the build VMs never started"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_while_running(
+        &mut child,
+        Duration::from_secs(1200),
+        "both build VMs start",
+        || {
+            !qemu_processes("e2e-par-a-int2-amd64.").is_empty()
+                && !qemu_processes("e2e-par-b-int2-amd64.").is_empty()
+        },
+    );
     assert!(qemu_processes("e2e-fail-smoke-int2-amd64.").is_empty());
     std::thread::sleep(Duration::from_secs(3));
-    unsafe {
-        libc_kill(child.id() as i32, 15);
-    }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the builds did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(90));
     let mut stdout = String::new();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
@@ -359,9 +293,4 @@ fn sigterm_stops_every_build_and_starts_no_more() {
     for image in ["e2e-par-a", "e2e-par-b", "e2e-fail-smoke"] {
         assert_nothing_left(out.path(), image, "int2");
     }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -158,3 +158,98 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
     std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
     artifact
 }
+
+/// The layer and base cache the build end-to-end tests share (built once, reused).
+pub fn e2e_cache() -> PathBuf {
+    repo().join("target/e2e-cache")
+}
+
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The names in `dir`, sorted; none when it does not exist.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// QEMU processes whose command line mentions `needle`.
+pub fn qemu_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if line.contains("qemu-system") && line.contains(needle) {
+                found.push(line);
+            }
+        }
+    }
+    found
+}
+
+/// No QEMU, no work folder in the e2e cache and nothing in dist/IMAGE of `image` at `version`.
+pub fn assert_nothing_left(out: &Path, image: &str, version: &str) {
+    assert!(
+        entries(&out.join(image)).is_empty(),
+        "dist/{image} must stay empty, has {:?}",
+        entries(&out.join(image))
+    );
+    let tag = format!("{image}-{version}-amd64.");
+    assert!(
+        qemu_processes(&tag).is_empty(),
+        "a QEMU of {image} is still running"
+    );
+    let work: Vec<String> = entries(&e2e_cache().join("work"))
+        .into_iter()
+        .filter(|n| n.starts_with(&tag))
+        .collect();
+    assert!(work.is_empty(), "work folder left behind: {work:?}");
+}
+
+/// Polls `ready` every 200 ms; panics with `what` after `limit`, or when `child` (the build
+/// being watched) ends first.
+pub fn wait_while_running(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("build ended early ({s}) while waiting: {what}");
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Sends `signal` (libc's number) to `child` and waits up to `limit` for it to end.
+pub fn signal_and_wait(
+    child: &mut std::process::Child,
+    signal: i32,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build did not stop within {limit:?} after signal {signal}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

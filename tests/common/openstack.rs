@@ -230,7 +230,7 @@ fn start(tls: bool) -> Stack {
                 .stderr(Stdio::null());
             unsafe {
                 cmd.pre_exec(|| {
-                    libc_prctl(1 /* PR_SET_PDEATHSIG */, 15);
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
                     Ok(())
                 });
             }
@@ -262,13 +262,6 @@ fn start(tls: bool) -> Stack {
             ca: tls.then(|| tls_dir.join("ca.pem")),
         }
     }
-}
-
-extern "C" {
-    #[link_name = "prctl"]
-    fn libc_prctl(option: i32, arg2: u64) -> i32;
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// The stack's Keystone as its admin: a token and a few identity and catalog calls, through
@@ -431,7 +424,7 @@ impl ExtraGlance {
         }
         unsafe {
             cmd.pre_exec(|| {
-                libc_prctl(1 /* PR_SET_PDEATHSIG */, 15);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
                 Ok(())
             });
         }
@@ -459,7 +452,7 @@ impl ExtraGlance {
     pub fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             unsafe {
-                libc_kill(self.child.id() as i32, 15);
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
             }
             let _ = self.child.wait();
         }
