@@ -179,7 +179,7 @@ fn probe_kvm(arch: Arch) -> AccelChoice {
         disk: None,
         seed_iso: None,
         serial_log: dir.path().join("serial.log"),
-        qmp_socket: None,
+        qmp: false,
         uefi_vars: Some(vars_copy),
         hostfwd: Vec::new(),
         extra_disks: Vec::new(),
@@ -234,7 +234,9 @@ pub struct VmSpec {
     /// A NoCloud seed ISO.
     pub seed_iso: Option<PathBuf>,
     pub serial_log: PathBuf,
-    pub qmp_socket: Option<PathBuf>,
+    /// Offer QMP (on a UNIX socket in a private temp folder: a socket path must fit sun_path's
+    /// 108 bytes, which a work folder in a deep checkout would not).
+    pub qmp: bool,
     /// A writable copy of the UEFI variable store (UEFI only).
     pub uefi_vars: Option<PathBuf>,
     /// (host port on 127.0.0.1, guest port).
@@ -245,7 +247,9 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
-    pub fn cmd(&self) -> Result<Cmd, QemuError> {
+    /// The QEMU command line, with QMP on `qmp_socket` if given (`Vm::start` gives one when
+    /// `self.qmp`).
+    pub fn cmd(&self, qmp_socket: Option<&Path>) -> Result<Cmd, QemuError> {
         let mut c = Cmd::new(qemu_binary(self.arch))
             .args([
                 "-name",
@@ -332,7 +336,7 @@ impl VmSpec {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
         }
         c = c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
-        if let Some(q) = &self.qmp_socket {
+        if let Some(q) = qmp_socket {
             c = c
                 .arg("-qmp")
                 .arg(format!("unix:{},server=on,wait=off", q.display()));
@@ -347,14 +351,11 @@ pub struct Vm {
     serial: SerialReader,
     stderr_log: PathBuf,
     qmp_socket: Option<PathBuf>,
-    /// The short folder holding the QMP socket when the asked-for path was too long.
+    /// The private folder holding the QMP socket, removed with the Vm.
     _socket_dir: Option<tempfile::TempDir>,
     /// RCU stall reports seen on the console.
     stalls: u32,
 }
-
-/// `sun_path`'s size on Linux: a socket path must be shorter.
-const SUN_PATH_LEN: usize = 108;
 
 /// After this many RCU stall reports a guest counts as hung.
 pub const HUNG_AFTER_STALL_REPORTS: u32 = 4;
@@ -417,23 +418,18 @@ impl SerialReader {
 
 impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm, QemuError> {
-        // A UNIX socket's path must fit sun_path (108 bytes with its NUL): under a deep work
-        // folder the QMP socket goes to a short private folder in the temp dir instead, removed
-        // with the Vm.
-        let mut spec = spec.clone();
-        let mut socket_dir = None;
-        if let Some(q) = &spec.qmp_socket {
-            if q.as_os_str().len() >= SUN_PATH_LEN {
-                let d = tempfile::Builder::new()
+        let socket_dir = if spec.qmp {
+            Some(
+                tempfile::Builder::new()
                     .prefix("imgbuild-qmp-")
                     .tempdir()
-                    .map_err(io(&std::env::temp_dir()))?;
-                spec.qmp_socket = Some(d.path().join("qmp.sock"));
-                socket_dir = Some(d);
-            }
-        }
-        let spec = &spec;
-        let cmd = spec.cmd()?;
+                    .map_err(io(&std::env::temp_dir()))?,
+            )
+        } else {
+            None
+        };
+        let qmp_socket = socket_dir.as_ref().map(|d| d.path().join("qmp.sock"));
+        let cmd = spec.cmd(qmp_socket.as_deref())?;
         let stderr_log = spec.serial_log.with_extension("qemu.log");
         std::fs::write(&spec.serial_log, b"").map_err(io(&spec.serial_log))?;
         let err = std::fs::File::create(&stderr_log).map_err(io(&stderr_log))?;
@@ -471,7 +467,7 @@ impl Vm {
             child: Some(child),
             serial: SerialReader::new(&spec.serial_log),
             stderr_log,
-            qmp_socket: spec.qmp_socket.clone(),
+            qmp_socket,
             _socket_dir: socket_dir,
             stalls: 0,
         })

@@ -316,7 +316,7 @@ pub fn smoke(
         disk: Some(overlay),
         seed_iso: Some(seed_iso),
         serial_log: serial.clone(),
-        qmp_socket: Some(w.join("qmp.sock")),
+        qmp: true,
         uefi_vars,
         hostfwd: vnc_fwd.into_iter().collect(),
         extra_disks: Vec::new(),

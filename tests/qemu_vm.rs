@@ -1,7 +1,7 @@
 //! The QEMU driver against a real QEMU (TCG, no disk: firmware only): a wait that runs out
 //! of time, a cancelled wait and a guest that never powers off each end with their own error
-//! and leave no QEMU process behind; a QMP socket asked for under a folder too deep for a
-//! UNIX socket path still answers.
+//! and leave no QEMU process behind; QMP answers from a work folder too deep for a UNIX socket
+//! path, and its socket's private folder goes with the VM.
 
 use imgbuild::definition::Arch;
 use imgbuild::qemu::{Accel, Firmware, QemuError, Vm, VmSpec};
@@ -18,7 +18,7 @@ fn spec(dir: &std::path::Path) -> VmSpec {
         disk: None,
         seed_iso: None,
         serial_log: dir.join("serial.log"),
-        qmp_socket: None,
+        qmp: false,
         uefi_vars: None,
         hostfwd: Vec::new(),
         extra_disks: Vec::new(),
@@ -91,14 +91,13 @@ fn a_cancelled_wait_is_interrupted_and_stops_qemu() {
 }
 
 #[test]
-fn a_qmp_socket_under_a_deep_folder_still_answers() {
+fn qmp_answers_from_a_deep_work_folder_and_its_socket_goes_with_the_vm() {
+    // A work folder this deep could not hold a UNIX socket (sun_path: 108 bytes).
     let dir = tempfile::tempdir().unwrap();
     let deep = dir.path().join("w".repeat(60)).join("x".repeat(60));
     std::fs::create_dir_all(&deep).unwrap();
-    let asked = deep.join("qmp.sock");
-    assert!(asked.as_os_str().len() > 108, "{}", asked.display());
-    let mut s = spec(dir.path());
-    s.qmp_socket = Some(asked);
+    let mut s = spec(&deep);
+    s.qmp = true;
     let vm = Vm::start(&s).unwrap();
     let mut status = Err(QemuError::Qmp("not asked yet".into()));
     for _ in 0..50 {
@@ -110,4 +109,27 @@ fn a_qmp_socket_under_a_deep_folder_still_answers() {
     }
     let status = status.unwrap();
     assert_eq!(status["status"], "running", "{status}");
+    let pid = vm.pid().unwrap();
+    let socket = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split('\0')
+        .find_map(|a| {
+            a.strip_prefix("unix:")
+                .map(|a| a.split(',').next().unwrap().to_string())
+        })
+        .expect("-qmp unix:PATH on the command line");
+    let folder = std::path::Path::new(&socket)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(folder.is_dir());
+    drop(vm);
+    assert!(gone(pid));
+    assert!(!folder.exists(), "{} is left", folder.display());
+    // Without QMP asked for, there is no socket.
+    let vm = Vm::start(&spec(&deep)).unwrap();
+    assert!(matches!(
+        vm.qmp("query-status", serde_json::Value::Null),
+        Err(QemuError::Qmp(_))
+    ));
 }

@@ -266,7 +266,7 @@ fn boot_layer(
         disk: Some(disk.clone()),
         seed_iso: Some(seed_iso),
         serial_log: serial.clone(),
-        qmp_socket: None,
+        qmp: false,
         uefi_vars,
         hostfwd: Vec::new(),
         extra_disks: apt
