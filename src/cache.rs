@@ -160,6 +160,32 @@ pub struct EntryInfo {
     pub broken: bool,
 }
 
+impl EntryInfo {
+    /// A row for `path`, last used at `t`: no image or parent, not in use, not broken.
+    fn at(kind: &'static str, key: String, name: String, path: PathBuf, t: SystemTime) -> Self {
+        EntryInfo {
+            kind,
+            key,
+            name,
+            image: None,
+            parent: None,
+            size: allocated(&path),
+            path,
+            last_used: rfc3339(t),
+            last_used_at: t,
+            in_use: false,
+            broken: false,
+        }
+    }
+}
+
+/// Someone else holds this lock file (or it cannot be taken): in use.
+fn held(lock: &Path) -> bool {
+    FileLock::try_exclusive(lock)
+        .map(|l| l.is_none())
+        .unwrap_or(true)
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct PrunePolicy {
     /// Remove layers not used for this long.
@@ -313,24 +339,14 @@ impl LayerCache {
                 continue;
             }
             if let Some(key) = name.strip_prefix(".partial-") {
-                let busy = FileLock::try_exclusive(&self.dir.join(format!("{key}.build")))
-                    .map(|l| l.is_none())
-                    .unwrap_or(true);
+                let busy = held(&self.dir.join(format!("{key}.build")));
                 let t = std::fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .unwrap_or(SystemTime::UNIX_EPOCH);
                 out.push(EntryInfo {
-                    kind: "partial",
-                    key: key.to_string(),
-                    name: "(being built)".into(),
-                    image: None,
-                    parent: None,
-                    size: allocated(&path),
-                    path,
-                    last_used: rfc3339(t),
-                    last_used_at: t,
                     in_use: busy,
                     broken: !busy,
+                    ..EntryInfo::at("partial", key.to_string(), "(being built)".into(), path, t)
                 });
                 continue;
             }
@@ -341,24 +357,17 @@ impl LayerCache {
             let t = std::fs::metadata(&mp)
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
-            let in_use = FileLock::try_exclusive(&self.dir.join(format!("{name}.use")))
-                .map(|l| l.is_none())
-                .unwrap_or(true);
+            let in_use = held(&self.dir.join(format!("{name}.use")));
             let broken = meta
                 .as_ref()
                 .is_none_or(|m| !m.backing.is_file() || !path.join(DISK).is_file());
+            let layer = meta.as_ref().map(|m| m.layer.clone()).unwrap_or_default();
             out.push(EntryInfo {
-                kind: "layer",
-                key: name.clone(),
-                name: meta.as_ref().map(|m| m.layer.clone()).unwrap_or_default(),
                 image: meta.as_ref().map(|m| m.image.clone()),
                 parent: meta.as_ref().and_then(|m| m.parent.clone()),
-                size: allocated(&path),
-                path,
-                last_used: rfc3339(t),
-                last_used_at: t,
                 in_use,
                 broken,
+                ..EntryInfo::at("layer", name, layer, path, t)
             });
         }
         out.sort_by_key(|e| e.last_used_at);
@@ -527,24 +536,13 @@ pub fn list_downloads(cache_root: &Path) -> Vec<EntryInfo> {
             continue;
         }
         let lock = path.with_extension("lock");
-        let in_use = FileLock::try_exclusive(&lock)
-            .map(|l| l.is_none())
-            .unwrap_or(true);
+        let in_use = held(&lock);
         let t = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
         out.push(EntryInfo {
-            kind: "apt",
-            key: name.clone(),
-            name,
-            image: None,
-            parent: None,
-            size: allocated(&path),
-            path,
-            last_used: rfc3339(t),
-            last_used_at: t,
             in_use,
-            broken: false,
+            ..EntryInfo::at("apt", name.clone(), name, path, t)
         });
     }
     out
@@ -565,26 +563,14 @@ pub fn list_bases(cache_root: &Path) -> Vec<EntryInfo> {
             let name = e.file_name().to_string_lossy().into_owned();
             let in_use = [path.with_extension("lock"), path.with_extension("use")]
                 .iter()
-                .any(|l| {
-                    FileLock::try_exclusive(l)
-                        .map(|x| x.is_none())
-                        .unwrap_or(true)
-                });
+                .any(|l| held(l));
             let t = std::fs::metadata(&path)
                 .and_then(|m| m.accessed().or_else(|_| m.modified()))
                 .unwrap_or(SystemTime::UNIX_EPOCH);
+            let key = name.trim_end_matches(&format!(".{ext}")).to_string();
             out.push(EntryInfo {
-                kind: "base",
-                key: name.trim_end_matches(&format!(".{ext}")).to_string(),
-                name: sub.to_string(),
-                image: None,
-                parent: None,
-                size: allocated(&path),
-                path,
-                last_used: rfc3339(t),
-                last_used_at: t,
                 in_use,
-                broken: false,
+                ..EntryInfo::at("base", key, sub.to_string(), path, t)
             });
         }
     }

@@ -6,10 +6,10 @@
 mod common;
 
 use common::{
-    assert_nothing_left, entries, qemu_processes, read_json, repo, signal_and_wait, text,
-    wait_while_running,
+    assert_nothing_left, e2e_cache, entries, qemu_processes, read_json, repo, signal_and_wait,
+    text, wait_while_running,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,17 +17,13 @@ use std::time::{Duration, Instant, SystemTime};
 /// The VM tests of this file run one after the other (each already runs two builds at once).
 static VMS: Mutex<()> = Mutex::new(());
 
-fn cache() -> PathBuf {
-    common::e2e_cache()
-}
-
 fn cmd(args: &[&str]) -> Command {
     let mut c = Command::new(common::bin());
     c.arg("--images-dir")
         .arg(repo().join("tests/fixtures/images"))
         .args(args)
         .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", cache())
+        .env("IMGBUILD_CACHE_DIR", e2e_cache())
         .env("IMGBUILD_VENV", repo().join(".venv"));
     c
 }
