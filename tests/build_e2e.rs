@@ -6,15 +6,12 @@
 mod common;
 
 use common::{
-    assert_nothing_left, qemu_processes, read_json, repo, signal_and_wait, text, wait_while_running,
+    assert_nothing_left, e2e_cache, qemu_processes, read_json, repo, signal_and_wait, text,
+    wait_while_running,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn cache() -> PathBuf {
-    common::e2e_cache()
-}
 
 fn fixtures() -> PathBuf {
     repo().join("tests/fixtures/images")
@@ -26,7 +23,7 @@ fn cmd(args: &[&str]) -> Command {
         .arg(fixtures())
         .args(args)
         .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", cache())
+        .env("IMGBUILD_CACHE_DIR", e2e_cache())
         .env("IMGBUILD_VENV", repo().join(".venv"));
     c
 }
@@ -78,8 +75,9 @@ impl Private {
         }
         let cache_dir = dir.path().join("cache");
         std::fs::create_dir_all(&cache_dir).unwrap();
-        std::fs::create_dir_all(cache().join("bootstrap")).unwrap();
-        std::os::unix::fs::symlink(cache().join("bootstrap"), cache_dir.join("bootstrap")).unwrap();
+        std::fs::create_dir_all(e2e_cache().join("bootstrap")).unwrap();
+        std::os::unix::fs::symlink(e2e_cache().join("bootstrap"), cache_dir.join("bootstrap"))
+            .unwrap();
         Private {
             images: fx.join("images"),
             cache: cache_dir,
@@ -119,6 +117,24 @@ fn layers(m: &serde_json::Value) -> Vec<(String, bool)> {
 
 fn layer_names_and_cached(spec: &[(&str, bool)]) -> Vec<(String, bool)> {
     spec.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+/// One layer's part of a joined serial log (from its header to the next).
+fn layer_log<'a>(serial: &'a str, layer: &str) -> &'a str {
+    let header = format!("===== imgbuild layer {layer} =====");
+    let start = serial.find(&header).unwrap_or_else(|| panic!("{header}")) + header.len();
+    let rest = &serial[start..];
+    &rest[..rest.find("===== imgbuild layer ").unwrap_or(rest.len())]
+}
+
+/// The counts of the `IMGBUILD-APT-LISTS N <what>` lines in a log.
+fn apt_lists(log: &str, what: &str) -> Vec<usize> {
+    const MARKER: &str = "IMGBUILD-APT-LISTS ";
+    log.lines()
+        .filter_map(|l| l.find(MARKER).map(|i| l[i + MARKER.len()..].trim_end()))
+        .filter_map(|l| l.strip_suffix(what))
+        .map(|n| n.trim().parse().unwrap())
+        .collect()
 }
 
 fn coreutils(tool: &str, file: &Path) -> String {
@@ -327,6 +343,18 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
         at += i;
     }
     assert_eq!(serial.matches("IMGBUILD-HYGIENE-DONE").count(), 1);
+    // The package lists travel on the shared apt disk: the features layer's update (on an empty
+    // disk) saved its lists, the image layer's update found them there; the stack layer runs
+    // no update and leaves the lists alone.
+    let features = layer_log(&serial, "features");
+    assert_eq!(apt_lists(features, "from the cache"), vec![0], "{features}");
+    let saved = apt_lists(features, "saved to the cache");
+    assert!(saved.len() == 1 && saved[0] > 0, "{saved:?}");
+    assert_eq!(
+        apt_lists(layer_log(&serial, "image"), "from the cache"),
+        saved
+    );
+    assert!(!layer_log(&serial, "stack").contains("IMGBUILD-APT-LISTS"));
     let ls = private.run(&["--json", "cache", "ls"]);
     assert!(ls.status.success());
     let rows: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
@@ -391,6 +419,10 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
         "packages were downloaded again: {need:?}"
     );
     assert!(serial2.contains("IMGBUILD-APT-CACHE "), "{serial2}");
+    assert_eq!(
+        apt_lists(layer_log(&serial2, "image"), "from the cache"),
+        saved
+    );
 
     // prune: nothing is used now; every layer older than 0 s goes, and the cache is empty of
     // layers (q1's three and q2's image and stack layers).
@@ -491,7 +523,7 @@ fn failed_provisioning_names_the_step_and_leaves_nothing() {
     );
     assert_nothing_left(out.path(), "e2e-fail-provision", "fp1");
     // The logs of the failed build are kept outside dist/.
-    let kept = cache().join("failed/e2e-fail-provision-fp1-amd64/serial-build.log");
+    let kept = e2e_cache().join("failed/e2e-fail-provision-fp1-amd64/serial-build.log");
     assert!(
         std::fs::read_to_string(&kept)
             .unwrap()
@@ -524,7 +556,7 @@ fn failed_smoke_check_names_the_check_and_leaves_nothing() {
         "only failing checks are named:\n{stderr}"
     );
     assert_nothing_left(out.path(), "e2e-fail-smoke", "fs1");
-    let kept = cache().join("failed/e2e-fail-smoke-fs1-amd64/smoke-report.json");
+    let kept = e2e_cache().join("failed/e2e-fail-smoke-fs1-amd64/smoke-report.json");
     assert_eq!(read_json(&kept)["passed"], false);
 }
 

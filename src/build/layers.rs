@@ -128,6 +128,13 @@ scripts:
 
     /// Keys of a definition with the e2e fixture's compose stack (`compose` as its file).
     fn keys_with_stack(compose: &str) -> Vec<(&'static str, String)> {
+        plan_with_stack(compose)
+            .into_iter()
+            .map(|l| (l.name, l.key))
+            .collect()
+    }
+
+    fn plan_with_stack(compose: &str) -> Vec<PlannedLayer> {
         let dir = tempfile::tempdir().unwrap();
         let images = dir.path().join("images");
         let project = dir.path().join("compose/probe");
@@ -147,9 +154,41 @@ scripts:
             uefi: false,
         };
         plan("b1", &rendered, &s)
-            .into_iter()
-            .map(|l| (l.name, l.key))
-            .collect()
+    }
+
+    #[test]
+    fn layers_that_update_apt_bring_and_save_the_package_lists_of_the_shared_disk() {
+        let compose = include_str!("../../tests/fixtures/compose/probe/compose.yaml");
+        let layers = plan_with_stack(compose);
+        let carries = |l: &PlannedLayer, cmd: &str| {
+            let doc: serde_json::Value = serde_norway::from_str(&l.user_data).unwrap();
+            doc["bootcmd"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c[2] == cmd)
+        };
+        use crate::render::cloud_init::{APT_CACHE_BOOTCMD, APT_LISTS_BOOTCMD};
+        let lists: Vec<(&str, bool, bool)> = layers
+            .iter()
+            .map(|l| {
+                (
+                    l.name,
+                    carries(l, APT_CACHE_BOOTCMD),
+                    carries(l, APT_LISTS_BOOTCMD),
+                )
+            })
+            .collect();
+        // The features (upgrade, docker) and image (jq) layers run `apt-get update`; the
+        // stack layer installs nothing and keeps its parent's lists.
+        assert_eq!(
+            lists,
+            [
+                ("features", true, true),
+                ("image", true, true),
+                ("stack", true, false)
+            ]
+        );
     }
 
     #[test]

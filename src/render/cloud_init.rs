@@ -328,6 +328,18 @@ chown _apt:root /var/cache/apt/archives/partial 2>/dev/null || true; \
 printf 'APT::Keep-Downloaded-Packages \"true\";\\nBinary::apt::APT::Keep-Downloaded-Packages \"true\";\\n' > /etc/apt/apt.conf.d/00imgbuild-keep-debs; \
 echo \"IMGBUILD-APT-CACHE $(ls /var/cache/apt/archives | grep -c '\\.deb$') packages\" > /dev/console";
 
+/// Added to `APT_CACHE_BOOTCMD` when the boot runs `apt-get update`: the package lists an
+/// earlier build saved on the disk (`imgbuild-lists/`, see the runner) are copied in where
+/// they are newer, so that the update revalidates them (If-Modified-Since: `Hit`) instead of
+/// downloading them again, and the lists as they are now are noted, so that the runner saves
+/// them back only if the update changed them. The image's own lists go with the hygiene.
+pub const APT_LISTS_BOOTCMD: &str = "mountpoint -q /var/cache/apt/archives || exit 0; \
+l=/var/cache/apt/archives/imgbuild-lists; n=0; \
+if [ -d \"$l\" ]; then n=$(ls \"$l\" | wc -l); cp -pu \"$l\"/* /var/lib/apt/lists/ 2>/dev/null || true; fi; \
+mkdir -p /run/imgbuild; \
+find /var/lib/apt/lists -maxdepth 1 -type f ! -name lock -printf '%f %s %T@\\n' | sort > /run/imgbuild/apt-lists.before; \
+echo \"IMGBUILD-APT-LISTS $n from the cache\" > /dev/console";
+
 /// The cloud-config document of `parts` booted together in one `role`.
 pub fn document(parts: &[&LayerPart], role: Role) -> Value {
     let mut doc = Map::new();
@@ -357,7 +369,11 @@ pub fn document(parts: &[&LayerPart], role: Role) -> Value {
     // Build VMs are never reached over SSH, and the hygiene removes their host keys: one
     // quick key type instead of RSA's slow generation under TCG (instances get all types).
     doc.insert("ssh_genkeytypes".into(), json!(["ed25519"]));
-    doc.insert("bootcmd".into(), json!([["sh", "-c", APT_CACHE_BOOTCMD]]));
+    let mut bootcmd = vec![json!(["sh", "-c", APT_CACHE_BOOTCMD])];
+    if update {
+        bootcmd.push(json!(["sh", "-c", APT_LISTS_BOOTCMD]));
+    }
+    doc.insert("bootcmd".into(), Value::Array(bootcmd));
     let mut apt = Map::new();
     if !sources.is_empty() {
         apt.insert("sources".into(), Value::Object(sources));
