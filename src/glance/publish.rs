@@ -351,7 +351,7 @@ fn create_and(
     let result = fill(&id);
     if result.is_err() {
         let url = format!("{}/v2/images/{id}", s.image_url);
-        if let Err(e) = http.delete(&url, token, &[204, 404]) {
+        if let Err(e) = delete_image(http, &url, token) {
             tracing::error!("could not delete the half-made image {id}: {e}");
         }
     }
@@ -494,6 +494,26 @@ fn import_task_message(http: &Http, s: &Session, id: &str) -> String {
         .unwrap_or_else(|| "see Glance's log".into())
 }
 
+/// Deletes the image at `url`; an image that is gone already counts as deleted. Glance
+/// deletes in two steps (status `deleted`, then the row) and can answer 5xx between them
+/// (sqlite's "database is locked", say); the retry then gets 400 "transition from deleted
+/// to deleted" (or 404 once the row is gone). So on a 400 or 409 the image is looked up:
+/// 404 or status `deleted` is success, anything else the original error.
+fn delete_image(http: &Http, url: &str, token: Option<&str>) -> Result<(), HttpError> {
+    let err = match http.delete(url, token, &[204, 404]) {
+        Ok(_) => return Ok(()),
+        Err(e) if matches!(e.status(), Some(400 | 409)) => e,
+        Err(e) => return Err(e),
+    };
+    match http.get(url, token, &[200, 404]) {
+        Ok(r) if r.status == 404 || r.json["status"] == "deleted" => {
+            tracing::info!("{url}: already deleted ({err})");
+            Ok(())
+        }
+        _ => Err(err),
+    }
+}
+
 /// What retention did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Retention {
@@ -540,7 +560,7 @@ pub fn retain(
         let url = format!("{}/v2/images/{id}", s.image_url);
         if delete_beyond.is_some_and(|d| i >= d as usize) {
             if !dry_run {
-                http.delete(&url, Some(token), &[204, 404])?;
+                delete_image(http, &url, Some(token))?;
             }
             out.deleted
                 .push(img["name"].as_str().unwrap_or(id).to_string());
