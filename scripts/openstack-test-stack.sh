@@ -129,6 +129,8 @@ start_glance() {
   mkdir -p "$state"/{glance,images,staging,tasks,locks}
   local authtoken_tls=""
   [[ -n "${TLS_CA:-}" ]] && authtoken_tls="cafile = $TLS_CA"
+  # sqlite waits up to 60 s for a lock (pysqlite's default is 5 s): with 8 threads, import
+  # tasks and parallel tests on two busy cores, a DELETE once answered 500 mid-way in CI.
   cat >"$state/glance/glance-api.conf" <<EOF
 [DEFAULT]
 enabled_backends = fs:file
@@ -136,7 +138,7 @@ enabled_import_methods = [glance-direct,web-download,copy-image]
 log_file = $state/glance-app.log
 ${GLANCE_DEFAULTS:-}
 [database]
-connection = sqlite:///$state/glance.sqlite
+connection = sqlite:///$state/glance.sqlite?timeout=60
 [paste_deploy]
 flavor = keystone
 [glance_store]
