@@ -129,8 +129,11 @@ start_glance() {
   mkdir -p "$state"/{glance,images,staging,tasks,locks}
   local authtoken_tls=""
   [[ -n "${TLS_CA:-}" ]] && authtoken_tls="cafile = $TLS_CA"
-  # sqlite waits up to 60 s for a lock (pysqlite's default is 5 s): with 8 threads, import
-  # tasks and parallel tests on two busy cores, a DELETE once answered 500 mid-way in CI.
+  # sqlite: "database is locked" comes at once, not after a wait, when two threads' transactions
+  # both read and then write; Glance turns it into a 500 (CI met it on DELETE, parallel tests
+  # on PUT). So Glance serves one request at a time (below), the file is in WAL mode (set
+  # after db_sync; it stays with the file) so its import tasks' reads do not block, and a
+  # writer waits up to 60 s for the lock.
   cat >"$state/glance/glance-api.conf" <<EOF
 [DEFAULT]
 enabled_backends = fs:file
@@ -166,8 +169,10 @@ EOF
   cp "$venv/etc/glance/glance-api-paste.ini" "$state/glance/"
   export OS_GLANCE_CONFIG_DIR="$state/glance"
   "$py/glance-manage" --config-file "$state/glance/glance-api.conf" db_sync >>"$state/setup.log" 2>&1
+  "$py/python" -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("PRAGMA journal_mode=WAL").fetchone()[0])' \
+    "$state/glance.sqlite" | grep -qx wal
   # gthread and no worker timeout: the default sync worker kills uploads after 30 s.
-  local settings=('worker_class = "gthread"' "threads = 8" "timeout = 0")
+  local settings=('worker_class = "gthread"' "threads = 1" "timeout = 0")
   if [[ -n "${TLS_CLIENT_CA:-}" ]]; then
     settings+=("cert_reqs = 2" "ca_certs = \"$TLS_CLIENT_CA\"")
   fi
