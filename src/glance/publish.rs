@@ -73,6 +73,8 @@ pub enum PublishError {
         status: String,
         secs: u64,
     },
+    #[error("Glance failed to create image {id} whole (answered 5xx, then 409 to the retry); it was deleted")]
+    HalfCreated { id: String },
     #[error(
         "Glance's import of image {id} into store `{stores}` failed ({message}); it was deleted"
     )]
@@ -346,16 +348,71 @@ fn create_and(
     for (k, v) in &plan.properties {
         body[k] = json!(v);
     }
-    let created = http.post_json(&format!("{}/v2/images", s.image_url), token, &body, &[201])?;
-    let id = created.json["id"].as_str().unwrap_or_default().to_string();
-    let result = fill(&id);
-    if result.is_err() {
-        let url = format!("{}/v2/images/{id}", s.image_url);
+    // The id is chosen here, so a create that Glance answered with 5xx but made all the same
+    // is found: its retry is a 409 for this id, and a failed create deletes it.
+    let id = new_image_id().map_err(|e| PublishError::Local {
+        path: "/dev/urandom".into(),
+        message: e.to_string(),
+    })?;
+    body["id"] = json!(id);
+    let url = format!("{}/v2/images/{id}", s.image_url);
+    let delete_half_made = || {
         if let Err(e) = delete_image(http, &url, token) {
             tracing::error!("could not delete the half-made image {id}: {e}");
         }
+    };
+    match http.post_json(&format!("{}/v2/images", s.image_url), token, &body, &[201]) {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(409) => {
+            let made = http.get(&url, token, &[200, 404])?;
+            if !made_whole(&made.json, plan) {
+                delete_half_made();
+                return Err(PublishError::HalfCreated { id });
+            }
+            tracing::warn!("image {id}: an earlier try of the create made it; using it");
+        }
+        Err(e) => {
+            delete_half_made();
+            return Err(e.into());
+        }
+    }
+    let result = fill(&id);
+    if result.is_err() {
+        delete_half_made();
     }
     result
+}
+
+/// A random (version 4) UUID for a new image.
+fn new_image_id() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// Is `image` (Glance's JSON) the whole image an earlier try of the create made for `plan`:
+/// queued, with the plan's name and every tag? Glance writes the image, then its tags; a
+/// fault between them leaves an image without tags.
+fn made_whole(image: &Value, plan: &Plan) -> bool {
+    let tags: Vec<&str> = image["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    image["status"] == "queued"
+        && image["name"] == plan.name.as_str()
+        && plan.tags.iter().all(|t| tags.contains(&t.as_str()))
 }
 
 fn import_and_verify(
@@ -583,6 +640,42 @@ pub fn retain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_ids_are_random_version_4_uuids() {
+        let (a, b) = (new_image_id().unwrap(), new_image_id().unwrap());
+        assert_ne!(a, b);
+        let groups: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{a}");
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{a}");
+        assert_eq!(&a[14..15], "4", "{a}");
+        assert!("89ab".contains(&a[19..20]), "{a}");
+    }
+
+    #[test]
+    fn an_image_an_earlier_create_made_is_used_only_when_whole() {
+        let plan = Plan {
+            name: "k3s-node-r1".into(),
+            disk_format: "qcow2".into(),
+            container_format: "bare".into(),
+            visibility: "private".into(),
+            min_disk: None,
+            min_ram: None,
+            tags: vec!["imgbuild".into(), "k3s".into()],
+            properties: IndexMap::new(),
+        };
+        let whole = json!({"status": "queued", "name": "k3s-node-r1", "tags": ["k3s", "imgbuild"]});
+        assert!(made_whole(&whole, &plan));
+        let mut no_tags = whole.clone();
+        no_tags["tags"] = json!([]);
+        assert!(!made_whole(&no_tags, &plan), "tags were not written");
+        let mut other = whole.clone();
+        other["name"] = json!("someone-else");
+        assert!(!made_whole(&other, &plan));
+        let mut saving = whole.clone();
+        saving["status"] = json!("saving");
+        assert!(!made_whole(&saving, &plan));
+    }
 
     #[test]
     fn rbd_is_detected_from_the_default_store() {
