@@ -6,6 +6,7 @@
 
 use crate::definition::{Arch, Check, Firmware, Resolved};
 use crate::qemu::{self, Accel, QemuError, Vm, VmSpec};
+use crate::random_bytes;
 use crate::render::cloud_init::to_cloud_config;
 use crate::render::userdata::{self, LaunchParams, UserdataError};
 use serde::{Deserialize, Serialize};
@@ -226,14 +227,6 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut b = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .expect("reading /dev/urandom");
-    b
 }
 
 fn random_hex(n: usize) -> String {

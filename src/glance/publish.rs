@@ -350,10 +350,7 @@ fn create_and(
     }
     // The id is chosen here, so a create that Glance answered with 5xx but made all the same
     // is found: its retry is a 409 for this id, and a failed create deletes it.
-    let id = new_image_id().map_err(|e| PublishError::Local {
-        path: "/dev/urandom".into(),
-        message: e.to_string(),
-    })?;
+    let id = new_image_id();
     body["id"] = json!(id);
     let url = format!("{}/v2/images/{id}", s.image_url);
     let delete_half_made = || {
@@ -384,20 +381,19 @@ fn create_and(
 }
 
 /// A random (version 4) UUID for a new image.
-fn new_image_id() -> std::io::Result<String> {
-    let mut b = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+fn new_image_id() -> String {
+    let mut b = crate::random_bytes(16);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
+    let h = crate::render::hex(&b);
+    format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..32]
-    ))
+    )
 }
 
 /// Is `image` (Glance's JSON) the whole image an earlier try of the create made for `plan`:
@@ -643,7 +639,7 @@ mod tests {
 
     #[test]
     fn image_ids_are_random_version_4_uuids() {
-        let (a, b) = (new_image_id().unwrap(), new_image_id().unwrap());
+        let (a, b) = (new_image_id(), new_image_id());
         assert_ne!(a, b);
         let groups: Vec<usize> = a.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12], "{a}");
