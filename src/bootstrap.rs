@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bump when the recipe changes, so cached bases are rebuilt.
-pub const RECIPE_VERSION: u32 = 1;
+pub const RECIPE_VERSION: u32 = 2;
 
 const SECTOR: u64 = 512;
 const BIOS_BOOT_START: u64 = 2048;
@@ -184,8 +184,10 @@ fn write(path: &Path, content: &str) -> Result<(), BootstrapError> {
     std::fs::write(path, content).map_err(io(path))
 }
 
-pub const GRUB_CFG: &str = "# imgbuild bootstrap base
-set timeout=1
+pub const GRUB_CFG: &str =
+    "# imgbuild bootstrap base (no menu wait, as Ubuntu's cloud images: every build
+# layer, smoke and instance boot would pay it)
+set timeout=0
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
