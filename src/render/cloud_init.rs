@@ -300,7 +300,7 @@ pub fn layer_parts(
                 name: "60-stack-secrets".into(),
                 script: format!(
                     "# Enabled, not started: the values are made at the first boot of an instance.\n\
-                     systemctl enable {unit}\nrm -f {env}\n",
+                     systemctl --no-reload enable {unit}\nrm -f {env}\n",
                     env = secrets_env_path(&c.name)
                 ),
             });
@@ -369,6 +369,15 @@ pub fn document(parts: &[&LayerPart], role: Role) -> Value {
     // Build VMs are never reached over SSH, and the hygiene removes their host keys: one
     // quick key type instead of RSA's slow generation under TCG (instances get all types).
     doc.insert("ssh_genkeytypes".into(), json!(["ed25519"]));
+    // Nobody reads the build VM's console for keys: each is a process or two under TCG.
+    doc.insert("no_ssh_fingerprints".into(), json!(true));
+    doc.insert("ssh".into(), json!({"emit_keys_to_console": false}));
+    if !update {
+        // grub-dpkg points grub-pc's debconf at the boot disk (3–4 s of grub-probe under TCG);
+        // it matters only to a grub-pc upgrade, and a boot without package work has none
+        // (the boot that installs packages ran it; instances run it at their first boot).
+        doc.insert("grub_dpkg".into(), json!({"enabled": false}));
+    }
     let mut bootcmd = vec![json!(["sh", "-c", APT_CACHE_BOOTCMD])];
     if update {
         bootcmd.push(json!(["sh", "-c", APT_LISTS_BOOTCMD]));
@@ -567,7 +576,7 @@ fn stack_unit_and_prepull(
     ));
     steps.push(Step {
         name: "61-stack".into(),
-        script: format!("systemctl enable {unit}\n"),
+        script: format!("systemctl --no-reload enable {unit}\n"),
     });
     let images = c.images_for(&cs.prepull);
     if cs.prepull.is_empty() || images.is_empty() {
@@ -590,4 +599,67 @@ fn stack_unit_and_prepull(
 /// Where an instance keeps its generated secrets for compose project `name` (mode 0600).
 pub fn secrets_env_path(name: &str) -> String {
     format!("/var/lib/imgbuild/{name}/secrets.env")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(name: &'static str, packages: &[&str]) -> LayerPart {
+        LayerPart {
+            packages: packages.iter().map(|p| p.to_string()).collect(),
+            ..LayerPart::new(name)
+        }
+    }
+
+    #[test]
+    fn grub_dpkg_is_skipped_only_in_boots_without_package_work() {
+        let pkgs = part("image", &["busybox-static"]);
+        let doc = document(&[&pkgs], Role::Layer);
+        assert_eq!(doc["package_update"], json!(true));
+        assert!(doc.get("grub_dpkg").is_none(), "{doc:#}");
+        let upgrade = LayerPart {
+            upgrade: true,
+            ..part("features", &[])
+        };
+        assert!(document(&[&upgrade], Role::Layer)
+            .get("grub_dpkg")
+            .is_none());
+
+        let files_only = part("stack", &[]);
+        let doc = document(&[&files_only], Role::Top);
+        assert_eq!(doc["package_update"], json!(false));
+        assert_eq!(doc["grub_dpkg"], json!({"enabled": false}));
+        for d in [&doc, &document(&[&pkgs], Role::Flat)] {
+            assert_eq!(d["no_ssh_fingerprints"], json!(true));
+            assert_eq!(d["ssh"], json!({"emit_keys_to_console": false}));
+        }
+    }
+
+    #[test]
+    fn only_the_top_boot_arms_the_hygiene_and_build_steps_enable_units_without_a_reload() {
+        let stack = part("stack", &[]);
+        let paths = |d: &Value| -> Vec<String> {
+            d["write_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["path"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let lower = document(&[&stack], Role::Layer);
+        assert!(!paths(&lower).iter().any(|p| p.contains("hygiene")));
+        assert_eq!(
+            lower["runcmd"],
+            json!([[format!("{LIB}/provision"), "--layer"]])
+        );
+        let top = document(&[&stack], Role::Top);
+        assert!(paths(&top).contains(&"/etc/systemd/system/imgbuild-hygiene.service".to_string()));
+        assert_eq!(top["runcmd"], json!([[format!("{LIB}/provision")]]));
+        // The unit runs the hygiene when it stops (poweroff), armed by a start, not a reload.
+        assert!(HYGIENE_UNIT.contains("ExecStop=/usr/local/lib/imgbuild/hygiene"));
+        assert!(HYGIENE_UNIT.contains("RemainAfterExit=yes"));
+        assert!(PROVISION.contains("systemctl start imgbuild-hygiene.service"));
+        assert!(!PROVISION.contains("daemon-reload"));
+    }
 }

@@ -174,7 +174,8 @@ fn docker(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
             }
         }
     }
-    let mut script = String::from("systemctl enable docker.service containerd.service\n");
+    let mut script =
+        String::from("systemctl --no-reload enable docker.service containerd.service\n");
     for u in &dk.users {
         script.push_str(&format!("usermod -aG docker {u}\n"));
     }
@@ -283,7 +284,7 @@ fn desktop(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
         "0644",
     ));
     let mut script = String::from(
-        "systemctl enable imgbuild-novnc.service\n\
+        "systemctl --no-reload enable imgbuild-novnc.service\n\
          # The VNC user and password are set at launch (imgbuild userdata). TigerVNC's wrapper\n\
          # reads this file as Perl: an XFCE session, reachable from the network (Guacamole,\n\
          # Kasm) with VncAuth/TLSVnc, not only through noVNC on the loopback.\n\
@@ -292,8 +293,9 @@ fn desktop(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
          update-alternatives --set x-session-manager /usr/bin/xfce4-session\n",
     );
     if desk.rdp {
-        script
-            .push_str("systemctl enable xrdp.service\necho xfce4-session > /etc/skel/.xsession\n");
+        script.push_str(
+            "systemctl --no-reload enable xrdp.service\necho xfce4-session > /etc/skel/.xsession\n",
+        );
     }
     fr.step("30-desktop", script);
     fr
@@ -455,7 +457,7 @@ fn kolla_host(k: &KollaHost) -> Fragment {
     ));
     fr.step(
         "40-kolla-host",
-        "systemctl enable chrony.service\nsystemctl enable qemu-guest-agent.service || true\n",
+        "systemctl --no-reload enable chrony.service\nsystemctl --no-reload enable qemu-guest-agent.service || true\n",
     );
     fr
 }
