@@ -637,7 +637,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_top_boot_arms_the_hygiene_and_build_steps_enable_units_without_a_reload() {
+    fn only_the_top_boot_arms_the_hygiene_and_it_is_armed_by_a_start_not_a_reload() {
         let stack = part("stack", &[]);
         let paths = |d: &Value| -> Vec<String> {
             d["write_files"]
