@@ -60,6 +60,7 @@ def builtin_instance(_):
 def builtin_no_build_leftovers(_):
     left = [p for p in ("/usr/local/lib/imgbuild/provision", "/usr/local/lib/imgbuild/steps", "/usr/local/lib/imgbuild/prepull",
                         "/etc/systemd/system/imgbuild-hygiene.service",
+                        "/etc/apt/apt.conf.d/00imgbuild-keep-debs",
                         "/etc/systemd/system/poweroff.target.wants/imgbuild-hygiene.service",
                         "/root/.bash_history") if os.path.lexists(p)]
     lists = [f for f in os.listdir("/var/lib/apt/lists") if f not in ("lock", "partial", "auxfiles")] if os.path.isdir("/var/lib/apt/lists") else []

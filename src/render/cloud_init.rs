@@ -300,7 +300,8 @@ pub fn layer_parts(
                 name: "60-stack-secrets".into(),
                 script: format!(
                     "# Enabled, not started: the values are made at the first boot of an instance.\n\
-                     systemctl --no-reload enable {unit}\nrm -f {env}\n",
+                     {enable}\nrm -f {env}\n",
+                    enable = super::features::enable_units(&[&unit]),
                     env = secrets_env_path(&c.name)
                 ),
             });
@@ -576,7 +577,7 @@ fn stack_unit_and_prepull(
     ));
     steps.push(Step {
         name: "61-stack".into(),
-        script: format!("systemctl --no-reload enable {unit}\n"),
+        script: format!("{}\n", super::features::enable_units(&[&unit])),
     });
     let images = c.images_for(&cs.prepull);
     if cs.prepull.is_empty() || images.is_empty() {

@@ -52,6 +52,14 @@ impl Fragment {
     }
 }
 
+/// The shell command that enables `units` for the image's boots. A build step never reloads
+/// systemd (`--no-reload`): the build VM powers off after provisioning, so the units start at
+/// the next boot anyway, and under TCG each `daemon-reload` costs a build boot 4-6 s once
+/// Docker runs (BENCHMARKS.md, "Latest run"). tests/catalog.rs holds every rendered step to it.
+pub fn enable_units(units: &[&str]) -> String {
+    format!("systemctl --no-reload enable {}", units.join(" "))
+}
+
 /// Docker's release signing key (download.docker.com/linux/*/gpg).
 pub const DOCKER_KEY_FPR: &str = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88";
 /// NVIDIA's container toolkit repository key (nvidia.github.io/libnvidia-container/gpgkey).
@@ -174,8 +182,10 @@ fn docker(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
             }
         }
     }
-    let mut script =
-        String::from("systemctl --no-reload enable docker.service containerd.service\n");
+    let mut script = format!(
+        "{}\n",
+        enable_units(&["docker.service", "containerd.service"])
+    );
     for u in &dk.users {
         script.push_str(&format!("usermod -aG docker {u}\n"));
     }
@@ -283,8 +293,9 @@ fn desktop(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
         ),
         "0644",
     ));
-    let mut script = String::from(
-        "systemctl --no-reload enable imgbuild-novnc.service\n\
+    let mut script = enable_units(&["imgbuild-novnc.service"]);
+    script.push_str(
+        "\n\
          # The VNC user and password are set at launch (imgbuild userdata). TigerVNC's wrapper\n\
          # reads this file as Perl: an XFCE session, reachable from the network (Guacamole,\n\
          # Kasm) with VncAuth/TLSVnc, not only through noVNC on the loopback.\n\
@@ -293,9 +304,8 @@ fn desktop(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
          update-alternatives --set x-session-manager /usr/bin/xfce4-session\n",
     );
     if desk.rdp {
-        script.push_str(
-            "systemctl --no-reload enable xrdp.service\necho xfce4-session > /etc/skel/.xsession\n",
-        );
+        script.push_str(&enable_units(&["xrdp.service"]));
+        script.push_str("\necho xfce4-session > /etc/skel/.xsession\n");
     }
     fr.step("30-desktop", script);
     fr
@@ -457,7 +467,11 @@ fn kolla_host(k: &KollaHost) -> Fragment {
     ));
     fr.step(
         "40-kolla-host",
-        "systemctl --no-reload enable chrony.service\nsystemctl --no-reload enable qemu-guest-agent.service || true\n",
+        format!(
+            "{}\n{} || true\n",
+            enable_units(&["chrony.service"]),
+            enable_units(&["qemu-guest-agent.service"])
+        ),
     );
     fr
 }
