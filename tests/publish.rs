@@ -9,7 +9,9 @@
 //! is gone: retried, then failing or recovering), a stopped Glance (connection refused,
 //! retried), a Glance that never answers (--timeout), 404/300 (wrong endpoint paths), and a
 //! Glance that requires a client certificate (clouds.yaml `cert`/`key`). A delete Glance
-//! half-finishes (500, then 400 on the retry) counts as done (exit 0). Extra Glances are
+//! half-finishes (500, then 400 on the retry) counts as done (exit 0); an upload or staging
+//! that a gateway in front of Glance answers with 504 after Glance took the data gets 409 on
+//! the retry and is verified, not failed (exit 0, one active image). Extra Glances are
 //! started only by the tests that change their config, and stop when those tests end.
 
 mod common;
@@ -679,9 +681,9 @@ fn a_storage_quota_is_413_for_upload_and_import_and_nothing_is_left() {
 
 #[test]
 fn a_second_upload_to_an_active_image_is_a_409_conflict() {
-    // No flow of `imgbuild publish` meets a 409 from Glance (it always uploads into the image
-    // it has just created, and a timeout is not retried); so the message is shown with the
-    // lowest-level call that can get one for real: a second PUT of the data. Glance answers
+    // `imgbuild publish` uploads into the image it has just created, and goes on after a 409
+    // only when its own earlier try went through (the gateway test below); so the message is
+    // shown with the lowest-level call: a second PUT of the data. Glance answers
     // before it reads the data, and closes; 16 MiB is more than the socket buffers hold, so
     // this also shows that such an early answer is read (over HTTP and HTTPS) instead of
     // ending as a broken pipe.
@@ -989,4 +991,192 @@ fn a_glance_that_requires_a_client_certificate() {
     let imgs = images_named(&http, &admin.token, &g.url, "debian12-base-m1");
     assert_eq!(imgs.len(), 1, "{imgs:?}");
     assert_eq!(imgs[0]["id"], r["id"]);
+}
+
+/// A gateway in front of a real Glance, as HAProxy or nginx stands in front of one in a
+/// cloud. It relays every request and answer (one request per connection), except that it
+/// answers the first PUT whose path ends with `suffix` with 504 after Glance has taken the
+/// data and answered: a gateway's timeout while Glance still finished the upload.
+struct Gateway {
+    url: String,
+    /// (method, path, status relayed to the client) of every request, in order.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
+}
+
+fn gateway(upstream: &str, suffix: &'static str) -> Gateway {
+    use std::io::{BufRead, Read, Write};
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failed_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let (upstream, log, failed_once) = (upstream.clone(), log.clone(), failed_once.clone());
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(client.try_clone().unwrap());
+                let mut head = Vec::new();
+                let mut chunked = false;
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                        chunked = true;
+                    }
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if !lower.starts_with("connection:") {
+                        head.push(line);
+                    }
+                }
+                let request_line = head[0].clone();
+                let mut parts = request_line.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap().to_string(),
+                    parts.next().unwrap().to_string(),
+                );
+                // The body as sent (chunked framing kept), read whole before Glance sees it.
+                let mut body = Vec::new();
+                if chunked {
+                    loop {
+                        let mut size_line = String::new();
+                        r.read_line(&mut size_line).unwrap();
+                        body.extend_from_slice(size_line.as_bytes());
+                        let size =
+                            usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16)
+                                .unwrap();
+                        if size == 0 {
+                            loop {
+                                let mut trailer = String::new();
+                                r.read_line(&mut trailer).unwrap();
+                                body.extend_from_slice(trailer.as_bytes());
+                                if trailer == "\r\n" {
+                                    break;
+                                }
+                            }
+                            break;
+                        }
+                        let mut chunk = vec![0; size + 2];
+                        r.read_exact(&mut chunk).unwrap();
+                        body.extend_from_slice(&chunk);
+                    }
+                } else {
+                    body.resize(length, 0);
+                    r.read_exact(&mut body).unwrap();
+                }
+                let mut up = std::net::TcpStream::connect(&upstream).unwrap();
+                let mut w = up.try_clone().unwrap();
+                let mut out = head.concat().into_bytes();
+                out.extend_from_slice(b"Connection: close\r\n\r\n");
+                out.extend_from_slice(&body);
+                // Glance may answer before it has read the body (a 409), and close.
+                let writer = std::thread::spawn(move || {
+                    let _ = w.write_all(&out);
+                });
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                let _ = writer.join();
+                let text = String::from_utf8_lossy(&answer).to_string();
+                let status: u16 = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(502);
+                let mut client = client;
+                let relayed = if method == "PUT"
+                    && path.ends_with(suffix)
+                    && status < 300
+                    && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let page = "<html><body><h1>504 Gateway Time-out</h1>\nThe server didn't respond in time.\n</body></html>\n";
+                    let _ = write!(
+                        client,
+                        "HTTP/1.1 504 Gateway Time-out\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                        page.len()
+                    );
+                    504
+                } else {
+                    // Glance's answer with `Connection: close`, since this connection ends here.
+                    let split = answer
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|p| p + 4)
+                        .unwrap_or(answer.len());
+                    let head = String::from_utf8_lossy(&answer[..split]);
+                    let mut out: String = head
+                        .split("\r\n")
+                        .filter(|l| {
+                            !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:")
+                        })
+                        .map(|l| format!("{l}\r\n"))
+                        .collect();
+                    out.push_str("Connection: close\r\n\r\n");
+                    let _ = client.write_all(out.as_bytes());
+                    let _ = client.write_all(&answer[split..]);
+                    status
+                };
+                let _ = client.flush();
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                log.lock().unwrap().push((method, path, relayed));
+            });
+        }
+    });
+    Gateway { url, seen }
+}
+
+/// Glance finished the upload (or the staging) but the gateway in front of it answered 504:
+/// the retry of the PUT gets 409, and the publish goes on to verify what Glance holds, which
+/// is the artifact: one image, active, with the manifest's hashes (checked by `publish`
+/// itself, and here again with `openstack image show`).
+#[test]
+fn a_gateway_timeout_on_a_finished_upload_is_verified_not_failed() {
+    let s = stack();
+    let admin = s.admin();
+    for (method, suffix, version) in [("upload", "/file", "gw1"), ("import", "/stage", "gw2")] {
+        let gw = gateway(&s.glance, suffix);
+        let region = format!("RegionGateway{version}");
+        admin.image_endpoint(&region, "public", &gw.url);
+        let t = tempfile::tempdir().unwrap();
+        let dist = dist_for(t.path(), version);
+        let c = clouds_as(t.path(), s, ("admin", &s.password, "admin"), &region, "");
+        let o = publish(&c, &dist, &["--version", version, "--method", method]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{method}: stdout {out}\nstderr {err}");
+        assert!(err.contains("HTTP 504"), "{err}");
+        assert!(err.contains("HTTP 409"), "{err}");
+        assert!(err.contains("checking what Glance holds"), "{err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["status"], "active");
+        assert_eq!(r["action"], "created");
+        let puts: Vec<u16> = gw
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == "PUT" && p.ends_with(suffix))
+            .map(|(_, _, st)| *st)
+            .collect();
+        assert_eq!(puts, [504, 409], "{method}: the PUTs through the gateway");
+        let name = format!("debian12-base-{version}");
+        let images = images_named(&admin.http, &admin.token, &s.glance, &name);
+        assert_eq!(images.len(), 1, "{images:?}");
+        assert_eq!(images[0]["status"], "active");
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dist.join(format!("debian12-base/{version}/manifest.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(images[0]["os_hash_value"], manifest["digests"]["sha512"]);
+        assert_eq!(images[0]["checksum"], manifest["digests"]["md5"]);
+    }
 }

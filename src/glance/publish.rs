@@ -421,12 +421,12 @@ fn import_and_verify(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Published, PublishError> {
     let url = format!("{}/v2/images/{id}", s.image_url);
-    http.put_file(
+    data_put(http.put_file(
         &format!("{url}/stage"),
         s.token.expose(),
         artifact,
         progress,
-    )?;
+    ))?;
     http.post_json_ok(
         &format!("{url}/import"),
         s.token.expose(),
@@ -448,8 +448,26 @@ fn upload_and_verify(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Published, PublishError> {
     let url = format!("{}/v2/images/{id}", s.image_url);
-    http.put_file(&format!("{url}/file"), s.token.expose(), artifact, progress)?;
+    data_put(http.put_file(&format!("{url}/file"), s.token.expose(), artifact, progress))?;
     wait_and_verify(http, s, id, m, timeout)
+}
+
+/// The outcome of the PUT of the image's data (`file` or `stage`). A 409 means the image has
+/// left `queued`: into an image imgbuild has just created, only an earlier try of this PUT
+/// can have taken it there, one that Glance finished although the answer that reached
+/// imgbuild was a 5xx (a gateway's timeout in front of a Glance still busy with the data,
+/// say). Such an upload goes on: what Glance holds is then checked as always (status, size,
+/// md5 and sha512 against the manifest), and anything but the artifact fails and is deleted.
+fn data_put(r: Result<(), HttpError>) -> Result<(), HttpError> {
+    match r {
+        Err(e) if e.status() == Some(409) => {
+            tracing::warn!(
+                "{e}; an earlier try went through, it seems: checking what Glance holds"
+            );
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 fn wait_and_verify(
