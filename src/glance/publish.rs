@@ -302,7 +302,7 @@ pub fn publish(
     };
     if import {
         match create_and(http, s, plan, |id| {
-            import_and_verify(http, s, id, m, artifact, timeout, progress)
+            send_and_verify(http, s, id, m, artifact, true, timeout, progress)
         }) {
             Ok(p) => return Ok(p),
             Err(PublishError::NotActive { id, status, secs }) => {
@@ -317,10 +317,7 @@ pub fn publish(
         }
     }
     create_and(http, s, plan, |id| {
-        upload_and_verify(http, s, id, m, artifact, timeout, progress).map(|mut p| {
-            p.method = "upload".into();
-            p
-        })
+        send_and_verify(http, s, id, m, artifact, false, timeout, progress)
     })
 }
 
@@ -411,45 +408,33 @@ fn made_whole(image: &Value, plan: &Plan) -> bool {
         && plan.tags.iter().all(|t| tags.contains(&t.as_str()))
 }
 
-fn import_and_verify(
+/// Sends `artifact` into image `id`: a PUT to `stage` and a glance-direct import (`import`),
+/// or a PUT to `file` (the classic upload); then waits for `active` and verifies.
+#[allow(clippy::too_many_arguments)]
+fn send_and_verify(
     http: &Http,
     s: &Session,
     id: &str,
     m: &Manifest,
     artifact: &Path,
+    import: bool,
     timeout: Duration,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Published, PublishError> {
     let url = format!("{}/v2/images/{id}", s.image_url);
-    data_put(http.put_file(
-        &format!("{url}/stage"),
-        s.token.expose(),
-        artifact,
-        progress,
-    ))?;
-    http.post_json_ok(
-        &format!("{url}/import"),
-        s.token.expose(),
-        &json!({"method": {"name": "glance-direct"}}),
-    )?;
-    wait_and_verify(http, s, id, m, timeout).map(|mut p| {
-        p.method = "glance-direct".into();
-        p
-    })
-}
-
-fn upload_and_verify(
-    http: &Http,
-    s: &Session,
-    id: &str,
-    m: &Manifest,
-    artifact: &Path,
-    timeout: Duration,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Published, PublishError> {
-    let url = format!("{}/v2/images/{id}", s.image_url);
-    data_put(http.put_file(&format!("{url}/file"), s.token.expose(), artifact, progress))?;
-    wait_and_verify(http, s, id, m, timeout)
+    let token = s.token.expose();
+    let target = if import { "stage" } else { "file" };
+    data_put(http.put_file(&format!("{url}/{target}"), token, artifact, progress))?;
+    if import {
+        http.post_json_ok(
+            &format!("{url}/import"),
+            token,
+            &json!({"method": {"name": "glance-direct"}}),
+        )?;
+    }
+    let mut p = wait_and_verify(http, s, id, m, timeout)?;
+    p.method = if import { "glance-direct" } else { "upload" }.into();
+    Ok(p)
 }
 
 /// The outcome of the PUT of the image's data (`file` or `stage`). A 409 means the image has
