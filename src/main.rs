@@ -121,7 +121,8 @@ struct PublishArgs {
     /// Upload format: auto (raw for a Ceph RBD default store), qcow2, raw.
     #[arg(long, value_enum, default_value = "auto")]
     disk_format: imgbuild::glance::publish::FormatChoice,
-    /// Cache for the raw copy of a qcow2 artifact (default: $XDG_CACHE_HOME/imgbuild).
+    /// Cache for the raw copy of a qcow2 artifact and the publish lock (default:
+    /// $XDG_CACHE_HOME/imgbuild).
     #[arg(long, env = "IMGBUILD_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 }
@@ -1298,6 +1299,27 @@ fn publish_cmd(cli: &Cli, catalog: &Catalog, a: &PublishArgs) -> Result<()> {
     p.done(&format!("image service {}", session.image_url));
     // Every Glance error ends the same way: exit 1, the status and what it means.
     let failed = |e: publish::PublishError| Failed(publish::describe(&e));
+    // One publish of this image to this Glance and project at a time on this machine (a dry
+    // run changes nothing and takes no lock).
+    let _publish_lock = if a.dry_run {
+        None
+    } else {
+        let cache = a
+            .cache_dir
+            .clone()
+            .unwrap_or_else(imgbuild::base::default_cache_dir);
+        let path = publish::lock_path(&cache, &session, &m.image);
+        tracing::debug!("publish lock {}", path.display());
+        Some(
+            imgbuild::cache::FileLock::exclusive(&path, || {
+                p.line(&format!(
+                    "waiting for another imgbuild publish of {} to {} to finish",
+                    m.image, session.image_url
+                ))
+            })
+            .map_err(|e| Failed(e.to_string()))?,
+        )
+    };
     // Is this artifact already there? Asked once; dry-run and upload both go by the answer.
     let existing = publish::find_existing(&http, &session, &m.digests.sha256).map_err(failed)?;
     // Raw for Ceph RBD (copy-on-write clones in Nova): a raw copy is made in the cache and its

@@ -1180,3 +1180,54 @@ fn a_gateway_timeout_on_a_finished_upload_is_verified_not_failed() {
         assert_eq!(images[0]["checksum"], manifest["digests"]["md5"]);
     }
 }
+
+/// Two publishes of one image to one Glance at once, from one machine: the second waits for
+/// the first (a lock under the cache folder), then finds its image. One image in Glance, one
+/// run `created`, the other `unchanged`.
+#[test]
+fn two_publishes_of_one_image_at_once_make_one_image() {
+    let s = stack();
+    let admin = s.admin();
+    let t = tempfile::tempdir().unwrap();
+    let c = clouds(t.path(), &s.password);
+    let dist = t.path().join("dist");
+    let image = "k3s-node-gpu";
+    dist_with_image(&dist, image, "twice");
+    let cache = t.path().join("cache");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            publish_command(
+                &c,
+                &dist,
+                image,
+                &["--version", "twice", "--method", "upload"],
+            )
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = runs
+        .into_iter()
+        .map(|r| r.wait_with_output().unwrap())
+        .collect();
+    let mut actions = Vec::new();
+    let mut waited = 0;
+    for o in &outputs {
+        let (out, err) = text(o);
+        assert!(o.status.success(), "stdout {out}\nstderr {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["status"], "active");
+        actions.push(v["action"].as_str().unwrap().to_string());
+        waited += usize::from(err.contains("waiting for another imgbuild publish"));
+    }
+    actions.sort();
+    assert_eq!(actions, ["created", "unchanged"]);
+    assert!(waited <= 1, "both waited");
+    let name = format!("{image}-twice");
+    let images = images_named(&admin.http, &admin.token, &s.glance, &name);
+    assert_eq!(images.len(), 1, "{images:?}");
+}

@@ -259,6 +259,22 @@ pub fn offers_import(http: &Http, s: &Session) -> Result<bool, PublishError> {
         .is_some_and(|m| m.iter().any(|x| x == "glance-direct")))
 }
 
+/// The lock file that one machine's publishes of image `image` to the Glance and project of
+/// `s` take (in `cache_root/locks`), held from the look for the artifact through retention:
+/// two at once would each find no image, each create one, and each apply retention to a list
+/// the other is changing. Publishes from other machines are not seen; see README.
+pub fn lock_path(cache_root: &Path, s: &Session, image: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let key = sha2::Sha256::digest(format!(
+        "{}\n{}\n{image}",
+        s.image_url,
+        s.project_id.as_deref().unwrap_or_default()
+    ));
+    cache_root
+        .join("locks")
+        .join(format!("publish-{}.lock", &crate::render::hex(&key)[..32]))
+}
+
 /// Active images carrying this artifact's sha256, hidden ones included.
 pub fn find_existing(http: &Http, s: &Session, sha256: &str) -> Result<Vec<Value>, PublishError> {
     let mut out = Vec::new();
