@@ -108,12 +108,16 @@ scripts:
     run: echo hi > /etc/mark
 ";
 
-    fn keys(def: &str, base: &str) -> Vec<(&'static str, String)> {
+    /// The layers planned for definition `def` (amd64, a 4 GiB BIOS disk) on base `base`.
+    fn plan_of(def: &str, base: &str) -> Vec<PlannedLayer> {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("t.yaml"), def).unwrap();
-        let r = Catalog::new(dir.path())
-            .load("t")
-            .expect("valid definition");
+        plan_in(dir.path(), def, base)
+    }
+
+    /// The same, with `def` written to the images folder `images` (for files beside it).
+    fn plan_in(images: &std::path::Path, def: &str, base: &str) -> Vec<PlannedLayer> {
+        std::fs::write(images.join("t.yaml"), def).unwrap();
+        let r = Catalog::new(images).load("t").expect("valid definition");
         let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
         let s = DiskSettings {
             arch: Arch::Amd64,
@@ -121,6 +125,10 @@ scripts:
             uefi: false,
         };
         plan(base, &rendered, &s)
+    }
+
+    fn keys(def: &str, base: &str) -> Vec<(&'static str, String)> {
+        plan_of(def, base)
             .into_iter()
             .map(|l| (l.name, l.key))
             .collect()
@@ -145,15 +153,7 @@ scripts:
             "features:\n",
             "features:\n  compose_stack: {project: ../compose/probe, profiles: [probe]}\n",
         );
-        std::fs::write(images.join("t.yaml"), def).unwrap();
-        let r = Catalog::new(&images).load("t").expect("valid definition");
-        let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
-        let s = DiskSettings {
-            arch: Arch::Amd64,
-            size: Some(4 << 30),
-            uefi: false,
-        };
-        plan("b1", &rendered, &s)
+        plan_in(&images, &def, "b1")
     }
 
     #[test]
@@ -240,22 +240,11 @@ scripts:
 
     #[test]
     fn per_feature_layers_upgrade_and_configure_apt_in_the_lowest_layer_only() {
-        let dir = tempfile::tempdir().unwrap();
         let def = DEF.replace(
             "features:\n",
             "build: {layers: per-feature}\napt:\n  proxy: http://127.0.0.1:3142\nfeatures:\n  hardening: true\n",
         );
-        std::fs::write(dir.path().join("t.yaml"), def).unwrap();
-        let r = Catalog::new(dir.path())
-            .load("t")
-            .expect("valid definition");
-        let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
-        let s = DiskSettings {
-            arch: Arch::Amd64,
-            size: Some(4 << 30),
-            uefi: false,
-        };
-        let layers = plan("b1", &rendered, &s);
+        let layers = plan_of(&def, "b1");
         let upgrades: Vec<bool> = layers
             .iter()
             .map(|l| l.user_data.contains("package_upgrade: true"))

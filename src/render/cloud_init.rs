@@ -329,17 +329,29 @@ chown _apt:root /var/cache/apt/archives/partial 2>/dev/null || true; \
 printf 'APT::Keep-Downloaded-Packages \"true\";\\nBinary::apt::APT::Keep-Downloaded-Packages \"true\";\\n' > /etc/apt/apt.conf.d/00imgbuild-keep-debs; \
 echo \"IMGBUILD-APT-CACHE $(ls /var/cache/apt/archives | grep -c '\\.deb$') packages\" > /dev/console";
 
+/// The state of the package lists (name, size, mtime of each), as the bootcmd notes it before
+/// the update and the runner (`save_lists`) compares it after: both must say it the same way,
+/// which a test checks.
+macro_rules! apt_lists_state {
+    () => {
+        "find /var/lib/apt/lists -maxdepth 1 -type f ! -name lock -printf '%f %s %T@\\n' | sort"
+    };
+}
+
 /// Added to `APT_CACHE_BOOTCMD` when the boot runs `apt-get update`: the package lists an
 /// earlier build saved on the disk (`imgbuild-lists/`, see the runner) are copied in where
 /// they are newer, so that the update revalidates them (If-Modified-Since: `Hit`) instead of
 /// downloading them again, and the lists as they are now are noted, so that the runner saves
 /// them back only if the update changed them. The image's own lists go with the hygiene.
-pub const APT_LISTS_BOOTCMD: &str = "mountpoint -q /var/cache/apt/archives || exit 0; \
+pub const APT_LISTS_BOOTCMD: &str = concat!(
+    "mountpoint -q /var/cache/apt/archives || exit 0; \
 l=/var/cache/apt/archives/imgbuild-lists; n=0; \
 if [ -d \"$l\" ]; then n=$(ls \"$l\" | wc -l); cp -pu \"$l\"/* /var/lib/apt/lists/ 2>/dev/null || true; fi; \
-mkdir -p /run/imgbuild; \
-find /var/lib/apt/lists -maxdepth 1 -type f ! -name lock -printf '%f %s %T@\\n' | sort > /run/imgbuild/apt-lists.before; \
-echo \"IMGBUILD-APT-LISTS $n from the cache\" > /dev/console";
+mkdir -p /run/imgbuild; ",
+    apt_lists_state!(),
+    " > /run/imgbuild/apt-lists.before; \
+echo \"IMGBUILD-APT-LISTS $n from the cache\" > /dev/console"
+);
 
 /// The cloud-config document of `parts` booted together in one `role`.
 pub fn document(parts: &[&LayerPart], role: Role) -> Value {
@@ -611,6 +623,15 @@ mod tests {
             packages: packages.iter().map(|p| p.to_string()).collect(),
             ..LayerPart::new(name)
         }
+    }
+
+    #[test]
+    fn the_runner_notes_the_package_lists_as_the_bootcmd_does() {
+        let line = format!("{}\n", apt_lists_state!());
+        assert!(PROVISION.contains(&line), "runner lacks: {line}");
+        assert!(APT_LISTS_BOOTCMD.contains(apt_lists_state!()));
+        assert!(APT_LISTS_BOOTCMD
+            .contains("-printf '%f %s %T@\\n' | sort > /run/imgbuild/apt-lists.before"));
     }
 
     #[test]
