@@ -1,5 +1,6 @@
 //! `bootstrap` bases: a bootable qcow2 made from an apt mirror with mmdebstrap, without loop
-//! devices or mounts (the build host may have neither). The disk is laid out like Ubuntu's
+//! devices (the build host may have none; mmdebstrap's own mounts in the tree live in a mount
+//! namespace of its own). The disk is laid out like Ubuntu's
 //! cloud images: p14 BIOS boot, p15 EFI system partition, p1 root (labelled `rootfs`) last so
 //! growpart can grow it. The root filesystem is written straight into the raw file with
 //! `mkfs.ext4 -d`; GRUB boots it from BIOS (core.img in p14, boot code in the MBR with the
@@ -134,7 +135,21 @@ pub fn bootstrap(
     include.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
     include.extend(spec.packages.iter().cloned());
     tracing::info!("bootstrap: mmdebstrap {} from {}", spec.suite, spec.mirror);
-    let mut c = Cmd::new("mmdebstrap").args(["--variant=minbase", "--mode=root"]);
+    if crate::exec::which("mmdebstrap").is_none() {
+        return Err(ExecError::NotFound {
+            program: "mmdebstrap".into(),
+            hint: crate::exec::install_hint("mmdebstrap")
+                .map(|h| format!(" (install: {h})"))
+                .unwrap_or_default(),
+        }
+        .into());
+    }
+    // mmdebstrap mounts /proc, /sys and /dev/pts in the tree while it runs; in a mount
+    // namespace of its own those mounts end with it, however it ends (a killed build left them
+    // on the host before, under the cache, where removing the tree ran into them).
+    let mut c = Cmd::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "mmdebstrap"])
+        .args(["--variant=minbase", "--mode=root"]);
     if spec.recommends {
         c = c.arg("--aptopt=Apt::Install-Recommends \"true\"");
     }
@@ -152,13 +167,14 @@ pub fn bootstrap(
                 "--customize-hook=cp -au \"$1\"/var/cache/apt/archives/*.deb {q}/ 2>/dev/null || true"
             ));
     }
-    c.arg(format!("--architectures={arch}"))
+    let c = c
+        .arg(format!("--architectures={arch}"))
         .arg(format!("--components={}", spec.components.join(",")))
         .arg(format!("--include={}", include.join(",")))
         .arg(&spec.suite)
         .arg(&root)
-        .arg(&spec.mirror)
-        .run()?;
+        .arg(&spec.mirror);
+    run_stoppable(&c, &work.join("mmdebstrap.log"), cancel)?;
     check(cancel)?;
     configure_tree(&root)?;
     check(cancel)?;
@@ -175,6 +191,27 @@ pub fn bootstrap(
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// Runs `cmd` with its output in `log`, stopping it (and all it started) when `cancel` is set.
+fn run_stoppable(cmd: &Cmd, log: &Path, cancel: &AtomicBool) -> Result<(), BootstrapError> {
+    let out = std::fs::File::create(log).map_err(io(log))?;
+    let err = out.try_clone().map_err(io(log))?;
+    let mut group = crate::exec::ProcessGroup::spawn(cmd, out.into(), err.into())?;
+    loop {
+        if let Some(status) = group.try_wait().map_err(io(log))? {
+            if status.success() {
+                return Ok(());
+            }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(cmd.failed(status, &text).into());
+        }
+        if cancel.load(Ordering::SeqCst) {
+            group.stop();
+            return Err(BootstrapError::Interrupted);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn write(path: &Path, content: &str) -> Result<(), BootstrapError> {

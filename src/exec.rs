@@ -171,6 +171,73 @@ impl Cmd {
     }
 }
 
+/// A child in a process group of its own, with everything it starts (Packer and its QEMU,
+/// mmdebstrap and the apt and dpkg it runs). It gets SIGTERM if imgbuild dies (parent-death
+/// signal), and `stop` (or drop) ends the whole group: SIGTERM, then SIGKILL after a grace time.
+pub struct ProcessGroup(Option<Child>);
+
+impl ProcessGroup {
+    /// Starts `cmd` (logged like every command) with the given stdout and stderr.
+    pub fn spawn(cmd: &Cmd, stdout: Stdio, stderr: Stdio) -> Result<ProcessGroup, ExecError> {
+        use std::os::unix::process::CommandExt;
+        tracing::debug!(target: "exec", "{}", cmd.cmdline());
+        let mut c = cmd.std();
+        c.stdout(stdout).stderr(stderr).process_group(0);
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = c.spawn().map_err(|e| cmd.io_err(e))?;
+        Ok(ProcessGroup(Some(child)))
+    }
+
+    /// The leader's exit status once it has ended.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self.0.as_mut() {
+            None => Ok(None),
+            Some(c) => {
+                let s = c.try_wait()?;
+                if s.is_some() {
+                    self.0 = None;
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// SIGTERM to the group (so that the leader can clean up: Packer stops QEMU and removes
+    /// its output), SIGKILL to what is left after 30 s.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.0.take() else { return };
+        let pgid = c.id() as i32;
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.cmdline())

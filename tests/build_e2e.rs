@@ -692,3 +692,155 @@ fn an_existing_version_or_a_bad_one_is_refused_before_any_work() {
     let o = run(&["build", "e2e-common"]);
     assert_eq!(o.status.code(), Some(2), "abstract images are not built");
 }
+
+/// The pids of processes whose command line mentions every one of `needles`.
+fn processes_with(needles: &[&str]) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if needles.iter().all(|n| line.contains(n)) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// `pid` and every process below it (children first found, then theirs).
+fn process_tree(pid: i32) -> Vec<i32> {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            let child = e.file_name().to_string_lossy().parse::<i32>().ok();
+            if let (Some(ppid), Some(child)) = (ppid, child) {
+                if ppid == tree[i] && !tree.contains(&child) {
+                    tree.push(child);
+                }
+            }
+        }
+        i += 1;
+    }
+    tree
+}
+
+/// The mount points below `dir` that process `pid` (or `self`) sees.
+fn mounts_below(pid: &str, dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A bootstrap (mmdebstrap, which mounts /proc, /sys and /dev/pts in the tree it builds)
+/// stopped midway. Killed outright, imgbuild and everything it started (SIGKILL: as a CI
+/// timeout or the OOM killer does), it leaves no mount on the host: they lived in mmdebstrap's
+/// own mount namespace (before, they stayed under the cache). The next build starts over in
+/// the leftover work folder; SIGTERM stops it, mmdebstrap included, within seconds (before,
+/// imgbuild waited for mmdebstrap to finish), and the work folder goes.
+#[test]
+fn a_bootstrap_killed_or_stopped_midway_leaves_no_mount_and_no_work_folder() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let start = |version: &str| {
+        Command::new(common::bin())
+            .arg("--images-dir")
+            .arg(fixtures())
+            .args([
+                "build",
+                "e2e",
+                "--no-cache",
+                "--no-smoke",
+                "--version",
+                version,
+            ])
+            .arg("--out")
+            .arg(out.path())
+            .current_dir(repo())
+            .env("IMGBUILD_CACHE_DIR", cache.path())
+            .env("IMGBUILD_VENV", repo().join(".venv"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Until mmdebstrap has its mounts (seen from inside its namespace).
+    let mounted = || {
+        processes_with(&["mmdebstrap", cache_dir])
+            .iter()
+            .any(|p| !mounts_below(&p.to_string(), cache.path()).is_empty())
+    };
+    let bootstrap = cache.path().join("bootstrap");
+
+    let mut child = start("k1");
+    wait_while_running(
+        &mut child,
+        Duration::from_secs(300),
+        "mmdebstrap mounts in its tree",
+        mounted,
+    );
+    for pid in process_tree(child.id() as i32) {
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !processes_with(&["mmdebstrap", cache_dir]).is_empty() {
+        assert!(Instant::now() < deadline, "mmdebstrap outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        mounts_below("self", cache.path()),
+        Vec::<String>::new(),
+        "mounts left on the host"
+    );
+    assert!(
+        common::entries(&bootstrap)
+            .iter()
+            .any(|n| n.ends_with(".work")),
+        "a SIGKILL leaves the work folder (nothing can clean up): {:?}",
+        common::entries(&bootstrap)
+    );
+
+    let mut child = start("k2");
+    wait_while_running(
+        &mut child,
+        Duration::from_secs(300),
+        "the next build's mmdebstrap mounts in the leftover work folder",
+        mounted,
+    );
+    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(60));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        processes_with(&["mmdebstrap", cache_dir]).is_empty(),
+        "mmdebstrap outlived the stopped build"
+    );
+    assert_eq!(mounts_below("self", cache.path()), Vec::<String>::new());
+    let left: Vec<String> = common::entries(&bootstrap)
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "bootstrap folder keeps {left:?}");
+    assert!(common::entries(&out.path().join("e2e")).is_empty());
+}

@@ -7,13 +7,11 @@
 use super::qemu_backend::{failure, log_name};
 use super::watch::{Event, Watch};
 use super::{io, BuildError, ProvisionInput, Provisioned};
-use crate::exec::Cmd;
+use crate::exec::{Cmd, ProcessGroup};
 use crate::progress::Progress;
 use crate::qemu::SerialReader;
 use crate::render::PACKER_DIR;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -49,37 +47,11 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
         .env("PACKER_NO_COLOR", "1")
         .env("TMPDIR", &tmp)
         .env("PACKER_CACHE_DIR", w.join("packer_cache"));
-    tracing::debug!(target: "exec", "{}", cmd.cmdline());
     let log_path = input.logs.join("packer.log");
     let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
-    let mut std_cmd = cmd.std();
-    std_cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io(&log_path))?)
-        .stderr(log)
-        // Its own process group, so that stopping it reaches the QEMU it started.
-        .process_group(0);
-    unsafe {
-        std_cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = std_cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            BuildError::Exec(crate::exec::ExecError::NotFound {
-                program: "packer".into(),
-                hint: crate::exec::install_hint("packer")
-                    .map(|h| format!(" (install: {h})"))
-                    .unwrap_or_default(),
-            })
-        } else {
-            io(Path::new("packer"))(e)
-        }
-    })?;
-    let mut packer = Group(Some(child));
+    let out = log.try_clone().map_err(io(&log_path))?;
+    // Its own process group, so that stopping it reaches the QEMU it started.
+    let mut packer = ProcessGroup::spawn(&cmd, out.into(), log.into()).map_err(BuildError::Exec)?;
     let mut reader = SerialReader::new(&serial);
     let mut watch = Watch::default();
     // Packer's own shutdown_timeout is the build timeout; allow for its start-up and copy.
@@ -179,49 +151,4 @@ fn last_line(path: &Path) -> Option<String> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_string())
-}
-
-/// Packer and everything it started (its process group). Stopped on drop.
-struct Group(Option<Child>);
-
-impl Group {
-    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        match self.0.as_mut() {
-            None => Ok(None),
-            Some(c) => {
-                let s = c.try_wait()?;
-                if s.is_some() {
-                    self.0 = None;
-                }
-                Ok(s)
-            }
-        }
-    }
-
-    /// SIGTERM to the group (Packer then stops QEMU and removes its output), SIGKILL after 30 s.
-    fn stop(&mut self) {
-        let Some(mut c) = self.0.take() else { return };
-        let pgid = c.id() as i32;
-        unsafe {
-            libc::kill(-pgid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
