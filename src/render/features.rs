@@ -55,7 +55,7 @@ impl Fragment {
 /// The shell command that enables `units` for the image's boots. A build step never reloads
 /// systemd (`--no-reload`): the build VM powers off after provisioning, so the units start at
 /// the next boot anyway, and under TCG each `daemon-reload` costs a build boot 4-6 s once
-/// Docker runs (BENCHMARKS.md, "Latest run"). tests/catalog.rs holds every rendered step to it.
+/// Docker runs (BENCHMARKS.md, the run of commit 4970aad). tests/catalog.rs holds every rendered step to it.
 pub fn enable_units(units: &[&str]) -> String {
     format!("systemctl --no-reload enable {}", units.join(" "))
 }
