@@ -16,6 +16,7 @@ pub mod exec;
 pub mod glance;
 pub mod manifest;
 pub mod progress;
+pub mod protocol;
 pub mod qemu;
 pub mod render;
 pub mod smoke;

@@ -49,18 +49,7 @@ pub struct LayerRecord {
     pub seconds: f64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ContainerImage {
-    /// The reference the compose project names.
-    pub image: String,
-    /// Docker's image id (sha256 of the image config).
-    pub id: String,
-    /// Registry digests (`repo@sha256:…`); empty for images loaded from an archive.
-    #[serde(default)]
-    pub repo_digests: Vec<String>,
-    /// `pulled` or `loaded` (from an archive) or `present`.
-    pub source: String,
-}
+pub use crate::protocol::ContainerImage;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BaseRef {

@@ -508,7 +508,7 @@ impl Vm {
         loop {
             for line in self.new_lines() {
                 on_line(&line);
-                if let Some(i) = matching(patterns, &line) {
+                if let Some(i) = crate::protocol::matching(patterns, &line) {
                     return Ok((i, line));
                 }
                 if line.contains("detected stalls on CPUs") {
@@ -528,7 +528,7 @@ impl Vm {
                 // Read what was written just before the exit.
                 for line in self.new_lines() {
                     on_line(&line);
-                    if let Some(i) = matching(patterns, &line) {
+                    if let Some(i) = crate::protocol::matching(patterns, &line) {
                         return Ok((i, line));
                     }
                 }
@@ -802,31 +802,9 @@ pub fn qemu_version(arch: Arch) -> Option<String> {
         .and_then(|s| s.lines().next().map(str::to_string))
 }
 
-/// Which of `patterns` a serial line carries. A line the provision runner quotes from its log
-/// (`IMGBUILD-LOG ...`) is text, not an event: an earlier layer's `PROVISION-OK` in a failed
-/// step's log tail must not end the wait as a success.
-fn matching(patterns: &[&str], line: &str) -> Option<usize> {
-    if line.contains("IMGBUILD-LOG") {
-        return None;
-    }
-    patterns.iter().position(|p| line.contains(p))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_quoted_log_line_is_not_a_marker() {
-        let p = ["IMGBUILD-PROVISION-OK", "IMGBUILD-PROVISION-FAILED"];
-        assert_eq!(matching(&p, "IMGBUILD-LOG IMGBUILD-PROVISION-OK"), None);
-        assert_eq!(
-            matching(&p, "[ 61.2] IMGBUILD-PROVISION-FAILED step x"),
-            Some(1)
-        );
-        assert_eq!(matching(&p, "IMGBUILD-PROVISION-OK"), Some(0));
-        assert_eq!(matching(&p, "login:"), None);
-    }
 
     #[test]
     fn ansi_is_stripped() {

@@ -5,6 +5,7 @@
 //! (for GitLab/GitHub test reports) and serial.log, plus a screenshot for desktop images.
 
 use crate::definition::{Arch, Check, Firmware, Resolved};
+use crate::protocol::marker;
 use crate::qemu::{self, Accel, QemuError, Vm, VmSpec};
 use crate::random_bytes;
 use crate::render::cloud_init::to_cloud_config;
@@ -45,15 +46,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SmokeError + '_ {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct CheckOutcome {
-    pub name: String,
-    /// builtin, command, unit, port, file.
-    pub kind: String,
-    pub passed: bool,
-    pub detail: String,
-    pub seconds: f64,
-}
+pub use crate::protocol::CheckOutcome;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SmokeReport {
@@ -319,19 +312,17 @@ pub fn smoke(
     let mut results: Vec<CheckOutcome> = Vec::new();
     let on_line = opts.on_line;
     let wait = vm.wait_for_with(
-        &["IMGBUILD-SMOKE-DONE", "Kernel panic", "end Kernel panic"],
+        &[marker::SMOKE_DONE, marker::KERNEL_PANIC, "end Kernel panic"],
         Duration::from_secs(r.definition.smoke.timeout as u64 * 60),
         "the smoke checks",
         opts.cancel,
         &mut |line| {
             on_line(line);
-            if let Some(j) = line.split("IMGBUILD-SMOKE-RESULT ").nth(1) {
-                if let Ok(c) = serde_json::from_str::<CheckOutcome>(j.trim()) {
-                    // The runner writes to the console and to stdout (which cloud-init also
-                    // copies to the console): the first report of a check counts.
-                    if !results.iter().any(|x| x.name == c.name) {
-                        results.push(c);
-                    }
+            if let Some(c) = crate::protocol::smoke_result(line) {
+                // The runner writes to the console and to stdout (which cloud-init also
+                // copies to the console): the first report of a check counts.
+                if !results.iter().any(|x| x.name == c.name) {
+                    results.push(c);
                 }
             }
         },

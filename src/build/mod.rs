@@ -12,7 +12,6 @@ pub mod layers;
 pub mod packer_backend;
 pub mod qemu_backend;
 pub mod schedule;
-pub mod watch;
 
 use crate::base::{self, BaseError, BaseImage};
 use crate::definition::{Arch, DiskFormat, Resolved};
@@ -366,16 +365,14 @@ fn build_in(
         let smoke_dir = stage_dir.join("smoke");
         let mut seen = std::collections::HashSet::new();
         let mut on_line = |line: &str| {
-            if let Some(j) = line.split("IMGBUILD-SMOKE-RESULT ").nth(1) {
-                if let Ok(c) = serde_json::from_str::<smoke::CheckOutcome>(j.trim()) {
-                    if !seen.insert(c.name.clone()) {
-                        return;
-                    }
-                    p.status(
-                        &format!("{} {}", if c.passed { "ok  " } else { "FAIL" }, c.name),
-                        true,
-                    );
+            if let Some(c) = crate::protocol::smoke_result(line) {
+                if !seen.insert(c.name.clone()) {
+                    return;
                 }
+                p.status(
+                    &format!("{} {}", if c.passed { "ok  " } else { "FAIL" }, c.name),
+                    true,
+                );
             }
         };
         let report = smoke::smoke(

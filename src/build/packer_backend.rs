@@ -5,10 +5,10 @@
 //! provisioning stops Packer at once instead of after `shutdown_timeout`.
 
 use super::qemu_backend::{failure, log_name};
-use super::watch::{Event, Watch};
 use super::{io, BuildError, ProvisionInput, Provisioned};
 use crate::exec::{Cmd, ProcessGroup};
 use crate::progress::Progress;
+use crate::protocol::{marker, Event, Watch};
 use crate::qemu::SerialReader;
 use crate::render::PACKER_DIR;
 use std::path::Path;
@@ -110,9 +110,9 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
                 return Err(BuildError::Backend(format!(
                     "packer build succeeded but the guest never reported {}; serial console ends:\n{}",
                     if watch.provision_ok {
-                        "IMGBUILD-HYGIENE-DONE"
+                        marker::HYGIENE_DONE
                     } else {
-                        "IMGBUILD-PROVISION-OK"
+                        marker::PROVISION_OK
                     },
                     reader.tail()
                 )));

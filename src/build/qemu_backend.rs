@@ -5,20 +5,17 @@
 //! the way down. No SSH, no Packer.
 
 use super::layers::PlannedLayer;
-use super::watch::{Event, Watch};
 use super::{interrupted, io, BuildError, ProvisionInput, Provisioned};
 use crate::cache::{self, LayerCache, LayerMeta};
 use crate::definition::{parse_size, Arch, Firmware};
 use crate::manifest::LayerRecord;
 use crate::progress::Progress;
+use crate::protocol::{marker, Event, Watch, APT_CACHE_SERIAL};
 use crate::qemu::{self, QemuError, Vm, VmSpec};
 use crate::render::cloud_init::layer_meta_data;
 use crate::render::NETWORK_CONFIG;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
-
-/// The serial of the shared apt cache disk (see render::cloud_init::APT_CACHE_BOOTCMD).
-pub const APT_CACHE_SERIAL: &str = "imgbuild-apt-cache";
 
 /// How long the guest may take from PROVISION-OK to powered off (hygiene, fstrim).
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -293,8 +290,8 @@ fn boot_layer(
             };
             vm.wait_for_with(
                 &[
-                    "IMGBUILD-PROVISION-OK",
-                    "IMGBUILD-PROVISION-FAILED",
+                    marker::PROVISION_OK,
+                    marker::PROVISION_FAILED,
                     "Kernel panic",
                 ],
                 timeout,
@@ -342,7 +339,7 @@ fn boot_layer(
     if layer.top {
         p.status("provisioned; hygiene and poweroff", true);
         vm.wait_for_with(
-            &["IMGBUILD-HYGIENE-DONE"],
+            &[marker::HYGIENE_DONE],
             POWEROFF_TIMEOUT,
             "the hygiene at poweroff (IMGBUILD-HYGIENE-DONE)",
             input.cancel,

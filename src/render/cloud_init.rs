@@ -17,14 +17,7 @@ pub const PREPULL: &str = include_str!("../../cloud-init/guest/prepull");
 pub const FIRSTBOOT_SECRETS: &str = include_str!("../../cloud-init/guest/firstboot-secrets");
 pub const HYGIENE_UNIT: &str = include_str!("../../cloud-init/guest/imgbuild-hygiene.service");
 
-/// The serial-console lines the guest prints (see cloud-init/guest/provision).
-pub mod markers {
-    pub const PROVISION_OK: &str = "IMGBUILD-PROVISION-OK";
-    pub const PROVISION_FAILED: &str = "IMGBUILD-PROVISION-FAILED";
-    pub const STEP_FAILED: &str = "IMGBUILD-STEP-FAILED";
-    pub const HYGIENE_DONE: &str = "IMGBUILD-HYGIENE-DONE";
-    pub const FINAL: &str = "IMGBUILD-CLOUD-INIT-FINAL";
-}
+use crate::protocol::marker;
 
 /// Serializes a cloud-config document with its mandatory first line.
 pub fn to_cloud_config(doc: &Value, comment: &str) -> String {
@@ -317,17 +310,21 @@ pub fn layer_parts(
 }
 
 /// The shell run by `bootcmd` at build time: a disk the host attaches to native builds with
-/// serial `imgbuild-apt-cache` becomes /var/cache/apt/archives, so packages downloaded by one
+/// serial `imgbuild-apt-cache` (protocol::APT_CACHE_SERIAL) becomes /var/cache/apt/archives, so packages downloaded by one
 /// build are there for the next. Formatted on first use; the runner unmounts it before the
 /// layer is finished, so nothing of it stays in the image. No such disk: nothing happens.
-pub const APT_CACHE_BOOTCMD: &str = "d=/dev/disk/by-id/virtio-imgbuild-apt-cache; \
+pub const APT_CACHE_BOOTCMD: &str = concat!(
+    "d=/dev/disk/by-id/virtio-",
+    crate::protocol::apt_cache_serial!(),
+    "; \
 [ -e \"$d\" ] || exit 0; \
 blkid \"$d\" >/dev/null 2>&1 || mkfs.ext4 -q -L imgbuild-apt \"$d\"; \
 mountpoint -q /var/cache/apt/archives || mount \"$d\" /var/cache/apt/archives; \
 mkdir -p /var/cache/apt/archives/partial; \
 chown _apt:root /var/cache/apt/archives/partial 2>/dev/null || true; \
 printf 'APT::Keep-Downloaded-Packages \"true\";\\nBinary::apt::APT::Keep-Downloaded-Packages \"true\";\\n' > /etc/apt/apt.conf.d/00imgbuild-keep-debs; \
-echo \"IMGBUILD-APT-CACHE $(ls /var/cache/apt/archives | grep -c '\\.deb$') packages\" > /dev/console";
+echo \"IMGBUILD-APT-CACHE $(ls /var/cache/apt/archives | grep -c '\\.deb$') packages\" > /dev/console"
+);
 
 /// The state of the package lists (name, size, mtime of each), as the bootcmd notes it before
 /// the update and the runner (`save_lists`) compares it after: both must say it the same way,
@@ -458,7 +455,7 @@ pub fn document(parts: &[&LayerPart], role: Role) -> Value {
         "final_message".into(),
         json!(format!(
             "{} cloud-init finished after $UPTIME seconds",
-            markers::FINAL
+            marker::CLOUD_INIT_FINAL
         )),
     );
     Value::Object(doc)
