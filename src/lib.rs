@@ -14,6 +14,7 @@ pub mod digest;
 pub mod doctor;
 pub mod exec;
 pub mod glance;
+pub mod host;
 pub mod manifest;
 pub mod progress;
 pub mod protocol;

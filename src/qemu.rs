@@ -86,33 +86,7 @@ impl Accel {
     }
 }
 
-pub fn qemu_binary(arch: Arch) -> &'static str {
-    crate::render::packer::qemu_binary(arch)
-}
-
-/// UEFI firmware code and variable-store template for `arch`.
-pub fn uefi_firmware(arch: Arch) -> Option<(PathBuf, PathBuf)> {
-    let candidates: &[(&str, &str)] = match arch {
-        Arch::Amd64 => &[
-            (
-                "/usr/share/OVMF/OVMF_CODE_4M.fd",
-                "/usr/share/OVMF/OVMF_VARS_4M.fd",
-            ),
-            (
-                "/usr/share/OVMF/OVMF_CODE.fd",
-                "/usr/share/OVMF/OVMF_VARS.fd",
-            ),
-        ],
-        Arch::Arm64 => &[(
-            "/usr/share/AAVMF/AAVMF_CODE.fd",
-            "/usr/share/AAVMF/AAVMF_VARS.fd",
-        )],
-    };
-    candidates
-        .iter()
-        .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
-        .find(|(c, v)| c.is_file() && v.is_file())
-}
+pub use crate::host::{qemu_binary, uefi_firmware};
 
 static ACCEL: OnceLock<AccelChoice> = OnceLock::new();
 

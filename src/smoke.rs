@@ -4,7 +4,7 @@
 //! leftovers) and reports each on the serial console. Results go to report.json, junit.xml
 //! (for GitLab/GitHub test reports) and serial.log, plus a screenshot for desktop images.
 
-use crate::definition::{Arch, Check, Firmware, Resolved};
+use crate::definition::{Arch, Check, Resolved};
 use crate::protocol::marker;
 use crate::qemu::{self, Accel, QemuError, Vm, VmSpec};
 use crate::random_bytes;
@@ -275,12 +275,12 @@ pub fn smoke(
     qemu::make_seed_iso(&refs, &seed_iso)?;
     let overlay = w.join("overlay.qcow2");
     qemu::create_overlay(artifact, &overlay, None)?;
-    let firmware = if r.definition.build.firmware == Firmware::Uefi {
+    let firmware = if crate::host::uefi(r, arch) {
         qemu::Firmware::Uefi
     } else {
         qemu::Firmware::Bios
     };
-    let uefi_vars = if firmware == qemu::Firmware::Uefi || arch == Arch::Arm64 {
+    let uefi_vars = if firmware == qemu::Firmware::Uefi {
         let (_, vars) = qemu::uefi_firmware(arch).ok_or(QemuError::NoFirmware(arch))?;
         let copy = w.join("vars.fd");
         std::fs::copy(&vars, &copy).map_err(io(&copy))?;
@@ -293,11 +293,7 @@ pub fn smoke(
         arch,
         accel: opts.accel,
         firmware,
-        cpus: r
-            .definition
-            .build
-            .cpus
-            .min(crate::build::schedule::host_cpus()),
+        cpus: crate::host::vm_cpus(r, crate::host::cpus()),
         memory_mib: r.definition.build.memory,
         disk: Some(overlay),
         seed_iso: Some(seed_iso),

@@ -284,7 +284,7 @@ fn build_in(
     let settings = layers::DiskSettings {
         arch,
         size: crate::definition::parse_size(&d.disk.size),
-        uefi: d.build.firmware == crate::definition::Firmware::Uefi || arch == Arch::Arm64,
+        uefi: crate::host::uefi(r, arch),
     };
     // Without the cache, layers would only cost boots: everything in one.
     let plan = if opts.no_cache {

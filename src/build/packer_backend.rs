@@ -41,6 +41,11 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
         .arg(format!("serial_log={}", serial_abs.display()))
         .arg("-var")
         .arg(format!("accelerator={}", input.accel.as_str()))
+        .arg("-var")
+        .arg(format!(
+            "cpus={}",
+            crate::host::vm_cpus(input.resolved, crate::host::cpus())
+        ))
         .arg(".")
         .current_dir(&packer_dir)
         .env("CHECKPOINT_DISABLE", "1")

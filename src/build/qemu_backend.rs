@@ -7,7 +7,7 @@
 use super::layers::PlannedLayer;
 use super::{interrupted, io, BuildError, ProvisionInput, Provisioned};
 use crate::cache::{self, LayerCache, LayerMeta};
-use crate::definition::{parse_size, Arch, Firmware};
+use crate::definition::parse_size;
 use crate::manifest::LayerRecord;
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch, APT_CACHE_SERIAL};
@@ -228,7 +228,7 @@ fn boot_layer(
         ],
         &seed_iso,
     )?;
-    let uefi = d.build.firmware == Firmware::Uefi || input.arch == Arch::Arm64;
+    let uefi = crate::host::uefi(input.resolved, input.arch);
     let fresh_vars = |to: &Path, from: Option<&PathBuf>| -> Result<(), BuildError> {
         let src = match from {
             Some(v) => v.clone(),
@@ -258,7 +258,7 @@ fn boot_layer(
         } else {
             qemu::Firmware::Bios
         },
-        cpus: d.build.cpus.min(super::schedule::host_cpus()),
+        cpus: crate::host::vm_cpus(input.resolved, crate::host::cpus()),
         memory_mib: d.build.memory,
         disk: Some(disk.clone()),
         seed_iso: Some(seed_iso),

@@ -12,7 +12,7 @@
 //! exceeds the budget. `--jobs N` caps how many run at once.
 
 use super::{build, Backend, BuildError, BuildOptions};
-use crate::definition::{Arch, Firmware, Resolved};
+use crate::definition::{Arch, Resolved};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +40,7 @@ impl Need {
     pub fn of(r: &Resolved, host_cpus: u32) -> Need {
         let b = &r.definition.build;
         Need {
-            cpus: b.cpus.clamp(1, host_cpus.max(1)),
+            cpus: crate::host::vm_cpus(r, host_cpus),
             memory_mib: b.memory as u64 + OVERHEAD_MIB,
         }
     }
@@ -63,17 +63,11 @@ impl Budget {
             .ok()
             .and_then(|t| mem_available_mib(&t));
         Budget {
-            cpus: host_cpus(),
+            cpus: crate::host::cpus(),
             memory_mib: mem.unwrap_or(0).saturating_sub(HOST_RESERVE_MIB),
             jobs,
         }
     }
-}
-
-pub fn host_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
 }
 
 /// `MemAvailable` from /proc/meminfo, in MiB.
@@ -184,14 +178,10 @@ pub fn host_can_build(r: &Resolved, arch: Arch) -> Result<(), String> {
             crate::exec::install_hint(bin).unwrap_or("install QEMU")
         ));
     }
-    let uefi = r.definition.build.firmware == Firmware::Uefi || arch == Arch::Arm64;
-    if uefi && crate::qemu::uefi_firmware(arch).is_none() {
+    if crate::host::uefi(r, arch) && crate::host::uefi_firmware(arch).is_none() {
         missing.push(format!(
-            "no UEFI firmware for {arch} ({})",
-            match arch {
-                Arch::Amd64 => "apt-get install ovmf",
-                Arch::Arm64 => "apt-get install qemu-efi-aarch64",
-            }
+            "no UEFI firmware for {arch} (apt-get install {})",
+            crate::host::uefi_package(arch)
         ));
     }
     if missing.is_empty() {
@@ -243,7 +233,7 @@ pub struct Outcome {
 /// of `jobs`. A failed build does not stop the others; `cancel` (Ctrl-C, SIGTERM) stops the
 /// running ones (each cleans up as a single build does) and starts no more.
 pub fn run(jobs: Vec<Job>, budget: Budget, cancel: &AtomicBool) -> Vec<Outcome> {
-    let host = host_cpus();
+    let host = crate::host::cpus();
     let needs: Vec<Need> = jobs.iter().map(|j| Need::of(&j.resolved, host)).collect();
     let mut sched = Scheduler::new(needs.clone(), budget);
     let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();

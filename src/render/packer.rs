@@ -8,7 +8,7 @@
 //! the `packer {}` block lives in its own file `packer.pkr.hcl` whose content depends on the
 //! target release.
 
-use crate::definition::{Arch, Base, Firmware, Resolved};
+use crate::definition::{Arch, Base, Resolved};
 use hcl::expr::{Expression, TemplateExpr, Traversal, Variable};
 use hcl::{Attribute, Block, Body};
 
@@ -82,9 +82,13 @@ fn template(t: &str) -> Expression {
 }
 
 fn variable(name: &str, description: &str, default: Option<Expression>) -> Block {
+    typed_variable(name, "string", description, default)
+}
+
+fn typed_variable(name: &str, ty: &str, description: &str, default: Option<Expression>) -> Block {
     let mut b = Block::builder("variable")
         .add_label(name)
-        .add_attribute(("type", Expression::Variable(Variable::unchecked("string"))))
+        .add_attribute(("type", Expression::Variable(Variable::unchecked(ty))))
         .add_attribute(("description", s(description)));
     if let Some(d) = default {
         b = b.add_attribute(("default", d));
@@ -134,7 +138,7 @@ pub const SEED_FILES: [&str; 3] = ["user-data", "meta-data", "network-config"];
 pub fn build_template(r: &Resolved, arch: Arch) -> String {
     let d = &r.definition;
     let source_name = r.name.replace('-', "_");
-    let uefi = d.build.firmware == Firmware::Uefi || arch == Arch::Arm64;
+    let uefi = crate::host::uefi(r, arch);
 
     let mut body = Body::builder()
         .add_block(variable(
@@ -170,7 +174,13 @@ pub fn build_template(r: &Resolved, arch: Arch) -> String {
         .add_block(variable(
             "qemu_binary",
             "The QEMU system emulator.",
-            Some(s(qemu_binary(arch))),
+            Some(s(crate::host::qemu_binary(arch))),
+        ))
+        .add_block(typed_variable(
+            "cpus",
+            "number",
+            "vCPUs of the build VM (imgbuild passes the definition's, capped at the host's cores).",
+            Some(Expression::from(d.build.cpus as u64)),
         ))
         .add_block(variable(
             "image_description",
@@ -181,7 +191,7 @@ pub fn build_template(r: &Resolved, arch: Arch) -> String {
         body = body.add_block(variable(
             "firmware",
             "UEFI firmware image for -bios.",
-            Some(s(default_firmware(arch))),
+            Some(s(crate::host::uefi_bios_image(arch))),
         ));
     }
 
@@ -226,7 +236,7 @@ pub fn build_template(r: &Resolved, arch: Arch) -> String {
         .add_attribute(("disk_compression", false))
         .add_attribute(("skip_compaction", true))
         .add_attribute(("use_backing_file", false))
-        .add_attribute(("cpus", d.build.cpus as u64))
+        .add_attribute(("cpus", var("cpus")))
         .add_attribute(("memory", d.build.memory as u64))
         .add_attribute(("headless", true))
         .add_attribute(("cd_files", cd_files))
@@ -264,20 +274,6 @@ pub fn default_variables(r: &Resolved, arch: Arch) -> Vec<(&'static str, String)
         _ => ("../base/base.qcow2".to_string(), "none".to_string()),
     };
     vec![("base_image", image), ("base_checksum", checksum)]
-}
-
-pub fn qemu_binary(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Amd64 => "qemu-system-x86_64",
-        Arch::Arm64 => "qemu-system-aarch64",
-    }
-}
-
-pub fn default_firmware(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Amd64 => "/usr/share/ovmf/OVMF.fd",
-        Arch::Arm64 => "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-    }
 }
 
 #[cfg(test)]
