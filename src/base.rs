@@ -193,8 +193,8 @@ impl Hasher {
     }
     fn hex(self) -> String {
         match self {
-            Hasher::Sha256(h) => crate::render::hex(&h.finalize()),
-            Hasher::Sha512(h) => crate::render::hex(&h.finalize()),
+            Hasher::Sha256(h) => crate::hex(&h.finalize()),
+            Hasher::Sha512(h) => crate::hex(&h.finalize()),
         }
     }
 }

@@ -102,7 +102,7 @@ pub fn cache_key(spec: &Bootstrap, arch: Arch) -> String {
         canon["recommends"] = true.into();
     }
     h.update(canon.to_string().as_bytes());
-    crate::render::hex(&h.finalize())
+    crate::hex(&h.finalize())
 }
 
 fn check(cancel: &AtomicBool) -> Result<(), BootstrapError> {

@@ -94,7 +94,7 @@ fn hasher<D: Digest>(rx: mpsc::Receiver<Arc<Chunk>>) -> std::thread::JoinHandle<
         for c in rx {
             h.update(c.data());
         }
-        crate::render::hex(&h.finalize())
+        crate::hex(&h.finalize())
     })
 }
 
@@ -171,7 +171,7 @@ fn digest_with(
     let md5 = join(hmd5);
     read.map_err(io)?;
     Ok(Digests {
-        sha256: crate::render::hex(&sha256.finalize()),
+        sha256: crate::hex(&sha256.finalize()),
         sha512,
         md5,
         size,
@@ -240,9 +240,9 @@ mod tests {
     /// The three digests of `data` in memory, in one call each: no chunks, no threads.
     fn oneshot(data: &[u8]) -> (String, String, String) {
         (
-            crate::render::hex(&Sha256::digest(data)),
-            crate::render::hex(&Sha512::digest(data)),
-            crate::render::hex(&Md5::digest(data)),
+            crate::hex(&Sha256::digest(data)),
+            crate::hex(&Sha512::digest(data)),
+            crate::hex(&Md5::digest(data)),
         )
     }
 

@@ -6,7 +6,6 @@
 
 pub mod base;
 pub mod bootstrap;
-pub mod build;
 pub mod cache;
 pub mod check;
 pub mod definition;
@@ -15,13 +14,17 @@ pub mod doctor;
 pub mod exec;
 pub mod glance;
 pub mod host;
-pub mod manifest;
+pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod qemu;
 pub mod render;
-pub mod smoke;
 pub mod vnc;
+
+/// Lower-case hex of `bytes` (digests, random ids).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// `n` random bytes from the kernel (/dev/urandom; panics if it cannot be read).
 pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
@@ -31,3 +34,7 @@ pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
         .expect("reading /dev/urandom");
     b
 }
+
+// The old paths, until every caller uses `pipeline::…`.
+pub use pipeline as build;
+pub use pipeline::{manifest, smoke};

@@ -267,7 +267,7 @@ mod tests {
         // A zero challenge with the password "password", computed independently with
         // `openssl enc -des-ecb -nopad -K 0e86ceceeef64e26` (the bit-mirrored key).
         let r = vnc_auth_response("password", &[0u8; 16]);
-        assert_eq!(crate::render::hex(&r[..8]), "ff97502e9422f089");
+        assert_eq!(crate::hex(&r[..8]), "ff97502e9422f089");
         assert_eq!(r[..8], r[8..], "ECB: equal blocks encrypt equally");
         // Only the first 8 bytes of a password count.
         assert_eq!(

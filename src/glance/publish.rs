@@ -272,7 +272,7 @@ pub fn lock_path(cache_root: &Path, s: &Session, image: &str) -> std::path::Path
     ));
     cache_root
         .join("locks")
-        .join(format!("publish-{}.lock", &crate::render::hex(&key)[..32]))
+        .join(format!("publish-{}.lock", &crate::hex(&key)[..32]))
 }
 
 /// Active images carrying this artifact's sha256, hidden ones included.
@@ -398,7 +398,7 @@ fn new_image_id() -> String {
     let mut b = crate::random_bytes(16);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::render::hex(&b);
+    let h = crate::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

@@ -4,9 +4,10 @@
 //! while imgbuild reads the same serial console markers as the native backend, so a failed
 //! provisioning stops Packer at once instead of after `shutdown_timeout`.
 
-use super::qemu_backend::{failure, log_name};
-use super::{io, BuildError, ProvisionInput, Provisioned};
+use super::native::{failure, log_name};
+use super::{ProvisionInput, Provisioned};
 use crate::exec::{Cmd, ProcessGroup};
+use crate::pipeline::{io, BuildError};
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch};
 use crate::qemu::SerialReader;

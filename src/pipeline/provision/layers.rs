@@ -46,7 +46,7 @@ fn key(parent: &str, name: &str, user_data: &str, network: &str, s: &DiskSetting
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    crate::render::hex(&h.finalize())
+    crate::hex(&h.finalize())
 }
 
 /// The layers of `rendered` on the base whose sha256 is `base_sha256`, bottom first.
@@ -158,7 +158,7 @@ scripts:
 
     #[test]
     fn layers_that_update_apt_bring_and_save_the_package_lists_of_the_shared_disk() {
-        let compose = include_str!("../../tests/fixtures/compose/probe/compose.yaml");
+        let compose = include_str!("../../../tests/fixtures/compose/probe/compose.yaml");
         let layers = plan_with_stack(compose);
         let carries = |l: &PlannedLayer, cmd: &str| {
             let doc: serde_json::Value = serde_norway::from_str(&l.user_data).unwrap();
@@ -193,7 +193,7 @@ scripts:
 
     #[test]
     fn a_change_to_the_compose_stack_changes_only_the_stack_layer() {
-        let compose = include_str!("../../tests/fixtures/compose/probe/compose.yaml");
+        let compose = include_str!("../../../tests/fixtures/compose/probe/compose.yaml");
         let a = keys_with_stack(compose);
         let names: Vec<&str> = a.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["features", "image", "stack"]);

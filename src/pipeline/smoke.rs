@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub const RUNNER: &str = include_str!("../cloud-init/guest/smoke.py");
+pub const RUNNER: &str = include_str!("../../cloud-init/guest/smoke.py");
 pub const BUILTIN_CHECKS: [&str; 5] = [
     "cloud-init-no-errors",
     "fresh-ssh-host-keys",
@@ -223,7 +223,7 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 fn random_hex(n: usize) -> String {
-    crate::render::hex(&random_bytes(n))
+    crate::hex(&random_bytes(n))
 }
 
 /// Boots `artifact` and runs the checks; writes report.json, junit.xml, serial.log (and
@@ -498,6 +498,85 @@ pub fn junit(r: &SmokeReport) -> String {
     }
     x.push_str("  </testsuite>\n</testsuites>\n");
     x
+}
+
+/// The pipeline's smoke stage: boots the compacted artifact, shows each check as it reports,
+/// and fails the build (keeping the smoke's serial log, report and screenshot with the build's
+/// logs) unless every check passed.
+pub fn stage(
+    r: &Resolved,
+    arch: Arch,
+    artifact: &Path,
+    accel: Accel,
+    version_dir: &Path,
+    cancel: &AtomicBool,
+    p: &mut crate::progress::Progress,
+) -> Result<crate::pipeline::manifest::SmokeSummary, crate::pipeline::BuildError> {
+    use crate::pipeline::BuildError;
+    p.stage("smoke");
+    let smoke_dir = version_dir.join("smoke");
+    let logs = version_dir.join("logs");
+    let mut seen = std::collections::HashSet::new();
+    let mut on_line = |line: &str| {
+        if let Some(c) = crate::protocol::smoke_result(line) {
+            if seen.insert(c.name.clone()) {
+                p.status(
+                    &format!("{} {}", if c.passed { "ok  " } else { "FAIL" }, c.name),
+                    true,
+                );
+            }
+        }
+    };
+    let report = smoke(
+        r,
+        arch,
+        artifact,
+        SmokeOptions {
+            accel,
+            out_dir: &smoke_dir,
+            cancel,
+            on_line: &mut on_line,
+        },
+    )
+    .map_err(|e| match e {
+        SmokeError::Qemu(QemuError::Interrupted) => BuildError::Interrupted,
+        e => e.into(),
+    })?;
+    let failed = report.failed_checks();
+    if !report.passed {
+        let mut parts: Vec<String> = failed
+            .iter()
+            .map(|c| format!("check `{}`: {}", c.name, c.detail))
+            .collect();
+        if let Some(e) = &report.error {
+            parts.insert(0, e.clone());
+        }
+        for (from, to) in [
+            ("serial.log", "serial-smoke.log"),
+            ("report.json", "smoke-report.json"),
+            ("screenshot.png", "smoke-screenshot.png"),
+        ] {
+            let _ = std::fs::copy(smoke_dir.join(from), logs.join(to));
+        }
+        return Err(BuildError::Smoke {
+            summary: parts.join("\n  "),
+            report: "smoke/report.json".into(),
+        });
+    }
+    p.done(&format!(
+        "{} checks passed in {:.0} s",
+        report.checks.len(),
+        report.boot_seconds
+    ));
+    Ok(crate::pipeline::manifest::SmokeSummary {
+        passed: report.passed,
+        checks: report.checks.len(),
+        failed: failed.len(),
+        boot_seconds: report.boot_seconds,
+        report: "smoke/report.json".into(),
+        junit: "smoke/junit.xml".into(),
+        screenshot: report.screenshot.map(|s| format!("smoke/{s}")),
+    })
 }
 
 #[cfg(test)]

@@ -112,3 +112,73 @@ impl Manifest {
         crate::digest::sum_line(&self.digests.sha256, &self.artifact.file)
     }
 }
+
+/// What the pipeline's stages produced, for [`assemble`].
+pub struct Parts<'a> {
+    pub resolved: &'a crate::definition::Resolved,
+    pub version: &'a str,
+    pub backend: &'a str,
+    pub accel: crate::qemu::Accel,
+    pub base: &'a crate::base::BaseImage,
+    pub rendered: &'a crate::render::Rendered,
+    pub artifact: &'a super::compact::Compacted,
+    pub digests: Digests,
+    pub smoke: Option<SmokeSummary>,
+    pub provisioned: &'a super::Provisioned,
+    pub started: std::time::SystemTime,
+    /// Seconds the build took so far.
+    pub seconds: f64,
+    /// The definition's git commit and whether its tree had changes.
+    pub git: (Option<String>, bool),
+}
+
+/// The manifest of a finished build.
+pub fn assemble(p: Parts) -> Manifest {
+    use sha2::{Digest, Sha256};
+    let r = p.resolved;
+    let definition_json = serde_json::to_vec(&r.definition).expect("plain data");
+    Manifest {
+        image: r.name.clone(),
+        version: p.version.to_string(),
+        arch: p.rendered.arch,
+        description: r.definition.description.clone(),
+        backend: p.backend.into(),
+        accel: p.accel.as_str().into(),
+        base: BaseRef {
+            kind: p.base.kind.into(),
+            source: p.base.source.clone(),
+            sha256: p.base.sha256.clone(),
+        },
+        definition_sha256: crate::hex(&Sha256::digest(&definition_json)),
+        rendered_sha256: p.rendered.digest(),
+        artifact: Artifact {
+            file: p.artifact.file.clone(),
+            format: p.artifact.format.as_str().into(),
+            compression: super::compact::compression_name(p.artifact.compression).into(),
+            size: p.artifact.size,
+            virtual_size: p.artifact.virtual_size,
+        },
+        digests: p.digests,
+        smoke: p.smoke,
+        container_images: p.provisioned.container_images.clone(),
+        layers: p.provisioned.layers.clone(),
+        build: BuildInfo {
+            started: humantime::format_rfc3339_seconds(p.started).to_string(),
+            duration_seconds: (p.seconds * 10.0).round() / 10.0,
+            tool: "imgbuild".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: p.git.0,
+            git_dirty: p.git.1,
+            host: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        },
+    }
+}
+
+/// Writes manifest.json and SHA256SUMS into the version folder being assembled.
+pub fn write(m: &Manifest, dir: &Path) -> Result<(), super::BuildError> {
+    let mp = dir.join(FILE);
+    std::fs::write(&mp, m.to_json()).map_err(super::io(&mp))?;
+    let sp = dir.join(SUMS);
+    std::fs::write(&sp, m.sums()).map_err(super::io(&sp))?;
+    Ok(())
+}

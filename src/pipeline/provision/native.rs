@@ -5,10 +5,11 @@
 //! the way down. No SSH, no Packer.
 
 use super::layers::PlannedLayer;
-use super::{interrupted, io, BuildError, ProvisionInput, Provisioned};
+use super::{ProvisionInput, Provisioned};
 use crate::cache::{self, LayerCache, LayerMeta};
 use crate::definition::parse_size;
-use crate::manifest::LayerRecord;
+use crate::pipeline::manifest::LayerRecord;
+use crate::pipeline::{interrupted, io, BuildError};
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch, APT_CACHE_SERIAL};
 use crate::qemu::{self, QemuError, Vm, VmSpec};

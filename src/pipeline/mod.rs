@@ -1,0 +1,344 @@
+//! `imgbuild build`: the pipeline, one stage per module, data flowing one way.
+//!
+//! render → base (cache | download | bootstrap) → provision (native QEMU | packer, behind
+//! [`Provisioner`]) with the hygiene at poweroff → [`compact`] → [`smoke`] boot → digests →
+//! [`manifest`] → dist/IMAGE/VERSION, renamed into place only when everything passed
+//! ([`dist`]). [`run_stages`] reads as that sequence.
+//!
+//! All work happens in a folder under the cache (`work/`); dist/ only ever sees a finished
+//! version folder. A failed build keeps its logs (not its disks) under the cache's `failed/`.
+
+pub mod compact;
+pub mod dist;
+pub mod manifest;
+pub mod provision;
+pub mod schedule;
+pub mod smoke;
+pub mod version;
+
+pub use compact::CompressionChoice;
+pub use provision::{Backend, ProvisionInput, Provisioned, Provisioner};
+pub use version::{check_version, default_version, git_state};
+
+use crate::base::{self, BaseError, BaseImage};
+use crate::definition::{Arch, Resolved};
+use crate::digest::DigestError;
+use crate::exec::ExecError;
+use crate::progress::Progress;
+use crate::qemu::{self, AccelChoice, QemuError};
+use crate::render::{self, RenderError, RenderOptions, Rendered};
+use manifest::Manifest;
+use smoke::SmokeError;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("provisioning failed: {summary}{log}\nserial console: {serial}")]
+    Provision {
+        summary: String,
+        log: String,
+        serial: String,
+    },
+    #[error("{0}")]
+    Backend(String),
+    #[error("smoke test failed: {summary}\nreport: {report}")]
+    Smoke { summary: String, report: String },
+    #[error(transparent)]
+    SmokeRun(#[from] SmokeError),
+    #[error("{0} already exists (pass --version for another version, or --force to replace it)")]
+    Exists(PathBuf),
+    #[error("version `{0}`: only letters, digits, `.`, `_`, `+` and `-` (not first)")]
+    BadVersion(String),
+    #[error("interrupted; nothing was written to dist/")]
+    Interrupted,
+}
+
+impl BuildError {
+    /// Bad input rather than a failed build (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, BuildError::Exists(_) | BuildError::BadVersion(_))
+            || matches!(
+                self,
+                BuildError::Render(RenderError::Definition(_) | RenderError::ArchNotListed { .. })
+            )
+    }
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn interrupted(e: QemuError) -> BuildError {
+    match e {
+        QemuError::Interrupted => BuildError::Interrupted,
+        e => e.into(),
+    }
+}
+
+pub struct BuildOptions {
+    pub arch: Arch,
+    pub backend: Backend,
+    pub version: Option<String>,
+    /// The dist root: the version folder is OUT/IMAGE/VERSION.
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    pub smoke: bool,
+    pub compression: CompressionChoice,
+    pub force: bool,
+    /// Build every layer afresh and keep none (the shared downloads are still used).
+    pub no_cache: bool,
+}
+
+/// Builds one arch of an image into OUT/IMAGE/VERSION with `opts.backend`; returns the
+/// manifest.
+pub fn build(
+    r: &Resolved,
+    opts: &BuildOptions,
+    cancel: &AtomicBool,
+    p: &mut Progress,
+) -> Result<Manifest, BuildError> {
+    build_with(r, opts, opts.backend.provisioner(), cancel, p)
+}
+
+/// [`build`] with any provisioner (tests pass a fake one).
+pub fn build_with(
+    r: &Resolved,
+    opts: &BuildOptions,
+    provisioner: &dyn Provisioner,
+    cancel: &AtomicBool,
+    p: &mut Progress,
+) -> Result<Manifest, BuildError> {
+    let started = SystemTime::now();
+    let git = git_state(&r.chain[0].path);
+    let version = match &opts.version {
+        Some(v) => {
+            check_version(v)?;
+            v.clone()
+        }
+        None => default_version(started, git.0.as_deref(), git.1),
+    };
+    let image_dir = opts.out.join(&r.name);
+    let final_dir = image_dir.join(&version);
+    if final_dir.exists() && !opts.force {
+        return Err(BuildError::Exists(final_dir));
+    }
+    dist::sweep_stale(&image_dir);
+    std::fs::create_dir_all(&opts.cache).map_err(io(&opts.cache))?;
+    let work = dist::WorkDir::create(&opts.cache, &format!("{}-{version}-{}", r.name, opts.arch))?;
+    p.line(&format!(
+        "building {} {version} for {} with the {} backend (work: {})",
+        r.name,
+        opts.arch,
+        provisioner.name(),
+        work.path().display()
+    ));
+    let job = Job {
+        r,
+        opts,
+        provisioner,
+        version: &version,
+        started,
+        git,
+        work: work.path(),
+        cancel,
+    };
+    match run_stages(&job, p) {
+        Ok((manifest, stage)) => {
+            dist::publish_dir(&stage, &final_dir, opts.force)?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            p.fail();
+            if let Some(kept) = work.keep_logs(&opts.cache) {
+                p.line(&format!("logs of the failed build: {}", kept.display()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One build's fixed inputs.
+struct Job<'a> {
+    r: &'a Resolved,
+    opts: &'a BuildOptions,
+    provisioner: &'a dyn Provisioner,
+    version: &'a str,
+    started: SystemTime,
+    /// The definition's git commit and whether its tree had changes.
+    git: (Option<String>, bool),
+    work: &'a Path,
+    cancel: &'a AtomicBool,
+}
+
+/// The stages in order; returns the manifest and the assembled version folder.
+fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildError> {
+    let (r, opts, arch) = (job.r, job.opts, job.opts.arch);
+    let stage_dir = job.work.join("stage");
+    let logs = stage_dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(io(&logs))?;
+
+    let rendered = render_stage(job, p)?;
+    let base = base_stage(job, p)?;
+    // Held while the build stands on the base, so that `cache prune` leaves it alone.
+    let _base_in_use = crate::cache::FileLock::shared(&base.path.with_extension("use"))
+        .map_err(|crate::cache::CacheError::Io { path, source }| BuildError::Io { path, source })?;
+    let accel = accel_stage(job, p)?;
+
+    p.stage(&format!("provision ({})", job.provisioner.name()));
+    let plan = layer_plan(job, &base, &rendered);
+    let input = ProvisionInput {
+        resolved: r,
+        arch,
+        accel: accel.accel,
+        base: &base,
+        rendered_dir: &job.work.join("rendered"),
+        work: job.work,
+        logs: &logs,
+        cancel: job.cancel,
+        layers: &plan,
+        cache: &opts.cache,
+        no_cache: opts.no_cache,
+    };
+    let provisioned = job.provisioner.provision(&input, p)?;
+    p.done("hygiene done, powered off");
+
+    p.stage("compact");
+    let file = format!(
+        "{}-{}-{arch}.{}",
+        r.name,
+        job.version,
+        r.definition.disk.format.as_str()
+    );
+    let artifact = compact::compact(r, &provisioned, opts.compression, &stage_dir, file, p)?;
+
+    let smoke = if opts.smoke {
+        Some(smoke::stage(
+            r,
+            arch,
+            &artifact.path,
+            accel.accel,
+            &stage_dir,
+            job.cancel,
+            p,
+        )?)
+    } else {
+        p.line("smoke boot skipped (--no-smoke)");
+        None
+    };
+
+    p.stage("digests");
+    let digests = crate::digest::digest_file(&artifact.path, |_| {})?;
+    p.done(&format!("sha256 {}", digests.sha256));
+
+    let m = manifest::assemble(manifest::Parts {
+        resolved: r,
+        version: job.version,
+        backend: job.provisioner.name(),
+        accel: accel.accel,
+        base: &base,
+        rendered: &rendered,
+        artifact: &artifact,
+        digests,
+        smoke,
+        provisioned: &provisioned,
+        started: job.started,
+        seconds: p.elapsed().as_secs_f64(),
+        git: job.git.clone(),
+    });
+    manifest::write(&m, &stage_dir)?;
+    Ok((m, stage_dir))
+}
+
+/// Renders the definition into the work folder (`rendered/`).
+fn render_stage(job: &Job, p: &mut Progress) -> Result<Rendered, BuildError> {
+    p.stage("render");
+    let packer = job.provisioner.packer_target()?;
+    let rendered = render::render(job.r, job.opts.arch, RenderOptions { packer })?;
+    rendered.write_to(&job.work.join("rendered"))?;
+    p.done(&format!("{} files", rendered.files.len()));
+    Ok(rendered)
+}
+
+/// The base image from the cache, downloaded or bootstrapped.
+fn base_stage(job: &Job, p: &mut Progress) -> Result<BaseImage, BuildError> {
+    p.stage("base");
+    let arch = job.opts.arch;
+    let spec = job
+        .r
+        .definition
+        .base
+        .get(&arch)
+        .ok_or(BaseError::Missing(arch))?;
+    let base = base::ensure(
+        spec,
+        arch,
+        &job.opts.cache,
+        job.cancel,
+        &mut |done, total| p.bytes(done, total),
+    )
+    .map_err(|e| match e {
+        BaseError::Interrupted => BuildError::Interrupted,
+        e => e.into(),
+    })?;
+    p.done(&format!(
+        "{} {}{}",
+        base.kind,
+        &base.sha256[..12],
+        if base.cache_hit { " (cached)" } else { "" }
+    ));
+    Ok(base)
+}
+
+/// KVM where a guest really runs under it, else TCG; said once per build.
+fn accel_stage(job: &Job, p: &mut Progress) -> Result<AccelChoice, BuildError> {
+    let choice = qemu::probe_accel(job.opts.arch);
+    p.line(&format!(
+        "accelerator: {} ({})",
+        choice.accel.as_str(),
+        choice.reason
+    ));
+    if job.cancel.load(Ordering::SeqCst) {
+        return Err(BuildError::Interrupted);
+    }
+    Ok(choice)
+}
+
+/// The native backend's layers. Without the cache, layers would only cost boots: everything
+/// in one.
+fn layer_plan(
+    job: &Job,
+    base: &BaseImage,
+    rendered: &Rendered,
+) -> Vec<provision::layers::PlannedLayer> {
+    let settings = provision::layers::DiskSettings {
+        arch: job.opts.arch,
+        size: crate::definition::parse_size(&job.r.definition.disk.size),
+        uefi: crate::host::uefi(job.r, job.opts.arch),
+    };
+    if job.opts.no_cache {
+        provision::layers::single(&base.sha256, rendered, &settings)
+    } else {
+        provision::layers::plan(&base.sha256, rendered, &settings)
+    }
+}
