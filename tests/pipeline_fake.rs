@@ -1,0 +1,227 @@
+//! The pipeline's orchestration against a fake provisioner: a real definition is loaded and
+//! planned, its base "downloaded" from a file:// URL and verified, then a fake provisioner
+//! stands in for QEMU/Packer. Compaction (qemu-img), digests, manifest and the atomic hand-over
+//! into dist/ are real. Needs qemu-img, boots no VM.
+
+use imgbuild::definition::{Arch, Catalog};
+use imgbuild::pipeline::manifest::{LayerRecord, Manifest};
+use imgbuild::pipeline::{
+    build_with, Backend, BuildError, BuildOptions, CompressionChoice, ProvisionInput, Provisioned,
+    Provisioner,
+};
+use imgbuild::progress::Progress;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+
+/// Stands in for a backend: records what the pipeline handed it and either makes a disk on
+/// the base (as a provisioner's overlay would be) or fails like a failed provisioning.
+struct Fake {
+    fail: bool,
+    seen: Mutex<Vec<String>>,
+}
+
+impl Provisioner for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn provision(
+        &self,
+        input: &ProvisionInput,
+        _p: &mut Progress,
+    ) -> Result<Provisioned, BuildError> {
+        self.seen.lock().unwrap().push(format!(
+            "{} {} layers={} rendered={}",
+            input.resolved.name,
+            input.arch,
+            input
+                .layers
+                .iter()
+                .map(|l| l.name)
+                .collect::<Vec<_>>()
+                .join(","),
+            input.rendered_dir.join("seed/user-data").is_file()
+        ));
+        assert!(input.base.path.is_file(), "the base is in the cache");
+        if self.fail {
+            std::fs::write(
+                input.logs.join("serial-build.log"),
+                "IMGBUILD-PROVISION-FAILED\n",
+            )
+            .unwrap();
+            return Err(BuildError::Provision {
+                summary: "step `fake` failed".into(),
+                log: String::new(),
+                serial: "logs/serial-build.log".into(),
+            });
+        }
+        let disk = input.work.join("fake.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&input.base.path)
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Ok(Provisioned {
+            disk,
+            keep_disk: false,
+            container_images: Vec::new(),
+            layers: input
+                .layers
+                .iter()
+                .map(|l| LayerRecord {
+                    name: l.name.into(),
+                    key: l.key.clone(),
+                    cached: false,
+                    seconds: 0.0,
+                })
+                .collect(),
+            leases: Vec::new(),
+        })
+    }
+}
+
+/// A catalog with one image whose base is a small qcow2 behind a file:// URL.
+fn catalog(dir: &Path) -> Catalog {
+    let base = dir.join("base.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let sha = imgbuild::hex(&Sha256::digest(std::fs::read(&base).unwrap()));
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(
+        images.join("fake.yaml"),
+        format!(
+            "description: fake-provisioned image\n\
+             os: {{distro: debian, version: \"12\", codename: bookworm}}\n\
+             arch: [amd64]\n\
+             base:\n  amd64:\n    cloud_image: {{url: \"file://{}\", checksum: \"sha256:{sha}\"}}\n\
+             disk: {{size: 1G}}\n\
+             packages: [curl]\n\
+             scripts: [{{name: hello, run: \"echo hello\"}}]\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    Catalog::new(images)
+}
+
+fn options(dir: &Path) -> BuildOptions {
+    BuildOptions {
+        arch: Arch::Amd64,
+        backend: Backend::Qemu,
+        version: Some("1.0".into()),
+        out: dir.join("dist"),
+        cache: dir.join("cache"),
+        smoke: false,
+        compression: CompressionChoice::Auto,
+        force: false,
+        no_cache: false,
+    }
+}
+
+#[test]
+fn the_pipeline_runs_its_stages_around_a_fake_provisioner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = catalog(tmp.path()).load("fake").unwrap();
+    let fake = Fake {
+        fail: false,
+        seen: Mutex::new(Vec::new()),
+    };
+    let opts = options(tmp.path());
+    let m = build_with(
+        &r,
+        &opts,
+        &fake,
+        &AtomicBool::new(false),
+        &mut Progress::plain(true),
+    )
+    .expect("build");
+    // The provisioner got the rendered files, the base and the plan's layers.
+    let seen = fake.seen.lock().unwrap().clone();
+    assert_eq!(seen, vec!["fake amd64 layers=features,image rendered=true"]);
+    // Its disk was compacted, digested and described; the version folder is complete.
+    let dir = tmp.path().join("dist/fake/1.0");
+    let artifact = dir.join("fake-1.0-amd64.qcow2");
+    assert!(artifact.is_file());
+    let on_disk = Manifest::read(&dir.join("manifest.json")).unwrap();
+    assert_eq!(on_disk, m);
+    assert_eq!(m.backend, "fake");
+    assert_eq!(m.artifact.file, "fake-1.0-amd64.qcow2");
+    // The fake's overlay keeps the base's size (a real provisioner grows it to disk.size).
+    assert_eq!(m.artifact.virtual_size, 64 << 20);
+    assert_eq!(
+        m.digests.sha256,
+        imgbuild::hex(&Sha256::digest(std::fs::read(&artifact).unwrap()))
+    );
+    assert_eq!(m.layers.len(), 2);
+    assert!(m.smoke.is_none());
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    assert_eq!(
+        sums,
+        format!("{}  fake-1.0-amd64.qcow2\n", m.digests.sha256)
+    );
+    // The same version again is bad input, not a rebuild.
+    let again = build_with(
+        &r,
+        &opts,
+        &fake,
+        &AtomicBool::new(false),
+        &mut Progress::plain(true),
+    );
+    assert!(
+        matches!(again, Err(BuildError::Exists(_))),
+        "{:?}",
+        again.err()
+    );
+}
+
+#[test]
+fn a_failed_provisioning_leaves_nothing_in_dist_and_keeps_its_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = catalog(tmp.path()).load("fake").unwrap();
+    let fake = Fake {
+        fail: true,
+        seen: Mutex::new(Vec::new()),
+    };
+    let opts = options(tmp.path());
+    let e = build_with(
+        &r,
+        &opts,
+        &fake,
+        &AtomicBool::new(false),
+        &mut Progress::plain(true),
+    )
+    .expect_err("the fake fails");
+    assert!(e.to_string().contains("step `fake` failed"), "{e}");
+    assert!(!tmp.path().join("dist/fake/1.0").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("dist/fake"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "dist holds {leftovers:?}");
+    // The work folder is gone; the failed build's logs are kept under the cache.
+    let work = tmp.path().join("cache/work");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "work folders left: {left:?}");
+    let failed = tmp.path().join("cache/failed");
+    let kept: Vec<_> = walkdir::WalkDir::new(&failed)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name() == "serial-build.log")
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the failed build's serial log is kept under {failed:?}"
+    );
+}
