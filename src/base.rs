@@ -55,34 +55,6 @@ pub fn default_cache_dir() -> PathBuf {
         .join(".cache/imgbuild")
 }
 
-/// An exclusive lock on a file in the cache, held until dropped.
-pub struct Lock(#[allow(dead_code)] std::fs::File);
-
-impl Lock {
-    pub fn acquire(path: &Path) -> Result<Lock, BaseError> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(io(d))?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io(path))?;
-        use std::os::fd::AsRawFd;
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            tracing::info!("waiting for {} (another build holds it)", path.display());
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(BaseError::Io {
-                    path: path.into(),
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-        }
-        Ok(Lock(f))
-    }
-}
-
 /// A base image ready to build on.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BaseImage {
@@ -104,7 +76,11 @@ fn cached_entry(
     make: impl FnOnce(&Path) -> Result<(), BaseError>,
 ) -> Result<(String, bool), BaseError> {
     let sidecar = path.with_extension("sha256");
-    let _lock = Lock::acquire(&path.with_extension("lock"))?;
+    let lock = path.with_extension("lock");
+    let _lock = crate::cache::FileLock::exclusive(&lock, || {
+        tracing::info!("waiting for {} (another build holds it)", lock.display())
+    })
+    .map_err(|crate::cache::CacheError::Io { path, source }| BaseError::Io { path, source })?;
     let cache_hit = path.is_file() && sidecar.is_file();
     if !cache_hit {
         make(path)?;
@@ -199,6 +175,9 @@ impl Hasher {
     }
 }
 
+/// How long a download may go without a byte before it fails.
+const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Downloads `url` to `dest` (via `dest.part`), hashing as it goes; only a verified file is
 /// renamed into place. A mismatch deletes the partial file and names both digests.
 pub fn fetch(
@@ -221,21 +200,20 @@ pub fn fetch(
         "sha512" => Hasher::Sha512(Sha512::new()),
         _ => Hasher::Sha256(Sha256::new()),
     };
-    let (mut reader, total): (Box<dyn Read>, Option<u64>) =
-        if let Some(p) = url.strip_prefix("file://") {
-            let f = std::fs::File::open(p).map_err(|e| dl(e.to_string()))?;
-            let len = f.metadata().ok().map(|m| m.len());
-            (Box::new(f), len)
-        } else {
-            tracing::debug!(target: "exec", "GET {url}");
-            let resp = ureq::get(url).call().map_err(|e| dl(e.to_string()))?;
-            let len = resp
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            (Box::new(resp.into_body().into_reader()), len)
+    let (mut reader, total): (Box<dyn Read + Send>, Option<u64>) = if let Some(p) =
+        url.strip_prefix("file://")
+    {
+        let f = std::fs::File::open(p).map_err(|e| dl(e.to_string()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    } else {
+        let tls = crate::http::TlsOptions {
+            verify: true,
+            ..Default::default()
         };
+        let http = crate::http::Http::new(&tls, DOWNLOAD_STALL).map_err(|e| dl(e.to_string()))?;
+        http.download(url).map_err(|e| dl(e.to_string()))?
+    };
     let result = (|| {
         let mut out = std::fs::File::create(&part).map_err(io(&part))?;
         let mut buf = vec![0u8; 1 << 20];

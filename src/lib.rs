@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod exec;
 pub mod glance;
 pub mod host;
+pub mod http;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

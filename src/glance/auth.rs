@@ -3,7 +3,7 @@
 //! v3 password, application-credential and token auth; the image endpoint from the service
 //! catalog by interface and region. Secrets are held in [`Secret`], which never prints.
 
-use super::http::{Http, HttpError, TlsOptions};
+use crate::http::{Http, HttpError, TlsOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! OpenStack: Keystone v3 authentication (`auth`) and the Glance upload behind
-//! `imgbuild publish` (`publish`), over one HTTP module (`http`).
+//! `imgbuild publish` (`publish`), over the crate's one HTTP module (`crate::http`).
 
 pub mod auth;
-pub mod http;
 pub mod publish;
+
+pub use crate::http;

@@ -5,8 +5,8 @@
 //! image by its `imgbuild_sha256` property and uploads nothing.
 
 use super::auth::Session;
-use super::http::{Http, HttpError};
 use crate::definition::{Arch, Firmware, Resolved, Visibility};
+use crate::http::{Http, HttpError};
 use crate::manifest::Manifest;
 use indexmap::IndexMap;
 use serde::Serialize;

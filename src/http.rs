@@ -1,6 +1,7 @@
-//! The one place that speaks HTTP to OpenStack: TLS (custom CA bundle, client certificate,
-//! `verify: false` only when asked), timeouts, retries with backoff for connection errors
-//! and 5xx, and status errors that never carry a request body (which may hold a password).
+//! The one place that speaks HTTP: to OpenStack (Keystone, Glance) and for base image
+//! downloads. TLS (custom CA bundle, client certificate, `verify: false` only when asked),
+//! timeouts, retries with backoff for connection errors and 5xx, and status errors that never
+//! carry a request body (which may hold a password).
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ pub struct Http {
     /// For uploads: no limit on the whole transfer, only on a stall (no byte written or
     /// read for the timeout) and on the wait for the answer once the data is sent.
     upload: ureq::Agent,
+    /// For downloads: like `upload`, and redirects are followed (mirrors and release hosts
+    /// redirect; no token is ever sent on this agent).
+    download: ureq::Agent,
     timeout: Duration,
     pub retries: u32,
 }
@@ -264,6 +268,15 @@ impl Http {
             .timeout_per_call(Some(timeout))
             .build()
             .new_agent();
+        let download = ureq::Agent::config_builder()
+            .tls_config(tls_config.clone())
+            .http_status_as_error(false)
+            .max_redirects(10)
+            .timeout_connect(connect)
+            .timeout_per_read(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .build()
+            .new_agent();
         let upload_config = ureq::Agent::config_builder()
             .tls_config(tls_config)
             .http_status_as_error(false)
@@ -288,6 +301,7 @@ impl Http {
         Ok(Http {
             agent,
             upload,
+            download,
             timeout,
             retries: 4,
         })
@@ -395,6 +409,69 @@ impl Http {
                     err
                 }
                 Err(e) => match self.transport(method, url, &e) {
+                    (err, true) => err,
+                    (err, false) => return Err(err),
+                },
+            };
+            if attempt > self.retries {
+                return Err(gave_up(transient, attempt));
+            }
+            let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
+            tracing::warn!("{transient}; retrying in {:.1} s", wait.as_secs_f64());
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// GET of a file to download: its body as a reader and its length if the server said.
+    /// Connection errors and 5xx are retried like API calls; a stall of the timeout ends it.
+    pub fn download(
+        &self,
+        url: &str,
+    ) -> Result<(Box<dyn std::io::Read + Send>, Option<u64>), HttpError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            tracing::debug!(target: "exec", "GET {url}");
+            let req = ureq::http::Request::builder()
+                .method("GET")
+                .uri(url)
+                .header(
+                    "User-Agent",
+                    concat!("imgbuild/", env!("CARGO_PKG_VERSION")),
+                )
+                .body(())
+                .map_err(|e| HttpError::Transport {
+                    method: "GET".into(),
+                    url: url.into(),
+                    message: e.to_string(),
+                })?;
+            let transient = match self.download.run(req) {
+                Ok(resp) if resp.status().is_success() => {
+                    let len = resp
+                        .headers()
+                        .get("content-length")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    return Ok((Box::new(resp.into_body().into_reader()), len));
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let err = HttpError::Status {
+                        method: "GET".into(),
+                        url: url.into(),
+                        status,
+                        message: resp
+                            .status()
+                            .canonical_reason()
+                            .unwrap_or_default()
+                            .to_string(),
+                    };
+                    if status < 500 {
+                        return Err(err);
+                    }
+                    err
+                }
+                Err(e) => match self.transport("GET", url, &e) {
                     (err, true) => err,
                     (err, false) => return Err(err),
                 },
