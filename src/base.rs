@@ -12,12 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("downloading {url}: {message}")]
     Download { url: String, message: String },
     #[error("{url}: checksum mismatch: expected {expected}, actual {actual}")]
@@ -32,13 +28,6 @@ pub enum BaseError {
     Bootstrap(#[from] BootstrapError),
     #[error("interrupted")]
     Interrupted,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BaseError + '_ {
-    move |source| BaseError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The cache folder: `$IMGBUILD_CACHE_DIR`, else `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
@@ -80,18 +69,20 @@ fn cached_entry(
     let _lock = crate::cache::FileLock::exclusive(&lock, || {
         tracing::info!("waiting for {} (another build holds it)", lock.display())
     })
-    .map_err(|crate::cache::CacheError::Io { path, source }| BaseError::Io { path, source })?;
+    .map_err(|crate::cache::CacheError::Io(e)| BaseError::Io(e))?;
     let cache_hit = path.is_file() && sidecar.is_file();
     if !cache_hit {
         make(path)?;
-        let d = crate::digest::digest_file(path, |_| {}).map_err(|e| BaseError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
+        let d = crate::digest::digest_file(path, |_| {}).map_err(|e| {
+            BaseError::Io(crate::IoError {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })
         })?;
-        std::fs::write(&sidecar, &d.sha256).map_err(io(&sidecar))?;
+        std::fs::write(&sidecar, &d.sha256).map_err(crate::IoError::at(&sidecar))?;
     }
     let sha256 = std::fs::read_to_string(&sidecar)
-        .map_err(io(&sidecar))?
+        .map_err(crate::IoError::at(&sidecar))?
         .trim()
         .to_string();
     Ok((sha256, cache_hit))
@@ -193,7 +184,7 @@ pub fn fetch(
         message,
     };
     if let Some(d) = dest.parent() {
-        std::fs::create_dir_all(d).map_err(io(d))?;
+        std::fs::create_dir_all(d).map_err(crate::IoError::at(d))?;
     }
     let part = dest.with_extension("part");
     let mut hasher = match algo {
@@ -215,7 +206,7 @@ pub fn fetch(
         http.download(url).map_err(|e| dl(e.to_string()))?
     };
     let result = (|| {
-        let mut out = std::fs::File::create(&part).map_err(io(&part))?;
+        let mut out = std::fs::File::create(&part).map_err(crate::IoError::at(&part))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut done = 0u64;
         loop {
@@ -227,11 +218,12 @@ pub fn fetch(
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io(&part))?;
+            out.write_all(&buf[..n])
+                .map_err(crate::IoError::at(&part))?;
             done += n as u64;
             progress(done, total);
         }
-        out.sync_all().map_err(io(&part))?;
+        out.sync_all().map_err(crate::IoError::at(&part))?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -247,7 +239,7 @@ pub fn fetch(
             actual: format!("{algo}:{actual}"),
         });
     }
-    std::fs::rename(&part, dest).map_err(io(dest))
+    Ok(std::fs::rename(&part, dest).map_err(crate::IoError::at(dest))?)
 }
 
 #[cfg(test)]
@@ -262,7 +254,7 @@ mod tests {
         let made = std::cell::Cell::new(0);
         let make = |p: &Path| {
             made.set(made.get() + 1);
-            std::fs::write(p, b"hello").map_err(io(p))
+            Ok(std::fs::write(p, b"hello").map_err(crate::IoError::at(p))?)
         };
         assert_eq!(
             cached_entry(&path, make).unwrap(),

@@ -12,7 +12,7 @@ use crate::definition::{Arch, Bootstrap};
 use crate::exec::{Cmd, ExecError};
 use sha2::{Digest, Sha256};
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bump when the recipe changes, so cached bases are rebuilt.
@@ -56,25 +56,14 @@ pub const BASE_PACKAGES: &[&str] = &[
 pub enum BootstrapError {
     #[error(transparent)]
     Exec(#[from] ExecError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("bootstrap bases are made for amd64 only so far, not {0}")]
     UnsupportedArch(Arch),
     #[error("{0}")]
     Layout(String),
     #[error("interrupted")]
     Interrupted,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError + '_ {
-    move |source| BootstrapError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 pub fn kernel_package(arch: Arch) -> &'static str {
@@ -126,10 +115,10 @@ pub fn bootstrap(
     if arch != Arch::Amd64 {
         return Err(BootstrapError::UnsupportedArch(arch));
     }
-    std::fs::create_dir_all(work).map_err(io(work))?;
+    std::fs::create_dir_all(work).map_err(crate::IoError::at(work))?;
     let root = work.join("root");
     if root.exists() {
-        std::fs::remove_dir_all(&root).map_err(io(&root))?;
+        std::fs::remove_dir_all(&root).map_err(crate::IoError::at(&root))?;
     }
     let mut include: Vec<String> = vec![kernel_package(arch).to_string()];
     include.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
@@ -156,7 +145,7 @@ pub fn bootstrap(
     if let Some(d) = debs {
         // Shared downloads: the packages of earlier bootstraps go in, this one's come out
         // (before mmdebstrap empties the archive folder); essential packages are kept for it.
-        let d = std::fs::canonicalize(d).map_err(io(d))?;
+        let d = std::fs::canonicalize(d).map_err(crate::IoError::at(d))?;
         let q = crate::exec::quote(&d.to_string_lossy());
         c = c
             .arg("--skip=essential/unlink")
@@ -187,7 +176,7 @@ pub fn bootstrap(
         .arg(&raw)
         .arg(&tmp)
         .run()?;
-    std::fs::rename(&tmp, out).map_err(io(out))?;
+    std::fs::rename(&tmp, out).map_err(crate::IoError::at(out))?;
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
@@ -195,11 +184,11 @@ pub fn bootstrap(
 
 /// Runs `cmd` with its output in `log`, stopping it (and all it started) when `cancel` is set.
 fn run_stoppable(cmd: &Cmd, log: &Path, cancel: &AtomicBool) -> Result<(), BootstrapError> {
-    let out = std::fs::File::create(log).map_err(io(log))?;
-    let err = out.try_clone().map_err(io(log))?;
+    let out = std::fs::File::create(log).map_err(crate::IoError::at(log))?;
+    let err = out.try_clone().map_err(crate::IoError::at(log))?;
     let mut group = crate::exec::ProcessGroup::spawn(cmd, out.into(), err.into())?;
     loop {
-        if let Some(status) = group.try_wait().map_err(io(log))? {
+        if let Some(status) = group.try_wait().map_err(crate::IoError::at(log))? {
             if status.success() {
                 return Ok(());
             }
@@ -216,9 +205,9 @@ fn run_stoppable(cmd: &Cmd, log: &Path, cancel: &AtomicBool) -> Result<(), Boots
 
 fn write(path: &Path, content: &str) -> Result<(), BootstrapError> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io(d))?;
+        std::fs::create_dir_all(d).map_err(crate::IoError::at(d))?;
     }
-    std::fs::write(path, content).map_err(io(path))
+    Ok(std::fs::write(path, content).map_err(crate::IoError::at(path))?)
 }
 
 pub const GRUB_CFG: &str =
@@ -268,17 +257,17 @@ pub fn configure_tree(root: &Path) -> Result<(), BootstrapError> {
         ])
         .run()?;
     // Per-instance state is made at first boot.
-    std::fs::write(root.join("etc/machine-id"), "").map_err(io(root))?;
+    std::fs::write(root.join("etc/machine-id"), "").map_err(crate::IoError::at(root))?;
     let dbus_id = root.join("var/lib/dbus/machine-id");
     if dbus_id.exists() && !dbus_id.is_symlink() {
-        std::fs::remove_file(&dbus_id).map_err(io(&dbus_id))?;
+        std::fs::remove_file(&dbus_id).map_err(crate::IoError::at(&dbus_id))?;
     }
     for e in std::fs::read_dir(root.join("etc/ssh"))
-        .map_err(io(root))?
+        .map_err(crate::IoError::at(root))?
         .flatten()
     {
         if e.file_name().to_string_lossy().starts_with("ssh_host_") {
-            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            std::fs::remove_file(e.path()).map_err(crate::IoError::at(&e.path()))?;
         }
     }
     let _ = std::fs::remove_file(root.join("var/lib/systemd/random-seed"));
@@ -313,8 +302,8 @@ pub fn assemble_disk(
     work: &Path,
 ) -> Result<(), BootstrapError> {
     let [bios, esp, rootp] = layout(size)?;
-    let f = std::fs::File::create(raw).map_err(io(raw))?;
-    f.set_len(size).map_err(io(raw))?;
+    let f = std::fs::File::create(raw).map_err(crate::IoError::at(raw))?;
+    f.set_len(size).map_err(crate::IoError::at(raw))?;
     drop(f);
     Cmd::new("sgdisk")
         .args(["--clear", "--disk-guid=R"])
@@ -392,7 +381,7 @@ pub fn assemble_disk(
         .arg(&efi)
         .arg("::/EFI/BOOT/BOOTX64.EFI")
         .run()?;
-    let esp_bytes = std::fs::read(&esp_img).map_err(io(&esp_img))?;
+    let esp_bytes = std::fs::read(&esp_img).map_err(crate::IoError::at(&esp_img))?;
     write_at(raw, esp.0 * SECTOR, &esp_bytes)?;
 
     // BIOS: core.img in the BIOS boot partition, boot.img's code in the MBR.
@@ -419,9 +408,10 @@ pub fn assemble_disk(
             "gzio",
         ])
         .run()?;
-    let mut core_img = std::fs::read(&core).map_err(io(&core))?;
-    let mut boot_img = std::fs::read("/usr/lib/grub/i386-pc/boot.img")
-        .map_err(io(Path::new("/usr/lib/grub/i386-pc/boot.img")))?;
+    let mut core_img = std::fs::read(&core).map_err(crate::IoError::at(&core))?;
+    let mut boot_img = std::fs::read("/usr/lib/grub/i386-pc/boot.img").map_err(
+        crate::IoError::at(Path::new("/usr/lib/grub/i386-pc/boot.img")),
+    )?;
     patch_bios_boot(&mut boot_img, &mut core_img, bios.0, bios.1)?;
     write_at(raw, bios.0 * SECTOR, &core_img)?;
     write_at(raw, 0, &boot_img[..440])?;
@@ -462,10 +452,11 @@ fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), BootstrapError>
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .map_err(io(path))?;
-    f.seek(SeekFrom::Start(offset)).map_err(io(path))?;
-    f.write_all(data).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+        .map_err(crate::IoError::at(path))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(crate::IoError::at(path))?;
+    f.write_all(data).map_err(crate::IoError::at(path))?;
+    Ok(f.sync_all().map_err(crate::IoError::at(path))?)
 }
 
 #[cfg(test)]

@@ -23,19 +23,8 @@ use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 /// An advisory lock (flock) on a file, held until dropped.
@@ -46,14 +35,14 @@ pub struct FileLock {
 
 fn open_lock(path: &Path) -> Result<File, CacheError> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io(d))?;
+        std::fs::create_dir_all(d).map_err(crate::IoError::at(d))?;
     }
-    std::fs::OpenOptions::new()
+    Ok(std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(io(path))
+        .map_err(crate::IoError::at(path))?)
 }
 
 impl FileLock {
@@ -64,16 +53,16 @@ impl FileLock {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 on_wait();
-                f.lock().map_err(io(path))?;
+                f.lock().map_err(crate::IoError::at(path))?;
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(path)(e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(crate::IoError::at(path)(e).into()),
         }
         Ok(FileLock { _file: f })
     }
 
     pub fn shared(path: &Path) -> Result<FileLock, CacheError> {
         let f = open_lock(path)?;
-        f.lock_shared().map_err(io(path))?;
+        f.lock_shared().map_err(crate::IoError::at(path))?;
         Ok(FileLock { _file: f })
     }
 
@@ -83,7 +72,7 @@ impl FileLock {
         match f.try_lock() {
             Ok(()) => Ok(Some(FileLock { _file: f })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(path)(e)),
+            Err(std::fs::TryLockError::Error(e)) => Err(crate::IoError::at(path)(e).into()),
         }
     }
 }
@@ -220,7 +209,9 @@ pub fn allocated(path: &Path) -> u64 {
 }
 
 fn fsync_path(p: &Path) -> Result<(), CacheError> {
-    File::open(p).and_then(|f| f.sync_all()).map_err(io(p))
+    Ok(File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(crate::IoError::at(p))?)
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -252,7 +243,7 @@ impl LayerCache {
 
     /// Takes the key's `.build` lock, waiting for another build that holds it.
     pub fn lock_build(&self, key: &str, on_wait: impl FnOnce()) -> Result<BuildGuard, CacheError> {
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        std::fs::create_dir_all(&self.dir).map_err(crate::IoError::at(&self.dir))?;
         Ok(BuildGuard {
             key: key.to_string(),
             _lock: FileLock::exclusive(&self.dir.join(format!("{key}.build")), on_wait)?,
@@ -298,9 +289,9 @@ impl LayerCache {
     pub fn start(&self, g: &BuildGuard) -> Result<PathBuf, CacheError> {
         let p = self.partial(&g.key);
         if p.exists() {
-            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+            std::fs::remove_dir_all(&p).map_err(crate::IoError::at(&p))?;
         }
-        std::fs::create_dir_all(&p).map_err(io(&p))?;
+        std::fs::create_dir_all(&p).map_err(crate::IoError::at(&p))?;
         Ok(p)
     }
 
@@ -309,7 +300,8 @@ impl LayerCache {
     pub fn commit(&self, g: &BuildGuard, meta: &LayerMeta) -> Result<Held, CacheError> {
         let p = self.partial(&g.key);
         let mp = p.join(META);
-        std::fs::write(&mp, serde_json::to_vec_pretty(meta).expect("json")).map_err(io(&mp))?;
+        std::fs::write(&mp, serde_json::to_vec_pretty(meta).expect("json"))
+            .map_err(crate::IoError::at(&mp))?;
         for f in [DISK, VARS, META] {
             let fp = p.join(f);
             if fp.exists() {
@@ -318,11 +310,13 @@ impl LayerCache {
         }
         fsync_path(&p)?;
         let dest = self.entry(&g.key);
-        std::fs::rename(&p, &dest).map_err(io(&dest))?;
+        std::fs::rename(&p, &dest).map_err(crate::IoError::at(&dest))?;
         fsync_path(&self.dir)?;
-        self.lookup(g)?.ok_or_else(|| CacheError::Io {
-            path: dest,
-            source: std::io::Error::other("the committed entry is not readable"),
+        self.lookup(g)?.ok_or_else(|| {
+            CacheError::Io(crate::IoError {
+                path: dest,
+                source: std::io::Error::other("the committed entry is not readable"),
+            })
         })
     }
 
@@ -463,12 +457,12 @@ fn remove_entry_dir(dir: &Path) -> Result<(), CacheError> {
     } else {
         let d = dir.with_file_name(format!(".partial-{name}"));
         if d.exists() {
-            std::fs::remove_dir_all(&d).map_err(io(&d))?;
+            std::fs::remove_dir_all(&d).map_err(crate::IoError::at(&d))?;
         }
-        std::fs::rename(dir, &d).map_err(io(dir))?;
+        std::fs::rename(dir, &d).map_err(crate::IoError::at(dir))?;
         d
     };
-    std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
+    Ok(std::fs::remove_dir_all(&doomed).map_err(crate::IoError::at(&doomed))?)
 }
 
 /// Parses `30d`, `12h`, `90m`, `45s`, `2w` (humantime's forms).
@@ -485,7 +479,7 @@ pub fn apt_disk(
     arch: &str,
 ) -> Result<Option<(PathBuf, FileLock)>, CacheError> {
     let dir = cache_root.join("apt");
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    std::fs::create_dir_all(&dir).map_err(crate::IoError::at(&dir))?;
     let disk = dir.join(format!("guest-{distro}-{version}-{arch}.qcow2"));
     let Some(lock) = FileLock::try_exclusive(&disk.with_extension("lock"))? else {
         return Ok(None);
@@ -497,11 +491,13 @@ pub fn apt_disk(
             .arg(&tmp)
             .arg("64G")
             .run()
-            .map_err(|e| CacheError::Io {
-                path: tmp.clone(),
-                source: std::io::Error::other(e.to_string()),
+            .map_err(|e| {
+                CacheError::Io(crate::IoError {
+                    path: tmp.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
             })?;
-        std::fs::rename(&tmp, &disk).map_err(io(&disk))?;
+        std::fs::rename(&tmp, &disk).map_err(crate::IoError::at(&disk))?;
     }
     Ok(Some((disk, lock)))
 }
@@ -518,7 +514,7 @@ pub fn bootstrap_debs(
     let Some(lock) = FileLock::try_exclusive(&dir.with_extension("lock"))? else {
         return Ok(None);
     };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    std::fs::create_dir_all(&dir).map_err(crate::IoError::at(&dir))?;
     Ok(Some((dir, lock)))
 }
 
@@ -588,9 +584,9 @@ pub fn remove_base(path: &Path) -> Result<bool, CacheError> {
     let sidecar = path.with_extension("sha256");
     // The sidecar first: without it the base is not a cache hit, even if the removal stops.
     if sidecar.exists() {
-        std::fs::remove_file(&sidecar).map_err(io(&sidecar))?;
+        std::fs::remove_file(&sidecar).map_err(crate::IoError::at(&sidecar))?;
     }
-    std::fs::remove_file(path).map_err(io(path))?;
+    std::fs::remove_file(path).map_err(crate::IoError::at(path))?;
     Ok(true)
 }
 
@@ -600,9 +596,9 @@ pub fn remove_locked(path: &Path, lock: &Path) -> Result<bool, CacheError> {
         return Ok(false);
     };
     if path.is_dir() {
-        std::fs::remove_dir_all(path).map_err(io(path))?;
+        std::fs::remove_dir_all(path).map_err(crate::IoError::at(path))?;
     } else if path.exists() {
-        std::fs::remove_file(path).map_err(io(path))?;
+        std::fs::remove_file(path).map_err(crate::IoError::at(path))?;
     }
     Ok(true)
 }

@@ -35,12 +35,8 @@ impl Digests {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DigestError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("{path}: {algo:?} mismatch: expected {expected}, actual {actual}")]
     Mismatch {
         path: PathBuf,
@@ -122,9 +118,11 @@ fn digest_with(
     pool: usize,
     mut progress: impl FnMut(u64),
 ) -> Result<Digests, DigestError> {
-    let io = |source| DigestError::Io {
-        path: path.to_path_buf(),
-        source,
+    let io = |source| {
+        DigestError::Io(crate::IoError {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let (home, back) = mpsc::channel::<Vec<u8>>();
@@ -343,10 +341,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone.img");
         let e = digest_file(&gone, |_| {}).unwrap_err();
-        assert!(matches!(e, DigestError::Io { ref path, .. } if path == &gone));
+        assert!(matches!(e, DigestError::Io(crate::IoError { ref path, .. }) if path == &gone));
         // A directory opens but does not read: the error comes from the read loop.
         let e = digest_file(dir.path(), |_| {}).unwrap_err();
-        assert!(matches!(e, DigestError::Io { ref path, .. } if path == dir.path()));
+        assert!(
+            matches!(e, DigestError::Io(crate::IoError { ref path, .. }) if path == dir.path())
+        );
     }
 
     #[test]

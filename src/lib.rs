@@ -22,6 +22,26 @@ pub mod qemu;
 pub mod render;
 pub mod vnc;
 
+/// An I/O error with the path it happened on: the one shape every module's error enum
+/// carries (`Io(#[from] IoError)`), made with `.map_err(IoError::at(path))?`.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct IoError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    /// The error maker for an operation on `path`.
+    pub fn at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> IoError + '_ {
+        move |source| IoError {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Lower-case hex of `bytes` (digests, random ids).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

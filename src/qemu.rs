@@ -36,21 +36,10 @@ pub enum QemuError {
     Hung { what: String, tail: String },
     #[error("QMP: {0}")]
     Qmp(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("no UEFI firmware for {0} (install ovmf / qemu-efi-aarch64)")]
     NoFirmware(Arch),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
-    move |source| QemuError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -397,7 +386,7 @@ impl Vm {
                 tempfile::Builder::new()
                     .prefix("imgbuild-qmp-")
                     .tempdir()
-                    .map_err(io(&std::env::temp_dir()))?,
+                    .map_err(crate::IoError::at(&std::env::temp_dir()))?,
             )
         } else {
             None
@@ -405,8 +394,8 @@ impl Vm {
         let qmp_socket = socket_dir.as_ref().map(|d| d.path().join("qmp.sock"));
         let cmd = spec.cmd(qmp_socket.as_deref())?;
         let stderr_log = spec.serial_log.with_extension("qemu.log");
-        std::fs::write(&spec.serial_log, b"").map_err(io(&spec.serial_log))?;
-        let err = std::fs::File::create(&stderr_log).map_err(io(&stderr_log))?;
+        std::fs::write(&spec.serial_log, b"").map_err(crate::IoError::at(&spec.serial_log))?;
+        let err = std::fs::File::create(&stderr_log).map_err(crate::IoError::at(&stderr_log))?;
         tracing::debug!(target: "exec", "{}", cmd.cmdline());
         let mut std_cmd = cmd.std();
         std_cmd
@@ -431,10 +420,10 @@ impl Vm {
                         .unwrap_or_default(),
                 })
             } else {
-                QemuError::Io {
+                QemuError::Io(crate::IoError {
                     path: PathBuf::from(cmd.program()),
                     source: e,
-                }
+                })
             }
         })?;
         Ok(Vm {
@@ -531,9 +520,11 @@ impl Vm {
     fn try_wait(&mut self) -> Result<Option<ExitStatus>, QemuError> {
         match self.child.as_mut() {
             None => Ok(None),
-            Some(c) => c.try_wait().map_err(|source| QemuError::Io {
-                path: "qemu".into(),
-                source,
+            Some(c) => c.try_wait().map_err(|source| {
+                QemuError::Io(crate::IoError {
+                    path: "qemu".into(),
+                    source,
+                })
             }),
         }
     }
@@ -603,14 +594,15 @@ impl Vm {
             .qmp_socket
             .as_ref()
             .ok_or_else(|| QemuError::Qmp("no QMP socket".into()))?;
-        let mut s = UnixStream::connect(sock).map_err(io(sock))?;
+        let mut s = UnixStream::connect(sock).map_err(crate::IoError::at(sock))?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let mut reader = std::io::BufReader::new(s.try_clone().map_err(io(sock))?);
+        let mut reader = std::io::BufReader::new(s.try_clone().map_err(crate::IoError::at(sock))?);
         let read_reply =
             |reader: &mut std::io::BufReader<UnixStream>| -> Result<serde_json::Value, QemuError> {
                 loop {
                     let mut line = String::new();
-                    std::io::BufRead::read_line(reader, &mut line).map_err(io(sock))?;
+                    std::io::BufRead::read_line(reader, &mut line)
+                        .map_err(crate::IoError::at(sock))?;
                     if line.is_empty() {
                         return Err(QemuError::Qmp("connection closed".into()));
                     }
@@ -626,13 +618,14 @@ impl Vm {
                 }
             };
         read_reply(&mut reader)?; // greeting
-        writeln!(s, "{}", serde_json::json!({"execute": "qmp_capabilities"})).map_err(io(sock))?;
+        writeln!(s, "{}", serde_json::json!({"execute": "qmp_capabilities"}))
+            .map_err(crate::IoError::at(sock))?;
         read_reply(&mut reader)?;
         let mut cmd = serde_json::json!({ "execute": command });
         if !args.is_null() {
             cmd["arguments"] = args;
         }
-        writeln!(s, "{cmd}").map_err(io(sock))?;
+        writeln!(s, "{cmd}").map_err(crate::IoError::at(sock))?;
         Ok(read_reply(&mut reader)?
             .get("return")
             .cloned()
@@ -696,7 +689,7 @@ pub fn img_info(path: &Path) -> Result<ImgInfo, QemuError> {
 /// A copy-on-write overlay on `backing`, optionally larger.
 pub fn create_overlay(backing: &Path, overlay: &Path, size: Option<u64>) -> Result<(), QemuError> {
     let fmt = img_info(backing)?.format;
-    let backing_abs = std::fs::canonicalize(backing).map_err(io(backing))?;
+    let backing_abs = std::fs::canonicalize(backing).map_err(crate::IoError::at(backing))?;
     let mut c = Cmd::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", &fmt, "-b"])
         .arg(&backing_abs)
@@ -754,9 +747,9 @@ pub fn qemu_supports_zstd() -> bool {
 
 /// A NoCloud seed ISO (volume label `cidata`) from the given files.
 pub fn make_seed_iso(files: &[(&str, &Path)], out: &Path) -> Result<(), QemuError> {
-    let dir = tempfile::tempdir().map_err(io(out))?;
+    let dir = tempfile::tempdir().map_err(crate::IoError::at(out))?;
     for (name, src) in files {
-        std::fs::copy(src, dir.path().join(name)).map_err(io(src))?;
+        std::fs::copy(src, dir.path().join(name)).map_err(crate::IoError::at(src))?;
     }
     Cmd::new("xorriso")
         .args([

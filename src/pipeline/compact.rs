@@ -2,7 +2,7 @@
 //! standalone image in the dist format (`qemu-img convert`), compressed as the definition or
 //! `--compression` asks and qemu-img can.
 
-use super::{io, BuildError, Provisioned};
+use super::{BuildError, Provisioned};
 use crate::definition::{self, DiskFormat, Resolved};
 use crate::progress::Progress;
 use crate::qemu::{self, Compression};
@@ -63,7 +63,9 @@ pub fn compact(
         let _ = std::fs::remove_file(&provisioned.disk);
     }
     let info = qemu::img_info(&path)?;
-    let size = std::fs::metadata(&path).map_err(io(&path))?.len();
+    let size = std::fs::metadata(&path)
+        .map_err(crate::IoError::at(&path))?
+        .len();
     p.done(&format!(
         "{file}: {} MiB ({} MiB virtual, {})",
         size >> 20,

@@ -5,7 +5,7 @@
 //! Work folders and partial folders of processes that no longer run are swept at the next
 //! build, so even a SIGKILL leaves nothing that looks like a finished image.
 
-use super::{io, BuildError};
+use super::BuildError;
 use std::path::{Path, PathBuf};
 
 /// A work folder, removed on drop.
@@ -24,9 +24,12 @@ fn pid_suffix(name: &str, sep: char) -> Option<u32> {
 impl WorkDir {
     pub fn create(cache: &Path, name: &str) -> Result<WorkDir, BuildError> {
         let root = cache.join("work");
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        std::fs::create_dir_all(&root).map_err(crate::IoError::at(&root))?;
         // Folders of builds that died without cleaning up.
-        for e in std::fs::read_dir(&root).map_err(io(&root))?.flatten() {
+        for e in std::fs::read_dir(&root)
+            .map_err(crate::IoError::at(&root))?
+            .flatten()
+        {
             let n = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = pid_suffix(&n, '.') {
                 if !pid_alive(pid) {
@@ -40,9 +43,9 @@ impl WorkDir {
         }
         let path = root.join(format!("{name}.{}", std::process::id()));
         if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            std::fs::remove_dir_all(&path).map_err(crate::IoError::at(&path))?;
         }
-        std::fs::create_dir_all(&path).map_err(io(&path))?;
+        std::fs::create_dir_all(&path).map_err(crate::IoError::at(&path))?;
         Ok(WorkDir { path })
     }
 
@@ -102,7 +105,7 @@ pub fn sweep_stale(image_dir: &Path) {
 /// `dest` is replaced (moved aside first, then removed).
 pub fn publish_dir(stage: &Path, dest: &Path, force: bool) -> Result<(), BuildError> {
     let parent = dest.parent().expect("dest has a parent");
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    std::fs::create_dir_all(parent).map_err(crate::IoError::at(parent))?;
     let version = dest
         .file_name()
         .expect("dest has a name")
@@ -124,7 +127,7 @@ pub fn publish_dir(stage: &Path, dest: &Path, force: bool) -> Result<(), BuildEr
             }
             partial
         }
-        Err(e) => return Err(io(stage)(e)),
+        Err(e) => return Err(crate::IoError::at(stage)(e).into()),
     };
     if dest.exists() {
         if !force {
@@ -133,24 +136,24 @@ pub fn publish_dir(stage: &Path, dest: &Path, force: bool) -> Result<(), BuildEr
             return Err(BuildError::Exists(dest.to_path_buf()));
         }
         let old = parent.join(format!(".{version}.replaced-{pid}"));
-        std::fs::rename(dest, &old).map_err(io(dest))?;
-        std::fs::rename(&ready, dest).map_err(io(dest))?;
+        std::fs::rename(dest, &old).map_err(crate::IoError::at(dest))?;
+        std::fs::rename(&ready, dest).map_err(crate::IoError::at(dest))?;
         let _ = std::fs::remove_dir_all(&old);
     } else {
-        std::fs::rename(&ready, dest).map_err(io(dest))?;
+        std::fs::rename(&ready, dest).map_err(crate::IoError::at(dest))?;
     }
     Ok(())
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuildError> {
     for e in walkdir::WalkDir::new(src) {
-        let e = e.map_err(|e| io(src)(std::io::Error::other(e)))?;
+        let e = e.map_err(|e| crate::IoError::at(src)(std::io::Error::other(e)))?;
         let rel = e.path().strip_prefix(src).expect("under src");
         let target = dst.join(rel);
         if e.file_type().is_dir() {
-            std::fs::create_dir_all(&target).map_err(io(&target))?;
+            std::fs::create_dir_all(&target).map_err(crate::IoError::at(&target))?;
         } else {
-            std::fs::copy(e.path(), &target).map_err(io(&target))?;
+            std::fs::copy(e.path(), &target).map_err(crate::IoError::at(&target))?;
         }
     }
     Ok(())

@@ -177,8 +177,8 @@ pub fn assemble(p: Parts) -> Manifest {
 /// Writes manifest.json and SHA256SUMS into the version folder being assembled.
 pub fn write(m: &Manifest, dir: &Path) -> Result<(), super::BuildError> {
     let mp = dir.join(FILE);
-    std::fs::write(&mp, m.to_json()).map_err(super::io(&mp))?;
+    std::fs::write(&mp, m.to_json()).map_err(crate::IoError::at(&mp))?;
     let sp = dir.join(SUMS);
-    std::fs::write(&sp, m.sums()).map_err(super::io(&sp))?;
+    std::fs::write(&sp, m.sums()).map_err(crate::IoError::at(&sp))?;
     Ok(())
 }

@@ -45,12 +45,8 @@ pub enum BuildError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Digest(#[from] DigestError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("provisioning failed: {summary}{log}\nserial console: {serial}")]
     Provision {
         summary: String,
@@ -79,13 +75,6 @@ impl BuildError {
                 self,
                 BuildError::Render(RenderError::Definition(_) | RenderError::ArchNotListed { .. })
             )
-    }
-}
-
-pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -144,7 +133,7 @@ pub fn build_with(
         return Err(BuildError::Exists(final_dir));
     }
     dist::sweep_stale(&image_dir);
-    std::fs::create_dir_all(&opts.cache).map_err(io(&opts.cache))?;
+    std::fs::create_dir_all(&opts.cache).map_err(crate::IoError::at(&opts.cache))?;
     let work = dist::WorkDir::create(&opts.cache, &format!("{}-{version}-{}", r.name, opts.arch))?;
     p.line(&format!(
         "building {} {version} for {} with the {} backend (work: {})",
@@ -196,13 +185,13 @@ fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildE
     let (r, opts, arch) = (job.r, job.opts, job.opts.arch);
     let stage_dir = job.work.join("stage");
     let logs = stage_dir.join("logs");
-    std::fs::create_dir_all(&logs).map_err(io(&logs))?;
+    std::fs::create_dir_all(&logs).map_err(crate::IoError::at(&logs))?;
 
     let rendered = render_stage(job, p)?;
     let base = base_stage(job, p)?;
     // Held while the build stands on the base, so that `cache prune` leaves it alone.
     let _base_in_use = crate::cache::FileLock::shared(&base.path.with_extension("use"))
-        .map_err(|crate::cache::CacheError::Io { path, source }| BuildError::Io { path, source })?;
+        .map_err(|crate::cache::CacheError::Io(e)| BuildError::Io(e))?;
     let accel = accel_stage(job, p)?;
 
     p.stage(&format!("provision ({})", job.provisioner.name()));

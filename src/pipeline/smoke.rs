@@ -12,7 +12,7 @@ use crate::render::cloud_init::to_cloud_config;
 use crate::render::userdata::{self, LaunchParams, UserdataError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -31,19 +31,8 @@ pub enum SmokeError {
     Qemu(#[from] QemuError),
     #[error("the smoke launch user-data: {0}")]
     Launch(#[from] UserdataError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SmokeError + '_ {
-    move |source| SmokeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 pub use crate::protocol::CheckOutcome;
@@ -236,21 +225,24 @@ pub fn smoke(
     opts: SmokeOptions,
 ) -> Result<SmokeReport, SmokeError> {
     let out = opts.out_dir;
-    std::fs::create_dir_all(out).map_err(io(out))?;
+    std::fs::create_dir_all(out).map_err(crate::IoError::at(out))?;
     let work = tempfile::Builder::new()
         .prefix(".smoke-")
         .tempdir_in(out)
-        .map_err(io(out))?;
+        .map_err(crate::IoError::at(out))?;
     let w = work.path();
     let instance = format!("imgbuild-smoke-{}", random_hex(8));
     let launch = SmokeLaunch::for_image(r);
     // The host reaches the guest's VNC port as Guacamole or Kasm would, through a forward.
     let vnc_fwd = match &launch {
-        Some(l) => Some((free_port().map_err(io(out))?, 5900 + l.vnc_display)),
+        Some(l) => Some((
+            free_port().map_err(crate::IoError::at(out))?,
+            5900 + l.vnc_display,
+        )),
         None => None,
     };
     let seed_dir = w.join("seed");
-    std::fs::create_dir_all(&seed_dir).map_err(io(&seed_dir))?;
+    std::fs::create_dir_all(&seed_dir).map_err(crate::IoError::at(&seed_dir))?;
     let files = [
         ("user-data", user_data(r, &instance, launch.as_ref())?),
         (
@@ -267,7 +259,7 @@ pub fn smoke(
     let mut seed_files = Vec::new();
     for (name, content) in &files {
         let p = seed_dir.join(name);
-        std::fs::write(&p, content).map_err(io(&p))?;
+        std::fs::write(&p, content).map_err(crate::IoError::at(&p))?;
         seed_files.push((*name, p));
     }
     let seed_iso = w.join("seed.iso");
@@ -283,7 +275,7 @@ pub fn smoke(
     let uefi_vars = if firmware == qemu::Firmware::Uefi {
         let (_, vars) = qemu::uefi_firmware(arch).ok_or(QemuError::NoFirmware(arch))?;
         let copy = w.join("vars.fd");
-        std::fs::copy(&vars, &copy).map_err(io(&copy))?;
+        std::fs::copy(&vars, &copy).map_err(crate::IoError::at(&copy))?;
         Some(copy)
     } else {
         None
@@ -427,9 +419,9 @@ pub fn smoke(
         &rp,
         serde_json::to_string_pretty(&report).expect("json") + "\n",
     )
-    .map_err(io(&rp))?;
+    .map_err(crate::IoError::at(&rp))?;
     let jp = out.join("junit.xml");
-    std::fs::write(&jp, junit(&report)).map_err(io(&jp))?;
+    std::fs::write(&jp, junit(&report)).map_err(crate::IoError::at(&jp))?;
     Ok(report)
 }
 

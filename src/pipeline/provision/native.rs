@@ -9,7 +9,7 @@ use super::{ProvisionInput, Provisioned};
 use crate::cache::{self, LayerCache, LayerMeta};
 use crate::definition::parse_size;
 use crate::pipeline::manifest::LayerRecord;
-use crate::pipeline::{interrupted, io, BuildError};
+use crate::pipeline::{interrupted, BuildError};
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch, APT_CACHE_SERIAL};
 use crate::qemu::{self, QemuError, Vm, VmSpec};
@@ -90,7 +90,7 @@ fn provision_layers(
             let dir = input
                 .work
                 .join(format!("layer-{:02}-{}", i + 1, layer.name));
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            std::fs::create_dir_all(&dir).map_err(crate::IoError::at(&dir))?;
             let t = Instant::now();
             let watch = boot_layer(input, layer, chain, &dir, apt, p)?;
             chain.images.extend(watch.container_images);
@@ -133,7 +133,8 @@ fn provision_layers(
             key: layer.key.clone(),
             layer: layer.name.into(),
             parent: layer.parent_key.clone(),
-            backing: std::fs::canonicalize(&chain.parent).map_err(io(&chain.parent))?,
+            backing: std::fs::canonicalize(&chain.parent)
+                .map_err(crate::IoError::at(&chain.parent))?,
             image: input.resolved.name.clone(),
             arch: input.arch.as_str().into(),
             created: cache::rfc3339(SystemTime::now()),
@@ -171,7 +172,9 @@ fn record(layer: &PlannedLayer, cached: bool, t: Instant) -> LayerRecord {
 
 fn cache_err(e: cache::CacheError) -> BuildError {
     match e {
-        cache::CacheError::Io { path, source } => BuildError::Io { path, source },
+        cache::CacheError::Io(crate::IoError { path, source }) => {
+            BuildError::Io(crate::IoError { path, source })
+        }
     }
 }
 
@@ -219,7 +222,7 @@ fn boot_layer(
         &meta,
         layer_meta_data(&input.resolved.name, input.arch, layer.name, &layer.key),
     )
-    .map_err(io(&meta))?;
+    .map_err(crate::IoError::at(&meta))?;
     let seed_iso = w.join(format!("seed-{tag}.iso"));
     qemu::make_seed_iso(
         &[
@@ -239,7 +242,7 @@ fn boot_layer(
                     .1
             }
         };
-        std::fs::copy(&src, to).map_err(io(to))?;
+        std::fs::copy(&src, to).map_err(crate::IoError::at(to))?;
         Ok(())
     };
     let uefi_vars = if uefi {

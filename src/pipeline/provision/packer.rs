@@ -7,7 +7,7 @@
 use super::native::{failure, log_name};
 use super::{ProvisionInput, Provisioned};
 use crate::exec::{Cmd, ProcessGroup};
-use crate::pipeline::{io, BuildError};
+use crate::pipeline::BuildError;
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch};
 use crate::qemu::SerialReader;
@@ -22,9 +22,9 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
     let packer_dir = input.rendered_dir.join(PACKER_DIR);
     let out_dir = w.join("packer-out");
     let tmp = w.join("tmp");
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir_all(&tmp).map_err(crate::IoError::at(&tmp))?;
     let serial = input.logs.join("serial-build.log");
-    let abs = |p: &Path| std::fs::canonicalize(p).map_err(io(p));
+    let abs = |p: &Path| std::fs::canonicalize(p).map_err(crate::IoError::at(p));
     let seed_dir = abs(&input.rendered_dir.join("seed"))?;
     let logs = abs(input.logs)?;
     let serial_abs = logs.join("serial-build.log");
@@ -54,8 +54,8 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
         .env("TMPDIR", &tmp)
         .env("PACKER_CACHE_DIR", w.join("packer_cache"));
     let log_path = input.logs.join("packer.log");
-    let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
-    let out = log.try_clone().map_err(io(&log_path))?;
+    let log = std::fs::File::create(&log_path).map_err(crate::IoError::at(&log_path))?;
+    let out = log.try_clone().map_err(crate::IoError::at(&log_path))?;
     // Its own process group, so that stopping it reaches the QEMU it started.
     let mut packer = ProcessGroup::spawn(&cmd, out.into(), log.into()).map_err(BuildError::Exec)?;
     let mut reader = SerialReader::new(&serial);
@@ -99,7 +99,10 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
             packer.stop();
             return Err(BuildError::Interrupted);
         }
-        if let Some(status) = packer.try_wait().map_err(io(Path::new("packer")))? {
+        if let Some(status) = packer
+            .try_wait()
+            .map_err(crate::IoError::at(Path::new("packer")))?
+        {
             for line in reader.new_lines() {
                 watch.line(&line);
             }
