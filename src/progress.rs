@@ -1,9 +1,52 @@
-//! Progress on stderr: one spinner or bar per stage with elapsed time on a terminal, plain
-//! timestamped lines otherwise (CI logs). stdout stays free for results and `--json`.
+//! The one channel to a person: stderr. Progress shows one spinner or bar per stage with
+//! elapsed time on a terminal, plain timestamped lines otherwise (CI logs); the log events of
+//! the library (`tracing`: warnings, retries, `-v`'s command lines) are written through
+//! [`Console`], which puts them above the spinner instead of through it. stdout stays free for
+//! results and `--json`.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The spinner on screen, if any: log lines are written above it.
+static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn active() -> Option<ProgressBar> {
+    ACTIVE.lock().map(|a| a.clone()).unwrap_or(None)
+}
+
+fn set_active(bar: Option<&ProgressBar>) {
+    if let Ok(mut a) = ACTIVE.lock() {
+        *a = bar.cloned();
+    }
+}
+
+/// Writes a line to stderr, above the spinner when one is drawn.
+fn emit(text: &str) {
+    match active() {
+        Some(b) => b.println(text),
+        None => eprintln!("{text}"),
+    }
+}
+
+/// stderr for `tracing`'s formatter (`.with_writer(Console::default)`): log events share the
+/// terminal with the spinner without garbling it.
+#[derive(Default)]
+pub struct Console;
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match active() {
+            Some(b) => b.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 pub struct Progress {
     tty: bool,
@@ -56,9 +99,14 @@ impl Progress {
         if self.quiet {
             return;
         }
-        match &self.bar {
-            Some(b) => b.println(format!("{} {msg}", self.stamp())),
-            None => eprintln!("{} {msg}", self.stamp()),
+        emit(&format!("{} {msg}", self.stamp()));
+    }
+
+    /// An error line (each of its lines prefixed), shown even when quiet: errors are what
+    /// `-q` keeps.
+    pub fn error(&self, msg: &str) {
+        for l in format!("error: {msg}").lines() {
+            emit(&format!("{}{l}", self.prefix));
         }
     }
 
@@ -77,6 +125,7 @@ impl Progress {
             );
             b.set_prefix(name.to_string());
             b.enable_steady_tick(Duration::from_millis(200));
+            set_active(Some(&b));
             self.bar = Some(b);
         } else {
             self.line(&format!("{name} ..."));
@@ -128,6 +177,7 @@ impl Progress {
     fn finish(&mut self, mark: &str, summary: &str) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
+            set_active(None);
         }
         if let Some((name, t)) = self.stage.take() {
             let s = if summary.is_empty() {
@@ -137,7 +187,7 @@ impl Progress {
             };
             let text = format!("{mark} {name} ({:.1} s){s}", t.elapsed().as_secs_f64());
             if mark == "FAIL" {
-                eprintln!("{} {text}", self.stamp());
+                emit(&format!("{} {text}", self.stamp()));
             } else {
                 self.line(&text);
             }
@@ -163,6 +213,7 @@ impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
+            set_active(None);
         }
     }
 }

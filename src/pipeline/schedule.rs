@@ -253,7 +253,7 @@ pub fn run(jobs: Vec<Job>, budget: Budget, cancel: &AtomicBool) -> Vec<Outcome> 
     for (i, job) in slots.iter().enumerate() {
         let job = job.as_ref().expect("not started yet");
         if let Err(e) = host_check(job) {
-            eprintln!("[{}] error: {e}", meta[i].3);
+            job.progress.error(&e.to_string());
             sched.finish(i);
             outcomes[i] = Some(outcome(&meta[i], Err(e)));
         }
@@ -289,10 +289,7 @@ pub fn run(jobs: Vec<Job>, budget: Budget, cancel: &AtomicBool) -> Vec<Outcome> 
                             Err(JobError::Panicked(why))
                         });
                         if let Err(e) = &r {
-                            // Also under -q: errors are what -q keeps.
-                            for l in format!("error: {}", describe(e)).lines() {
-                                eprintln!("[{label}] {l}");
-                            }
+                            job.progress.error(&describe(e));
                         }
                         let _ = tx.send((i, r));
                     });
