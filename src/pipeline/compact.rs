@@ -2,7 +2,8 @@
 //! standalone image in the dist format (`qemu-img convert`), compressed as the definition or
 //! `--compression` asks and qemu-img can.
 
-use super::{BuildError, Provisioned};
+use super::error::BuildError;
+use super::provision::Provisioned;
 use crate::definition::{self, DiskFormat, Resolved};
 use crate::progress::Progress;
 use crate::qemu::{self, Compression};

@@ -5,7 +5,7 @@
 //! Work folders and partial folders of processes that no longer run are swept at the next
 //! build, so even a SIGKILL leaves nothing that looks like a finished image.
 
-use super::BuildError;
+use super::error::BuildError;
 use std::path::{Path, PathBuf};
 
 /// A work folder, removed on drop.

@@ -38,16 +38,7 @@ pub struct Manifest {
     pub layers: Vec<LayerRecord>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LayerRecord {
-    pub name: String,
-    /// The cache key (sha256 of the parent's key and what the layer renders from).
-    pub key: String,
-    /// Reused from the layer cache rather than built by this build.
-    pub cached: bool,
-    /// Seconds this build spent on the layer (0 when cached).
-    pub seconds: f64,
-}
+pub use super::provision::LayerRecord;
 
 pub use crate::protocol::ContainerImage;
 
@@ -73,16 +64,7 @@ pub struct Artifact {
     pub virtual_size: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SmokeSummary {
-    pub passed: bool,
-    pub checks: usize,
-    pub failed: usize,
-    pub boot_seconds: f64,
-    pub report: String,
-    pub junit: String,
-    pub screenshot: Option<String>,
-}
+pub use super::smoke::SmokeSummary;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BuildInfo {
@@ -124,7 +106,7 @@ pub struct Parts<'a> {
     pub artifact: &'a super::compact::Compacted,
     pub digests: Digests,
     pub smoke: Option<SmokeSummary>,
-    pub provisioned: &'a super::Provisioned,
+    pub provisioned: &'a super::provision::Provisioned,
     pub started: std::time::SystemTime,
     /// Seconds the build took so far.
     pub seconds: f64,
@@ -175,7 +157,7 @@ pub fn assemble(p: Parts) -> Manifest {
 }
 
 /// Writes manifest.json and SHA256SUMS into the version folder being assembled.
-pub fn write(m: &Manifest, dir: &Path) -> Result<(), super::BuildError> {
+pub fn write(m: &Manifest, dir: &Path) -> Result<(), super::error::BuildError> {
     let mp = dir.join(FILE);
     std::fs::write(&mp, m.to_json()).map_err(crate::IoError::at(&mp))?;
     let sp = dir.join(SUMS);

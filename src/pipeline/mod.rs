@@ -10,6 +10,7 @@
 
 pub mod compact;
 pub mod dist;
+pub mod error;
 pub mod manifest;
 pub mod provision;
 pub mod schedule;
@@ -17,73 +18,19 @@ pub mod smoke;
 pub mod version;
 
 pub use compact::CompressionChoice;
+pub use error::BuildError;
 pub use provision::{Backend, ProvisionInput, Provisioned, Provisioner};
 pub use version::{check_version, default_version, git_state};
 
 use crate::base::{self, BaseError, BaseImage};
 use crate::definition::{Arch, Resolved};
-use crate::digest::DigestError;
-use crate::exec::ExecError;
 use crate::progress::Progress;
-use crate::qemu::{self, AccelChoice, QemuError};
-use crate::render::{self, RenderError, RenderOptions, Rendered};
+use crate::qemu::{self, AccelChoice};
+use crate::render::{self, RenderOptions, Rendered};
 use manifest::Manifest;
-use smoke::SmokeError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Render(#[from] RenderError),
-    #[error(transparent)]
-    Base(#[from] BaseError),
-    #[error(transparent)]
-    Qemu(#[from] QemuError),
-    #[error(transparent)]
-    Exec(#[from] ExecError),
-    #[error(transparent)]
-    Digest(#[from] DigestError),
-    #[error(transparent)]
-    Io(#[from] crate::IoError),
-    #[error("provisioning failed: {summary}{log}\nserial console: {serial}")]
-    Provision {
-        summary: String,
-        log: String,
-        serial: String,
-    },
-    #[error("{0}")]
-    Backend(String),
-    #[error("smoke test failed: {summary}\nreport: {report}")]
-    Smoke { summary: String, report: String },
-    #[error(transparent)]
-    SmokeRun(#[from] SmokeError),
-    #[error("{0} already exists (pass --version for another version, or --force to replace it)")]
-    Exists(PathBuf),
-    #[error("version `{0}`: only letters, digits, `.`, `_`, `+` and `-` (not first)")]
-    BadVersion(String),
-    #[error("interrupted; nothing was written to dist/")]
-    Interrupted,
-}
-
-impl BuildError {
-    /// Bad input rather than a failed build (exit code 2).
-    pub fn is_usage(&self) -> bool {
-        matches!(self, BuildError::Exists(_) | BuildError::BadVersion(_))
-            || matches!(
-                self,
-                BuildError::Render(RenderError::Definition(_) | RenderError::ArchNotListed { .. })
-            )
-    }
-}
-
-fn interrupted(e: QemuError) -> BuildError {
-    match e {
-        QemuError::Interrupted => BuildError::Interrupted,
-        e => e.into(),
-    }
-}
 
 pub struct BuildOptions {
     pub arch: Arch,

@@ -492,6 +492,18 @@ pub fn junit(r: &SmokeReport) -> String {
     x
 }
 
+/// The smoke as the manifest records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SmokeSummary {
+    pub passed: bool,
+    pub checks: usize,
+    pub failed: usize,
+    pub boot_seconds: f64,
+    pub report: String,
+    pub junit: String,
+    pub screenshot: Option<String>,
+}
+
 /// The pipeline's smoke stage: boots the compacted artifact, shows each check as it reports,
 /// and fails the build (keeping the smoke's serial log, report and screenshot with the build's
 /// logs) unless every check passed.
@@ -503,8 +515,8 @@ pub fn stage(
     version_dir: &Path,
     cancel: &AtomicBool,
     p: &mut crate::progress::Progress,
-) -> Result<crate::pipeline::manifest::SmokeSummary, crate::pipeline::BuildError> {
-    use crate::pipeline::BuildError;
+) -> Result<SmokeSummary, crate::pipeline::error::BuildError> {
+    use crate::pipeline::error::BuildError;
     p.stage("smoke");
     let smoke_dir = version_dir.join("smoke");
     let logs = version_dir.join("logs");
@@ -560,7 +572,7 @@ pub fn stage(
         report.checks.len(),
         report.boot_seconds
     ));
-    Ok(crate::pipeline::manifest::SmokeSummary {
+    Ok(SmokeSummary {
         passed: report.passed,
         checks: report.checks.len(),
         failed: failed.len(),

@@ -1,7 +1,7 @@
 //! A build's version: given (`--version`, checked) or made from the date and the git commit
 //! of the definition's repository.
 
-use super::BuildError;
+use super::error::BuildError;
 use crate::exec::Cmd;
 use std::path::Path;
 use std::time::SystemTime;

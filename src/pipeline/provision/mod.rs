@@ -8,7 +8,7 @@ pub mod layers;
 pub mod native;
 pub mod packer;
 
-use super::BuildError;
+use super::error::BuildError;
 use crate::base::BaseImage;
 use crate::definition::{Arch, Resolved};
 use crate::progress::Progress;
@@ -71,9 +71,21 @@ pub struct Provisioned {
     /// What the guest reported baking in (see `protocol`).
     pub container_images: Vec<crate::protocol::ContainerImage>,
     /// The native backend's layers, bottom first.
-    pub layers: Vec<super::manifest::LayerRecord>,
+    pub layers: Vec<LayerRecord>,
     /// The cache entries the disk is made of, held (so not pruned) until the build ends.
     pub leases: Vec<crate::cache::Held>,
+}
+
+/// One layer of a native build as the manifest records it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct LayerRecord {
+    pub name: String,
+    /// The cache key (sha256 of the parent's key and what the layer renders from).
+    pub key: String,
+    /// Reused from the layer cache rather than built by this build.
+    pub cached: bool,
+    /// Seconds this build spent on the layer (0 when cached).
+    pub seconds: f64,
 }
 
 /// A way to provision an image.

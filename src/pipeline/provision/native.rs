@@ -5,11 +5,11 @@
 //! the way down. No SSH, no Packer.
 
 use super::layers::PlannedLayer;
+use super::LayerRecord;
 use super::{ProvisionInput, Provisioned};
 use crate::cache::{self, LayerCache, LayerMeta};
 use crate::definition::parse_size;
-use crate::pipeline::manifest::LayerRecord;
-use crate::pipeline::{interrupted, BuildError};
+use crate::pipeline::error::{interrupted, BuildError};
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch, APT_CACHE_SERIAL};
 use crate::qemu::{self, QemuError, Vm, VmSpec};

@@ -7,7 +7,7 @@
 use super::native::{failure, log_name};
 use super::{ProvisionInput, Provisioned};
 use crate::exec::{Cmd, ProcessGroup};
-use crate::pipeline::BuildError;
+use crate::pipeline::error::BuildError;
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch};
 use crate::qemu::SerialReader;

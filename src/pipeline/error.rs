@@ -1,0 +1,60 @@
+//! The pipeline's error: what any stage can fail with, and which failures are bad input.
+
+use crate::base::BaseError;
+use crate::digest::DigestError;
+use crate::exec::ExecError;
+use crate::qemu::QemuError;
+use crate::render::RenderError;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
+    #[error("provisioning failed: {summary}{log}\nserial console: {serial}")]
+    Provision {
+        summary: String,
+        log: String,
+        serial: String,
+    },
+    #[error("{0}")]
+    Backend(String),
+    #[error("smoke test failed: {summary}\nreport: {report}")]
+    Smoke { summary: String, report: String },
+    #[error(transparent)]
+    SmokeRun(#[from] super::smoke::SmokeError),
+    #[error("{0} already exists (pass --version for another version, or --force to replace it)")]
+    Exists(PathBuf),
+    #[error("version `{0}`: only letters, digits, `.`, `_`, `+` and `-` (not first)")]
+    BadVersion(String),
+    #[error("interrupted; nothing was written to dist/")]
+    Interrupted,
+}
+
+impl BuildError {
+    /// Bad input rather than a failed build (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, BuildError::Exists(_) | BuildError::BadVersion(_))
+            || matches!(
+                self,
+                BuildError::Render(RenderError::Definition(_) | RenderError::ArchNotListed { .. })
+            )
+    }
+}
+
+pub(crate) fn interrupted(e: QemuError) -> BuildError {
+    match e {
+        QemuError::Interrupted => BuildError::Interrupted,
+        e => e.into(),
+    }
+}
