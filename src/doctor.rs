@@ -116,7 +116,10 @@ pub fn run(cache: &Path) -> Report {
     Report {
         tools,
         accel: accel.accel.as_str().into(),
-        accel_reason: accel.reason,
+        accel_reason: match &accel.detail {
+            Some(d) => format!("{} (QEMU said: {d})", accel.reason),
+            None => accel.reason,
+        },
         cache_dir: cache.display().to_string(),
         cache_free_bytes: free_bytes(cache),
         ready,

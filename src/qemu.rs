@@ -52,7 +52,33 @@ pub enum Accel {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AccelChoice {
     pub accel: Accel,
+    /// Why, in the user's terms: what was probed and what it found.
     pub reason: String,
+    /// What QEMU or the probe said, verbatim (shown by `-v` and `imgbuild doctor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl AccelChoice {
+    fn tcg(reason: impl Into<String>, detail: Option<String>) -> AccelChoice {
+        AccelChoice {
+            accel: Accel::Tcg,
+            reason: reason.into(),
+            detail,
+        }
+    }
+
+    /// The line a build or smoke prints: the accelerator, why, and what TCG means for time.
+    pub fn summary(&self) -> String {
+        match self.accel {
+            Accel::Kvm => format!("accelerator: kvm ({})", self.reason),
+            Accel::Tcg => format!(
+                "accelerator: tcg, emulated ({}); VMs run several times slower than under KVM, \
+                 so builds and smoke boots take minutes more (`imgbuild doctor` shows the probe)",
+                self.reason
+            ),
+        }
+    }
 }
 
 impl Accel {
@@ -83,22 +109,29 @@ static ACCEL: OnceLock<AccelChoice> = OnceLock::new();
 /// skips the probe. Probed once per process.
 pub fn probe_accel(arch: Arch) -> AccelChoice {
     if arch != Arch::host() {
-        return AccelChoice {
-            accel: Accel::Tcg,
-            reason: format!("{arch} guest on a {} host", Arch::host()),
-        };
+        return AccelChoice::tcg(
+            format!(
+                "an {arch} guest on an {} host can only be emulated",
+                Arch::host()
+            ),
+            None,
+        );
     }
     ACCEL
-        .get_or_init(|| match std::env::var("IMGBUILD_ACCEL").as_deref() {
-            Ok("tcg") => AccelChoice {
-                accel: Accel::Tcg,
-                reason: "IMGBUILD_ACCEL=tcg".into(),
-            },
-            Ok("kvm") => AccelChoice {
-                accel: Accel::Kvm,
-                reason: "IMGBUILD_ACCEL=kvm".into(),
-            },
-            _ => probe_kvm(arch),
+        .get_or_init(|| {
+            let choice = match std::env::var("IMGBUILD_ACCEL").as_deref() {
+                Ok("tcg") => AccelChoice::tcg("IMGBUILD_ACCEL=tcg asks for it", None),
+                Ok("kvm") => AccelChoice {
+                    accel: Accel::Kvm,
+                    reason: "IMGBUILD_ACCEL=kvm asks for it".into(),
+                    detail: None,
+                },
+                _ => probe_kvm(arch),
+            };
+            if let Some(d) = &choice.detail {
+                tracing::debug!("KVM probe: {d}");
+            }
+            choice
         })
         .clone()
 }
@@ -107,13 +140,10 @@ pub fn probe_accel(arch: Arch) -> AccelChoice {
 /// hosts whose /dev/kvm cannot run a stock guest (e.g. pagetable-based kvm_pvm) QEMU aborts
 /// or the firmware dies, and the answer is TCG.
 fn probe_kvm(arch: Arch) -> AccelChoice {
-    let tcg = |reason: String| AccelChoice {
-        accel: Accel::Tcg,
-        reason,
-    };
+    let tcg = |reason: &str| AccelChoice::tcg(reason, None);
     let kvm = Path::new("/dev/kvm");
     if !kvm.exists() {
-        return tcg("no /dev/kvm".into());
+        return tcg("this host offers no KVM: /dev/kvm does not exist");
     }
     if std::fs::OpenOptions::new()
         .read(true)
@@ -121,17 +151,22 @@ fn probe_kvm(arch: Arch) -> AccelChoice {
         .open(kvm)
         .is_err()
     {
-        return tcg("/dev/kvm is not accessible".into());
+        return tcg(
+            "/dev/kvm exists but this user may not open it (add the user to the kvm group)",
+        );
     }
     let Some((code, vars)) = uefi_firmware(arch) else {
-        return tcg("no UEFI firmware to probe KVM with".into());
+        return tcg(&format!(
+            "KVM could not be tried: the probe boots UEFI firmware, which is not installed (apt-get install {})",
+            crate::host::uefi_package(arch)
+        ));
     };
     let Ok(dir) = tempfile::tempdir() else {
-        return tcg("no temp dir for the KVM probe".into());
+        return tcg("KVM could not be tried: no temporary folder for the probe");
     };
     let vars_copy = dir.path().join("vars.fd");
     if std::fs::copy(&vars, &vars_copy).is_err() {
-        return tcg("cannot copy UEFI variables".into());
+        return tcg("KVM could not be tried: the UEFI variable store could not be copied");
     }
     let spec = VmSpec {
         arch,
@@ -150,7 +185,12 @@ fn probe_kvm(arch: Arch) -> AccelChoice {
     let _ = code;
     let mut vm = match Vm::start(&spec) {
         Ok(vm) => vm,
-        Err(e) => return tcg(format!("KVM probe could not start QEMU: {e}")),
+        Err(e) => {
+            return AccelChoice::tcg(
+                "KVM could not be tried: QEMU did not start for the probe",
+                Some(e.to_string()),
+            )
+        }
     };
     let never = AtomicBool::new(false);
     match vm.wait_for(
@@ -161,16 +201,18 @@ fn probe_kvm(arch: Arch) -> AccelChoice {
     ) {
         Ok(_) => AccelChoice {
             accel: Accel::Kvm,
-            reason: "KVM ran UEFI firmware to its boot manager".into(),
+            reason: "a test VM ran UEFI firmware to its boot manager under KVM".into(),
+            detail: None,
         },
-        Err(QemuError::Exited { stderr, .. }) => tcg(format!(
-            "KVM is present but unusable: {}",
-            stderr.lines().last().unwrap_or("QEMU exited")
-        )),
-        Err(e) => tcg(format!(
-            "KVM is present but a guest did not run under it ({})",
-            first_line(&e.to_string())
-        )),
+        Err(QemuError::Exited { stderr, .. }) => AccelChoice::tcg(
+            "/dev/kvm is there, but QEMU stopped when a test VM started under it (a KVM that \
+             runs no stock guest, e.g. a nested or paravirtual one)",
+            Some(stderr.lines().last().unwrap_or("QEMU exited").to_string()),
+        ),
+        Err(e) => AccelChoice::tcg(
+            "/dev/kvm is there, but a test VM did not reach its firmware's boot manager under it",
+            Some(first_line(&e.to_string()).to_string()),
+        ),
     }
 }
 
@@ -772,6 +814,18 @@ pub fn qemu_version(arch: Arch) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accelerator_line_speaks_the_users_terms_and_keeps_qemus_text_for_v() {
+        let c = AccelChoice::tcg(
+            "/dev/kvm is there, but QEMU stopped",
+            Some("qemu: ../accel/kvm/kvm-all.c:1234: assertion failed".into()),
+        );
+        let line = c.summary();
+        assert!(line.starts_with("accelerator: tcg, emulated (/dev/kvm is there"), "{line}");
+        assert!(line.contains("imgbuild doctor") && line.contains("slower"), "{line}");
+        assert!(!line.contains("assertion"), "raw QEMU text only at -v: {line}");
+    }
 
     #[test]
     fn ansi_is_stripped() {

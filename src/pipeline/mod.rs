@@ -249,11 +249,7 @@ fn base_stage(job: &Job, p: &mut Progress) -> Result<BaseImage, BuildError> {
 /// KVM where a guest really runs under it, else TCG; said once per build.
 fn accel_stage(job: &Job, p: &mut Progress) -> Result<AccelChoice, BuildError> {
     let choice = qemu::probe_accel(job.opts.arch);
-    p.line(&format!(
-        "accelerator: {} ({})",
-        choice.accel.as_str(),
-        choice.reason
-    ));
+    p.line(&choice.summary());
     if job.cancel.load(Ordering::SeqCst) {
         return Err(BuildError::Interrupted);
     }
