@@ -120,10 +120,10 @@ pub fn probe_accel(arch: Arch) -> AccelChoice {
     ACCEL
         .get_or_init(|| {
             let choice = match std::env::var("IMGBUILD_ACCEL").as_deref() {
-                Ok("tcg") => AccelChoice::tcg("IMGBUILD_ACCEL=tcg asks for it", None),
+                Ok("tcg") => AccelChoice::tcg("IMGBUILD_ACCEL=tcg", None),
                 Ok("kvm") => AccelChoice {
                     accel: Accel::Kvm,
-                    reason: "IMGBUILD_ACCEL=kvm asks for it".into(),
+                    reason: "IMGBUILD_ACCEL=kvm".into(),
                     detail: None,
                 },
                 _ => probe_kvm(arch),
