@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Bump when the recipe changes, so cached bases are rebuilt.
 pub const RECIPE_VERSION: u32 = 2;
@@ -138,7 +139,9 @@ pub fn bootstrap(
     // on the host before, under the cache, where removing the tree ran into them).
     let mut c = Cmd::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "mmdebstrap"])
-        .args(["--variant=minbase", "--mode=root"]);
+        // --verbose: apt's and dpkg's own lines instead of progress bars, which the progress
+        // report below counts.
+        .args(["--variant=minbase", "--mode=root", "--verbose"]);
     if spec.recommends {
         c = c.arg("--aptopt=Apt::Install-Recommends \"true\"");
     }
@@ -163,7 +166,13 @@ pub fn bootstrap(
         .arg(&spec.suite)
         .arg(&root)
         .arg(&spec.mirror);
-    run_stoppable(&c, &work.join("mmdebstrap.log"), cancel)?;
+    run_stoppable(
+        &c,
+        &work.join("mmdebstrap.log"),
+        cancel,
+        HEARTBEAT,
+        &mut |s| tracing::info!("bootstrap: {s}"),
+    )?;
     check(cancel)?;
     configure_tree(&root)?;
     check(cancel)?;
@@ -182,12 +191,77 @@ pub fn bootstrap(
     Ok(())
 }
 
+/// How often a running bootstrap says where it is, at the least.
+const HEARTBEAT: Duration = Duration::from_secs(45);
+
+/// What mmdebstrap's output (with `--verbose`) tells about its progress.
+#[derive(Debug, Default, PartialEq)]
+struct Phase {
+    /// mmdebstrap's last `I: ...` line.
+    phase: String,
+    downloaded: usize,
+    unpacked: usize,
+    set_up: usize,
+}
+
+impl Phase {
+    /// Takes one output line; true when it starts a new phase.
+    fn line(&mut self, l: &str) -> bool {
+        if let Some(p) = l.strip_prefix("I: ") {
+            self.phase = p.trim().trim_end_matches("...").trim().to_string();
+            return true;
+        }
+        if l.starts_with("Get:") {
+            self.downloaded += 1;
+        } else if l.starts_with("Unpacking ") {
+            self.unpacked += 1;
+        } else if l.starts_with("Setting up ") {
+            self.set_up += 1;
+        }
+        false
+    }
+
+    fn describe(&self, elapsed: Duration) -> String {
+        let phase = if self.phase.is_empty() {
+            "starting"
+        } else {
+            &self.phase
+        };
+        format!(
+            "{phase} ({} packages downloaded, {} unpacked, {} set up; {} s)",
+            self.downloaded,
+            self.unpacked,
+            self.set_up,
+            elapsed.as_secs()
+        )
+    }
+}
+
 /// Runs `cmd` with its output in `log`, stopping it (and all it started) when `cancel` is set.
-fn run_stoppable(cmd: &Cmd, log: &Path, cancel: &AtomicBool) -> Result<(), BootstrapError> {
+/// Says where it is (`on_status`) at each new phase and at least every `every`.
+fn run_stoppable(
+    cmd: &Cmd,
+    log: &Path,
+    cancel: &AtomicBool,
+    every: Duration,
+    on_status: &mut dyn FnMut(&str),
+) -> Result<(), BootstrapError> {
     let out = std::fs::File::create(log).map_err(crate::IoError::at(log))?;
     let err = out.try_clone().map_err(crate::IoError::at(log))?;
     let mut group = crate::exec::ProcessGroup::spawn(cmd, out.into(), err.into())?;
+    let started = Instant::now();
+    let mut reader = crate::qemu::SerialReader::new(log);
+    let mut phase = Phase::default();
+    let mut said = Instant::now();
     loop {
+        let mut new_phase = false;
+        for l in reader.new_lines() {
+            new_phase |= phase.line(&l);
+        }
+        if new_phase || said.elapsed() >= every {
+            on_status(&phase.describe(started.elapsed()));
+            said = Instant::now();
+        }
         if let Some(status) = group.try_wait().map_err(crate::IoError::at(log))? {
             if status.success() {
                 return Ok(());
@@ -462,6 +536,39 @@ fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), BootstrapError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_run_says_its_phase_and_counts_at_least_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.log");
+        // mmdebstrap's shape: phase lines, apt's lines, then a silent stretch.
+        let script = "echo 'I: downloading packages with apt...'; echo 'Get:1 http://x a 1'; \
+                      echo 'Get:2 http://x b 1'; sleep 1; echo 'I: extracting archives...'; \
+                      echo 'Unpacking a (1) ...'; echo 'Setting up a (1) ...'; sleep 3";
+        let cmd = Cmd::new("sh").args(["-c", script]);
+        let mut said = Vec::new();
+        run_stoppable(
+            &cmd,
+            &log,
+            &AtomicBool::new(false),
+            Duration::from_millis(900),
+            &mut |s| said.push(s.to_string()),
+        )
+        .unwrap();
+        assert!(
+            said.iter()
+                .any(|s| s.starts_with("downloading packages with apt (2 packages downloaded")),
+            "{said:?}"
+        );
+        let extracting: Vec<_> = said
+            .iter()
+            .filter(|s| {
+                s.starts_with("extracting archives (2 packages downloaded, 1 unpacked, 1 set up")
+            })
+            .collect();
+        // The phase line, then the silent 3 s reported at least twice more.
+        assert!(extracting.len() >= 3, "{said:?}");
+    }
 
     #[test]
     fn cache_key_is_stable_and_sensitive() {

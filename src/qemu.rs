@@ -822,9 +822,18 @@ mod tests {
             Some("qemu: ../accel/kvm/kvm-all.c:1234: assertion failed".into()),
         );
         let line = c.summary();
-        assert!(line.starts_with("accelerator: tcg, emulated (/dev/kvm is there"), "{line}");
-        assert!(line.contains("imgbuild doctor") && line.contains("slower"), "{line}");
-        assert!(!line.contains("assertion"), "raw QEMU text only at -v: {line}");
+        assert!(
+            line.starts_with("accelerator: tcg, emulated (/dev/kvm is there"),
+            "{line}"
+        );
+        assert!(
+            line.contains("imgbuild doctor") && line.contains("slower"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("assertion"),
+            "raw QEMU text only at -v: {line}"
+        );
     }
 
     #[test]
