@@ -96,7 +96,7 @@ pub struct LayerMeta {
     /// What the guest reported baking in during this layer (for the manifest of later builds
     /// that reuse it).
     #[serde(default)]
-    pub container_images: Vec<crate::manifest::ContainerImage>,
+    pub container_images: Vec<crate::protocol::ContainerImage>,
 }
 
 /// A cache entry in use by this process: its `.use` lock is held until dropped.
