@@ -1177,7 +1177,7 @@ fn lima_cmd(cli: &Cli, catalog: &Catalog, a: &LimaArgs) -> Result<()> {
         .into());
     }
     let artifact = std::fs::canonicalize(&artifact)?;
-    let text = imgbuild::render::lima::render(&r, &m, &artifact);
+    let text = imgbuild::render::lima::render(&r, &m.built(), &artifact);
     match &a.out {
         Some(out) => {
             let dir = out

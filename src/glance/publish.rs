@@ -7,7 +7,7 @@
 use super::auth::Session;
 use crate::definition::{Arch, Firmware, Resolved, Visibility};
 use crate::http::{Http, HttpError};
-use crate::manifest::Manifest;
+use crate::pipeline::manifest::Manifest;
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Value};

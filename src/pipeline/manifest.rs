@@ -85,6 +85,16 @@ impl Manifest {
         serde_json::from_str(&text).map_err(std::io::Error::other)
     }
 
+    /// What a Lima file needs to know of this build.
+    pub fn built(&self) -> crate::render::lima::Built<'_> {
+        crate::render::lima::Built {
+            image: &self.image,
+            version: &self.version,
+            arch: self.arch,
+            sha256: &self.digests.sha256,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plain data") + "\n"
     }

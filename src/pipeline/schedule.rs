@@ -13,7 +13,7 @@
 
 use super::{build, Backend, BuildError, BuildOptions};
 use crate::definition::{Arch, Resolved};
-use crate::manifest::Manifest;
+use crate::pipeline::manifest::Manifest;
 use crate::progress::Progress;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

@@ -4,7 +4,6 @@
 
 use super::yaml;
 use crate::definition::{parse_size, Arch, Firmware, Resolved};
-use crate::manifest::Manifest;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -73,8 +72,16 @@ pub fn lima_arch(a: Arch) -> &'static str {
     }
 }
 
+/// The built artifact a Lima file points at (from its manifest).
+pub struct Built<'a> {
+    pub image: &'a str,
+    pub version: &'a str,
+    pub arch: Arch,
+    pub sha256: &'a str,
+}
+
 /// The instance YAML for the artifact at `artifact` described by `m`.
-pub fn render(r: &Resolved, m: &Manifest, artifact: &Path) -> String {
+pub fn render(r: &Resolved, m: &Built, artifact: &Path) -> String {
     let d = &r.definition;
     let disk_gib = parse_size(&d.disk.size)
         .map(|b| b.div_ceil(1 << 30))
@@ -87,7 +94,7 @@ pub fn render(r: &Resolved, m: &Manifest, artifact: &Path) -> String {
         json!([{
             "location": artifact.display().to_string(),
             "arch": lima_arch(m.arch),
-            "digest": format!("sha256:{}", m.digests.sha256),
+            "digest": format!("sha256:{}", m.sha256),
         }]),
     );
     doc.insert("cpus".into(), json!(d.build.cpus.max(2)));
