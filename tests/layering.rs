@@ -34,7 +34,9 @@ const RANKS: &[(&str, u32)] = &[
     ("doctor", 8),
 ];
 
-/// The pipeline's own stages, in order (mod.rs orchestrates them all).
+/// The pipeline's own stages, in order (mod.rs orchestrates them all). `error` is the
+/// pipeline's error, which names each stage's own error type; every stage may use it, and it
+/// is exempt.
 const STAGES: &[(&str, u32)] = &[
     ("error", 0),
     ("version", 0),
@@ -115,7 +117,7 @@ fn no_module_uses_one_later_in_the_stage_order() {
         // Inside the pipeline: a stage uses only stages before it.
         if let Some(inner) = rel.strip_prefix("pipeline/") {
             let stage = inner.split('/').next().unwrap().trim_end_matches(".rs");
-            if stage == "mod" {
+            if stage == "mod" || stage == "error" {
                 continue;
             }
             let own = stages[stage];

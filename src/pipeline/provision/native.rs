@@ -70,7 +70,7 @@ struct Chain {
     parent_vars: Option<PathBuf>,
     leases: Vec<cache::Held>,
     records: Vec<LayerRecord>,
-    images: Vec<crate::pipeline::manifest::ContainerImage>,
+    images: Vec<crate::protocol::ContainerImage>,
     /// Each built layer's serial log (joined into logs/serial-build.log).
     serials: Vec<(String, PathBuf)>,
 }
