@@ -121,20 +121,9 @@ pub fn run(cache: &Path) -> Report {
             None => accel.reason,
         },
         cache_dir: cache.display().to_string(),
-        cache_free_bytes: free_bytes(cache),
+        cache_free_bytes: crate::host::free_bytes(cache),
         ready,
     }
-}
-
-/// Free bytes on the filesystem of `path` (or of its nearest existing parent).
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    let existing = path.ancestors().find(|p| p.exists())?;
-    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 impl Report {

@@ -5,7 +5,7 @@
 //! Probing the accelerator boots QEMU and lives in `qemu` ([`crate::qemu::probe_accel`]).
 
 use crate::definition::{Arch, Resolved};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The QEMU system emulator for `arch`.
@@ -92,6 +92,17 @@ pub fn vm_cpus(r: &Resolved, host_cpus: u32) -> u32 {
 /// Whether a VM of `r` for `arch` boots UEFI (arm64 has nothing else).
 pub fn uefi(r: &Resolved, arch: Arch) -> bool {
     r.definition.build.firmware == crate::definition::Firmware::Uefi || arch == Arch::Arm64
+}
+
+/// Free bytes on the filesystem of `path` (or of its nearest existing parent).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// `n` random bytes from the kernel (/dev/urandom; panics if it cannot be read).
-pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
+pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))

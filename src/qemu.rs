@@ -36,6 +36,12 @@ pub enum QemuError {
     Hung { what: String, tail: String },
     #[error("QMP: {0}")]
     Qmp(String),
+    /// QEMU paused the guest because a disk write failed for lack of space (its default
+    /// `werror=enospc`): the host's filesystem under the VM's disk is full.
+    #[error(
+        "the host ran out of disk space for the VM's disk during {what}: No space left on device"
+    )]
+    DiskFull { what: String },
     #[error(transparent)]
     Io(#[from] crate::IoError),
     #[error("no UEFI firmware for {0} (install ovmf / qemu-efi-aarch64)")]
@@ -360,7 +366,12 @@ pub struct Vm {
     _socket_dir: Option<tempfile::TempDir>,
     /// RCU stall reports seen on the console.
     stalls: u32,
+    /// When QMP was last asked whether the guest is paused.
+    status_checked: Instant,
 }
+
+/// How often a wait asks QEMU (over QMP) whether it paused the guest.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// After this many RCU stall reports a guest counts as hung.
 pub const HUNG_AFTER_STALL_REPORTS: u32 = 4;
@@ -475,6 +486,7 @@ impl Vm {
             qmp_socket,
             _socket_dir: socket_dir,
             stalls: 0,
+            status_checked: Instant::now(),
         })
     }
 
@@ -529,6 +541,7 @@ impl Vm {
                 }
             }
             self.stop_if_cancelled(cancel)?;
+            self.stop_if_disk_full(what)?;
             if let Some(status) = self.try_wait()? {
                 // Read what was written just before the exit.
                 for line in self.new_lines() {
@@ -585,9 +598,27 @@ impl Vm {
                 return Ok(s);
             }
             self.stop_if_cancelled(cancel)?;
+            self.stop_if_disk_full(what)?;
             self.stop_if_late(start, timeout, what)?;
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Stops a guest QEMU paused on a full host disk (asked over QMP every few seconds, when
+    /// the VM has QMP): it would otherwise sit paused until the timeout.
+    fn stop_if_disk_full(&mut self, what: &str) -> Result<(), QemuError> {
+        if self.qmp_socket.is_none() || self.status_checked.elapsed() < STATUS_EVERY {
+            return Ok(());
+        }
+        self.status_checked = Instant::now();
+        let Ok(status) = self.qmp("query-status", serde_json::Value::Null) else {
+            return Ok(());
+        };
+        if status["status"] == "io-error" {
+            self.kill();
+            return Err(QemuError::DiskFull { what: what.into() });
+        }
+        Ok(())
     }
 
     /// Kills QEMU when the build was cancelled (SIGINT/SIGTERM).

@@ -86,6 +86,11 @@ impl Provisioner for Fake {
 
 /// A catalog with one image whose base is a small qcow2 behind a file:// URL.
 fn catalog(dir: &Path) -> Catalog {
+    catalog_with(dir, 0)
+}
+
+/// The same, with the base's first `random_mib` MiB filled with random (incompressible) data.
+fn catalog_with(dir: &Path, random_mib: usize) -> Catalog {
     let base = dir.join("base.qcow2");
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
@@ -94,6 +99,24 @@ fn catalog(dir: &Path) -> Catalog {
         .status()
         .expect("qemu-img");
     assert!(st.success());
+    if random_mib > 0 {
+        let raw = dir.join("random.raw");
+        std::fs::write(&raw, imgbuild::random_bytes(random_mib << 20)).unwrap();
+        let st = Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&base)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = Command::new("qemu-img")
+            .args(["resize", "-q"])
+            .arg(&base)
+            .arg("64M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
     let sha = imgbuild::hex(&Sha256::digest(std::fs::read(&base).unwrap()));
     let images = dir.join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -224,4 +247,77 @@ fn a_failed_provisioning_leaves_nothing_in_dist_and_keeps_its_logs() {
         1,
         "the failed build's serial log is kept under {failed:?}"
     );
+}
+
+/// Set in the child that runs inside its own mount namespace with the output folder on a
+/// small tmpfs (see the test below).
+const FULL_OUT: &str = "IMGBUILD_TEST_FULL_OUT";
+
+#[test]
+fn a_full_output_folder_ends_the_build_naming_it_and_leaves_nothing_in_dist() {
+    if let Ok(out) = std::env::var(FULL_OUT) {
+        // The child: the output folder is a 1 MiB tmpfs, the cache is not; the fake's
+        // artifact does not fit when it is handed over into dist.
+        let tmp = tempfile::tempdir().unwrap();
+        let r = catalog_with(tmp.path(), 4).load("fake").unwrap();
+        let fake = Fake {
+            fail: false,
+            seen: Mutex::new(Vec::new()),
+        };
+        let mut opts = options(tmp.path());
+        opts.out = out.clone().into();
+        let e = build_with(
+            &r,
+            &opts,
+            &fake,
+            &AtomicBool::new(false),
+            &mut Progress::plain(true),
+        )
+        .expect_err("the output folder is too small");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("no space left in {out} (the output folder)")),
+            "{msg}"
+        );
+        assert!(msg.contains("nothing was written to dist/"), "{msg}");
+        let left: Vec<_> = walkdir::WalkDir::new(&out)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        assert!(left.is_empty(), "files left in dist: {left:?}");
+        return;
+    }
+    // The parent: runs this test again inside a mount namespace with the tmpfs.
+    let out = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = r#"mount -t tmpfs -o size=1m imgbuild-out "$OUT" || exit 99; exec "$EXE" --exact "$TEST" --nocapture"#;
+    let o = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("OUT", out.path())
+        .env("EXE", &exe)
+        .env(
+            "TEST",
+            "a_full_output_folder_ends_the_build_naming_it_and_leaves_nothing_in_dist",
+        )
+        .env(FULL_OUT, out.path())
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_ne!(o.status.code(), Some(99), "could not mount a tmpfs: {se}");
+    assert!(o.status.success(), "the child failed:\n{so}\n{se}");
+    assert!(so.contains("1 passed"), "the child ran no test:\n{so}");
 }

@@ -39,9 +39,41 @@ pub enum BuildError {
     BadVersion(String),
     #[error("interrupted; nothing was written to dist/")]
     Interrupted,
+    #[error("no space left in {folder} ({role}): {free_mib} MiB free now; this build needs more than the {free_at_start_mib} MiB that were free there when it started; nothing was written to dist/\n  cause: {cause}")]
+    NoSpace {
+        folder: PathBuf,
+        /// `the cache folder` or `the output folder`.
+        role: &'static str,
+        free_mib: u64,
+        free_at_start_mib: u64,
+        cause: String,
+    },
 }
 
 impl BuildError {
+    /// Whether this failure came from a full disk somewhere down its chain: an I/O error
+    /// ENOSPC, a tool that said so, or QEMU pausing the guest on a full disk.
+    pub fn is_no_space(&self) -> bool {
+        if matches!(self, BuildError::Qemu(QemuError::DiskFull { .. })) {
+            return true;
+        }
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(x) = e {
+            if let Some(io) = x.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(libc::ENOSPC)
+                    || io.kind() == std::io::ErrorKind::StorageFull
+                {
+                    return true;
+                }
+            }
+            if x.to_string().contains("No space left on device") {
+                return true;
+            }
+            e = x.source();
+        }
+        false
+    }
+
     /// Bad input rather than a failed build (exit code 2).
     pub fn is_usage(&self) -> bool {
         matches!(self, BuildError::Exists(_) | BuildError::BadVersion(_))

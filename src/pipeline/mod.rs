@@ -81,6 +81,7 @@ pub fn build_with(
     }
     dist::sweep_stale(&image_dir);
     std::fs::create_dir_all(&opts.cache).map_err(crate::IoError::at(&opts.cache))?;
+    let free_at_start = Space::now(opts);
     let work = dist::WorkDir::create(&opts.cache, &format!("{}-{version}-{}", r.name, opts.arch))?;
     p.line(&format!(
         "building {} {version} for {} with the {} backend (work: {})",
@@ -99,19 +100,75 @@ pub fn build_with(
         work: work.path(),
         cancel,
     };
-    match run_stages(&job, p) {
-        Ok((manifest, stage)) => {
-            dist::publish_dir(&stage, &final_dir, opts.force)?;
-            Ok(manifest)
-        }
+    let result = run_stages(&job, p).and_then(|(manifest, stage)| {
+        dist::publish_dir(&stage, &final_dir, opts.force)?;
+        Ok(manifest)
+    });
+    match result {
+        Ok(manifest) => Ok(manifest),
         Err(e) => {
             p.fail();
+            let e = if e.is_no_space() {
+                free_at_start.explain(opts, e)
+            } else {
+                e
+            };
             if let Some(kept) = work.keep_logs(&opts.cache) {
                 p.line(&format!("logs of the failed build: {}", kept.display()));
             }
             Err(e)
         }
     }
+}
+
+/// Free bytes in the cache and the output folder.
+struct Space {
+    cache: u64,
+    out: u64,
+}
+
+impl Space {
+    fn now(opts: &BuildOptions) -> Space {
+        Space {
+            cache: crate::host::free_bytes(&opts.cache).unwrap_or(0),
+            out: crate::host::free_bytes(&opts.out).unwrap_or(0),
+        }
+    }
+
+    /// The no-space error for a build that started with `self` free: names the folder that
+    /// filled up (the one with less room left; the cache when both share a filesystem) and
+    /// what the build needed.
+    fn explain(&self, opts: &BuildOptions, cause: BuildError) -> BuildError {
+        let now = Space::now(opts);
+        let same_fs = same_filesystem(&opts.cache, &opts.out);
+        let (folder, role, free, at_start) = if same_fs || now.cache <= now.out {
+            (&opts.cache, "the cache folder", now.cache, self.cache)
+        } else {
+            (&opts.out, "the output folder", now.out, self.out)
+        };
+        BuildError::NoSpace {
+            folder: folder.clone(),
+            role,
+            free_mib: free >> 20,
+            free_at_start_mib: at_start >> 20,
+            cause: cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| {
+        p.ancestors()
+            .find_map(|x| std::fs::metadata(x).ok())
+            .map(|m| m.dev())
+    };
+    dev(a).is_some() && dev(a) == dev(b)
 }
 
 /// One build's fixed inputs.

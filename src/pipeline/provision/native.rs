@@ -267,7 +267,8 @@ fn boot_layer(
         disk: Some(disk.clone()),
         seed_iso: Some(seed_iso),
         serial_log: serial.clone(),
-        qmp: false,
+        // QMP lets the wait notice a guest QEMU paused on a full host disk.
+        qmp: true,
         uefi_vars,
         hostfwd: Vec::new(),
         extra_disks: apt
