@@ -97,6 +97,9 @@ pub struct LayerMeta {
     /// that reuse it).
     #[serde(default)]
     pub container_images: Vec<crate::protocol::ContainerImage>,
+    /// The packages installed when this layer was finished (the image's, when it is the top).
+    #[serde(default)]
+    pub packages: Vec<crate::protocol::Package>,
 }
 
 /// A cache entry in use by this process: its `.use` lock is held until dropped.
@@ -619,6 +622,7 @@ mod tests {
             build_seconds: 1.0,
             imgbuild: "test".into(),
             container_images: Vec::new(),
+            packages: Vec::new(),
         }
     }
 

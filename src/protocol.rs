@@ -24,6 +24,10 @@ pub mod marker {
     pub const HYGIENE_DONE: &str = "IMGBUILD-HYGIENE-DONE";
     /// cloud-init's `final_message` in build boots.
     pub const CLOUD_INIT_FINAL: &str = "IMGBUILD-CLOUD-INIT-FINAL";
+    /// One installed package: `IMGBUILD-PACKAGE NAME VERSION ARCH`.
+    pub const PACKAGE: &str = "IMGBUILD-PACKAGE";
+    /// After the last package line: `IMGBUILD-PACKAGES-END COUNT`.
+    pub const PACKAGES_END: &str = "IMGBUILD-PACKAGES-END";
     pub const APT_CACHE: &str = "IMGBUILD-APT-CACHE";
     pub const APT_LISTS: &str = "IMGBUILD-APT-LISTS";
     pub const SMOKE_START: &str = "IMGBUILD-SMOKE-START";
@@ -57,6 +61,14 @@ pub struct ContainerImage {
     pub repo_digests: Vec<String>,
     /// `pulled` or `loaded` (from an archive) or `present`.
     pub source: String,
+}
+
+/// An installed OS package, as dpkg knows it in the guest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
 }
 
 /// One smoke check's outcome as the smoke runner reports it (`IMGBUILD-SMOKE-RESULT {json}`).
@@ -126,6 +138,21 @@ pub struct Watch {
     pub steps_done: usize,
     /// Container images the pre-pull step reported.
     pub container_images: Vec<ContainerImage>,
+    /// The image's packages as the runner listed them before PROVISION-OK (complete only
+    /// when `packages_end` matches their count).
+    pub packages: Vec<Package>,
+    pub packages_end: Option<usize>,
+}
+
+impl Watch {
+    /// The package list, if the guest reported it whole.
+    pub fn package_list(&self) -> Option<Vec<Package>> {
+        (self.packages_end == Some(self.packages.len())).then(|| {
+            let mut p = self.packages.clone();
+            p.sort();
+            p
+        })
+    }
 }
 
 impl Watch {
@@ -155,6 +182,25 @@ impl Watch {
                     self.container_images.push(ci);
                 }
             }
+            return Event::Nothing;
+        }
+        if let Some(rest) = after(line, marker::PACKAGE) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let [name, version, arch] = f[..] {
+                let p = Package {
+                    name: name.into(),
+                    version: version.into(),
+                    arch: arch.into(),
+                };
+                // The console may show a line twice, as with container images.
+                if self.packages.last() != Some(&p) {
+                    self.packages.push(p);
+                }
+            }
+            return Event::Nothing;
+        }
+        if let Some(rest) = after(line, marker::PACKAGES_END) {
+            self.packages_end = rest.trim().parse().ok();
             return Event::Nothing;
         }
         if let Some(rest) = after(line, marker::CLOUD_INIT_ERROR) {
@@ -226,6 +272,8 @@ mod tests {
             marker::PROVISION_FAILED,
             marker::APT_CACHE,
             marker::APT_LISTS,
+            marker::PACKAGE,
+            marker::PACKAGES_END,
         ] {
             assert!(
                 prints(PROVISION, m),
@@ -268,6 +316,21 @@ mod tests {
         assert_eq!((c.name.as_str(), c.passed), ("ssh", true));
         assert_eq!(smoke_result("IMGBUILD-SMOKE-RESULT {broken"), None);
         assert_eq!(smoke_result("IMGBUILD-SMOKE-DONE"), None);
+    }
+
+    #[test]
+    fn the_package_list_counts_only_when_whole() {
+        let mut w = Watch::default();
+        w.line("[ 50.0] IMGBUILD-PACKAGE zlib1g 1:1.2.13.dfsg-1 amd64");
+        w.line("IMGBUILD-PACKAGE adduser 3.134 all");
+        w.line("IMGBUILD-PACKAGE broken line");
+        assert_eq!(w.package_list(), None, "no end line yet");
+        w.line("IMGBUILD-PACKAGES-END 3");
+        assert_eq!(w.package_list(), None, "a line was lost");
+        w.line("IMGBUILD-PACKAGES-END 2");
+        let l = w.package_list().unwrap();
+        assert_eq!(l[0].name, "adduser");
+        assert_eq!(l[1].version, "1:1.2.13.dfsg-1");
     }
 
     #[test]

@@ -43,6 +43,7 @@ const STAGES: &[(&str, u32)] = &[
     ("provision", 1),
     ("compact", 2),
     ("smoke", 3),
+    ("bom", 4),
     ("manifest", 4),
     ("dist", 5),
     ("schedule", 6),

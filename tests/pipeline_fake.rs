@@ -68,7 +68,29 @@ impl Provisioner for Fake {
         Ok(Provisioned {
             disk,
             keep_disk: false,
-            container_images: Vec::new(),
+            container_images: vec![imgbuild::protocol::ContainerImage {
+                image: "docker.io/qdrant/qdrant:v1.12.4".into(),
+                id: format!("sha256:{}", "ab".repeat(32)),
+                repo_digests: vec![format!("qdrant/qdrant@sha256:{}", "cd".repeat(32))],
+                source: "pulled".into(),
+            }],
+            packages: vec![
+                imgbuild::protocol::Package {
+                    name: "linux-image-6.1.0-32-cloud-amd64".into(),
+                    version: "6.1.129-1".into(),
+                    arch: "amd64".into(),
+                },
+                imgbuild::protocol::Package {
+                    name: "zlib1g".into(),
+                    version: "1:1.2.13.dfsg-1".into(),
+                    arch: "amd64".into(),
+                },
+                imgbuild::protocol::Package {
+                    name: "curl".into(),
+                    version: "7.88.1-10+deb12u8".into(),
+                    arch: "amd64".into(),
+                },
+            ],
             layers: input
                 .layers
                 .iter()
@@ -187,6 +209,47 @@ fn the_pipeline_runs_its_stages_around_a_fake_provisioner() {
     );
     assert_eq!(m.layers.len(), 2);
     assert!(m.smoke.is_none());
+    // The bill of materials: Ubuntu's manifest format and a CycloneDX SBOM that CycloneDX's
+    // own validator accepts against the official 1.5 schema.
+    let bom = m
+        .bom
+        .as_ref()
+        .expect("manifest.json points at the bill of materials");
+    assert_eq!(bom.packages, "fake-1.0-amd64.manifest");
+    assert_eq!(bom.cyclonedx, "fake-1.0-amd64.cdx.json");
+    assert_eq!(
+        std::fs::read_to_string(dir.join(&bom.packages)).unwrap(),
+        "curl\t7.88.1-10+deb12u8\nlinux-image-6.1.0-32-cloud-amd64\t6.1.129-1\nzlib1g\t1:1.2.13.dfsg-1\n"
+    );
+    let cdx = dir.join(&bom.cyclonedx);
+    let sbom: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cdx).unwrap()).unwrap();
+    let purls: Vec<&str> = sbom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["purl"].as_str())
+        .collect();
+    assert!(
+        purls.contains(&"pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64&distro=debian-12"),
+        "{purls:?}"
+    );
+    assert!(
+        purls
+            .iter()
+            .any(|p| p.starts_with("pkg:docker/qdrant/qdrant@sha256%3Acdcd")),
+        "{purls:?}"
+    );
+    assert!(sbom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["bom-ref"] == "kernel" && c["version"] == "6.1.0-32-cloud-amd64"));
+    assert_eq!(
+        sbom["metadata"]["component"]["hashes"][0]["content"],
+        m.digests.sha256
+    );
+    validate_cyclonedx(&cdx);
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     assert_eq!(
         sums,
@@ -246,6 +309,27 @@ fn a_failed_provisioning_leaves_nothing_in_dist_and_keeps_its_logs() {
         kept.len(),
         1,
         "the failed build's serial log is kept under {failed:?}"
+    );
+}
+
+/// Validates a CycloneDX JSON file with CycloneDX's own Python library (the official schema).
+fn validate_cyclonedx(file: &Path) {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = "import sys\n\
+from cyclonedx.validation.json import JsonStrictValidator\n\
+from cyclonedx.schema import SchemaVersion\n\
+e = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())\n\
+sys.exit(str(e) if e else 0)\n";
+    let o = Command::new(&python)
+        .args(["-c", script])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (make venv installs it)", python.display()));
+    assert!(
+        o.status.success(),
+        "{} is not valid CycloneDX 1.5: {}",
+        file.display(),
+        String::from_utf8_lossy(&o.stderr)
     );
 }
 

@@ -36,6 +36,9 @@ pub struct Manifest {
     /// The layers of a native build, bottom first: which were reused from the cache.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerRecord>,
+    /// The bill of materials beside the artifact (package list and CycloneDX SBOM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bom: Option<super::bom::BomFiles>,
 }
 
 pub use super::provision::LayerRecord;
@@ -116,6 +119,7 @@ pub struct Parts<'a> {
     pub artifact: &'a super::compact::Compacted,
     pub digests: Digests,
     pub smoke: Option<SmokeSummary>,
+    pub bom: super::bom::BomFiles,
     pub provisioned: &'a super::provision::Provisioned,
     pub started: std::time::SystemTime,
     /// Seconds the build took so far.
@@ -154,6 +158,7 @@ pub fn assemble(p: Parts) -> Manifest {
         smoke: p.smoke,
         container_images: p.provisioned.container_images.clone(),
         layers: p.provisioned.layers.clone(),
+        bom: Some(p.bom),
         build: BuildInfo {
             started: humantime::format_rfc3339_seconds(p.started).to_string(),
             duration_seconds: (p.seconds * 10.0).round() / 10.0,

@@ -8,6 +8,7 @@
 //! All work happens in a folder under the cache (`work/`); dist/ only ever sees a finished
 //! version folder. A failed build keeps its logs (not its disks) under the cache's `failed/`.
 
+pub mod bom;
 pub mod compact;
 pub mod dist;
 pub mod error;
@@ -244,6 +245,28 @@ fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildE
     let digests = crate::digest::digest_file(&artifact.path, |_| {})?;
     p.done(&format!("sha256 {}", digests.sha256));
 
+    p.stage("bill of materials");
+    let bom = bom::write(
+        &bom::Input {
+            resolved: r,
+            arch,
+            version: job.version,
+            artifact: &artifact,
+            digests: &digests,
+            packages: &provisioned.packages,
+            container_images: &provisioned.container_images,
+            timestamp: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        },
+        &stage_dir,
+    )?;
+    if provisioned.packages.is_empty() {
+        p.line("the guest reported no package list: the bill of materials lists no OS packages");
+    }
+    p.done(&format!(
+        "{} packages: {}, {}",
+        bom.package_count, bom.packages, bom.cyclonedx
+    ));
+
     let m = manifest::assemble(manifest::Parts {
         resolved: r,
         version: job.version,
@@ -254,6 +277,7 @@ fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildE
         artifact: &artifact,
         digests,
         smoke,
+        bom,
         provisioned: &provisioned,
         started: job.started,
         seconds: p.elapsed().as_secs_f64(),

@@ -154,6 +154,7 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
         },
         container_images: Vec::new(),
         layers: Vec::new(),
+        bom: None,
     };
     std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
     artifact

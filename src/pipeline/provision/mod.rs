@@ -70,6 +70,9 @@ pub struct Provisioned {
     pub keep_disk: bool,
     /// What the guest reported baking in (see `protocol`).
     pub container_images: Vec<crate::protocol::ContainerImage>,
+    /// The installed packages as the top layer's boot listed them (sorted; empty when the
+    /// guest did not report a whole list).
+    pub packages: Vec<crate::protocol::Package>,
     /// The native backend's layers, bottom first.
     pub layers: Vec<LayerRecord>,
     /// The cache entries the disk is made of, held (so not pruned) until the build ends.

@@ -50,6 +50,7 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
         leases: Vec::new(),
         records: Vec::new(),
         images: Vec::new(),
+        packages: Vec::new(),
         serials: Vec::new(),
     };
     let result = provision_layers(input, apt.as_ref().map(|(d, _)| d.as_path()), &mut state, p);
@@ -59,6 +60,7 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
         disk: state.parent,
         keep_disk: !input.no_cache,
         container_images: state.images,
+        packages: state.packages,
         layers: state.records,
         leases: state.leases,
     })
@@ -71,6 +73,8 @@ struct Chain {
     leases: Vec<cache::Held>,
     records: Vec<LayerRecord>,
     images: Vec<crate::protocol::ContainerImage>,
+    /// The packages of the layer on top so far.
+    packages: Vec<crate::protocol::Package>,
     /// Each built layer's serial log (joined into logs/serial-build.log).
     serials: Vec<(String, PathBuf)>,
 }
@@ -93,6 +97,7 @@ fn provision_layers(
             std::fs::create_dir_all(&dir).map_err(crate::IoError::at(&dir))?;
             let t = Instant::now();
             let watch = boot_layer(input, layer, chain, &dir, apt, p)?;
+            chain.packages = watch.package_list().unwrap_or_default();
             chain.images.extend(watch.container_images);
             chain.parent = dir.join(cache::DISK);
             chain.parent_vars = Some(dir.join(cache::VARS)).filter(|v| v.is_file());
@@ -114,6 +119,7 @@ fn provision_layers(
                 h.meta.created, h.meta.image
             ));
             chain.images.extend(h.meta.container_images.iter().cloned());
+            chain.packages = h.meta.packages.clone();
             chain.parent = h.disk();
             chain.parent_vars = h.vars();
             chain.records.push(record(layer, true, Instant::now()));
@@ -141,9 +147,11 @@ fn provision_layers(
             build_seconds: (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             imgbuild: env!("CARGO_PKG_VERSION").into(),
             container_images: watch.container_images.clone(),
+            packages: watch.package_list().unwrap_or_default(),
         };
         let h = lc.commit(&guard, &meta).map_err(cache_err)?;
         drop(guard);
+        chain.packages = meta.packages.clone();
         chain.images.extend(watch.container_images);
         chain.parent = h.disk();
         chain.parent_vars = h.vars();

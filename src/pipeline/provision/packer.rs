@@ -148,6 +148,7 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
     Ok(Provisioned {
         disk,
         keep_disk: false,
+        packages: watch.package_list().unwrap_or_default(),
         container_images: watch.container_images,
         layers: Vec::new(),
         leases: Vec::new(),
