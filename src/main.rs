@@ -80,6 +80,10 @@ enum Command {
     /// with the same artifact uploads nothing.
     #[command(disable_version_flag = true)]
     Publish(PublishArgs),
+    /// Packages added, removed and changed between two built versions of an image (from their
+    /// bills of materials), for release notes: `+ name version`, `- name version`,
+    /// `~ name old -> new`.
+    Diff(DiffArgs),
     /// The build cache: `ls` what is in it, `prune` what is old. Layers are content-addressed
     /// (a layer's key covers its parent and everything it renders from).
     Cache(CacheArgs),
@@ -125,6 +129,19 @@ struct PublishArgs {
     /// $XDG_CACHE_HOME/imgbuild).
     #[arg(long, env = "IMGBUILD_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DiffArgs {
+    /// The image.
+    image: String,
+    /// The older version.
+    old: String,
+    /// The newer version.
+    new: String,
+    /// The dist folder the builds wrote to.
+    #[arg(long, default_value = "dist")]
+    dist: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -403,6 +420,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Userdata(a) => userdata_cmd(cli, &catalog, a),
         Command::Lima(a) => lima_cmd(cli, &catalog, a),
         Command::Publish(a) => publish_cmd(cli, &catalog, a),
+        Command::Diff(a) => diff_cmd(cli, a),
         Command::Cache(a) => cache_cmd(cli, a),
     }
 }
@@ -1159,6 +1177,17 @@ fn userdata_cmd(cli: &Cli, catalog: &Catalog, a: &UserdataArgs) -> Result<()> {
         None => print!("{text}"),
     }
     Ok(())
+}
+
+fn diff_cmd(cli: &Cli, a: &DiffArgs) -> Result<()> {
+    let d = imgbuild::pipeline::bom::diff_builds(&a.dist, &a.image, &a.old, &a.new)
+        .map_err(|e| UsageError(e.0))?;
+    if cli.json {
+        print_json(&d)
+    } else {
+        print!("{}", d.text());
+        Ok(())
+    }
 }
 
 fn lima_cmd(cli: &Cli, catalog: &Catalog, a: &LimaArgs) -> Result<()> {

@@ -374,10 +374,11 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
     // disk, filled by the first build: nothing is downloaded again. (No smoke boot: q1's
     // proved that a chain of layers boots. That a change to the stack alone keeps both lower
     // layers is shown on the keys, in build::layers' unit tests.)
+    // The script also removes a package, which the bills of materials show (imgbuild diff).
     private.edit(
         "images/e2e.yaml",
         "echo \"built by imgbuild\"",
-        "echo \"built by imgbuild, again\"",
+        "apt-get purge -y -q less >/dev/null\n      echo \"built by imgbuild, again\"",
     );
     let o = private.run(&[
         "--json",
@@ -419,6 +420,54 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
         "packages were downloaded again: {need:?}"
     );
     assert!(serial2.contains("IMGBUILD-APT-CACHE "), "{serial2}");
+
+    // Bills of materials: each build lists its packages (Ubuntu's manifest format) and a
+    // CycloneDX SBOM the official schema accepts; `imgbuild diff` shows what q2 removed.
+    let q1 = out.path().join("e2e/q1");
+    let list = std::fs::read_to_string(q1.join("e2e-q1-amd64.manifest")).unwrap();
+    for p in [
+        "busybox-static\t",
+        "docker.io\t",
+        "less\t",
+        "openssh-server\t",
+    ] {
+        assert!(
+            list.lines().any(|l| l.starts_with(p)),
+            "{p} missing in:\n{list}"
+        );
+    }
+    assert_eq!(m["bom"]["packages"], "e2e-q1-amd64.manifest");
+    assert_eq!(
+        m["bom"]["package_count"].as_u64().unwrap() as usize,
+        list.lines().count()
+    );
+    common::validate_cyclonedx(&q1.join("e2e-q1-amd64.cdx.json"));
+    let o = private.run(&[
+        "diff",
+        "e2e",
+        "q1",
+        "q2",
+        "--dist",
+        out.path().to_str().unwrap(),
+    ]);
+    let (diff, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let lines: Vec<&str> = diff.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "q2 differs from q1 by one removed package: {diff}"
+    );
+    assert!(lines[0].starts_with("- less "), "{diff}");
+    let o = private.run(&[
+        "diff",
+        "e2e",
+        "q1",
+        "nope",
+        "--dist",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "a missing version is bad input");
     assert_eq!(
         apt_lists(layer_log(&serial2, "image"), "from the cache"),
         saved

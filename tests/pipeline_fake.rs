@@ -3,6 +3,8 @@
 //! stands in for QEMU/Packer. Compaction (qemu-img), digests, manifest and the atomic hand-over
 //! into dist/ are real. Needs qemu-img, boots no VM.
 
+mod common;
+
 use imgbuild::definition::{Arch, Catalog};
 use imgbuild::pipeline::manifest::{LayerRecord, Manifest};
 use imgbuild::pipeline::{
@@ -249,7 +251,7 @@ fn the_pipeline_runs_its_stages_around_a_fake_provisioner() {
         sbom["metadata"]["component"]["hashes"][0]["content"],
         m.digests.sha256
     );
-    validate_cyclonedx(&cdx);
+    common::validate_cyclonedx(&cdx);
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     assert_eq!(
         sums,
@@ -309,27 +311,6 @@ fn a_failed_provisioning_leaves_nothing_in_dist_and_keeps_its_logs() {
         kept.len(),
         1,
         "the failed build's serial log is kept under {failed:?}"
-    );
-}
-
-/// Validates a CycloneDX JSON file with CycloneDX's own Python library (the official schema).
-fn validate_cyclonedx(file: &Path) {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script = "import sys\n\
-from cyclonedx.validation.json import JsonStrictValidator\n\
-from cyclonedx.schema import SchemaVersion\n\
-e = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())\n\
-sys.exit(str(e) if e else 0)\n";
-    let o = Command::new(&python)
-        .args(["-c", script])
-        .arg(file)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (make venv installs it)", python.display()));
-    assert!(
-        o.status.success(),
-        "{} is not valid CycloneDX 1.5: {}",
-        file.display(),
-        String::from_utf8_lossy(&o.stderr)
     );
 }
 

@@ -124,6 +124,47 @@ impl Diff {
     }
 }
 
+/// Why two builds could not be compared: a version or its package list is missing (bad
+/// input, exit 2) or unreadable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DiffError(pub String);
+
+/// The package list of the build `dist/IMAGE/VERSION` (its manifest names the file).
+pub fn build_packages(
+    dist: &Path,
+    image: &str,
+    version: &str,
+) -> Result<BTreeMap<String, String>, DiffError> {
+    let dir = dist.join(image).join(version);
+    let mp = dir.join(super::manifest::FILE);
+    let m = super::manifest::Manifest::read(&mp).map_err(|e| {
+        DiffError(format!(
+            "{}: {e} (no build {image} {version} in {})",
+            mp.display(),
+            dist.display()
+        ))
+    })?;
+    let bom = m.bom.ok_or_else(|| {
+        DiffError(format!(
+            "{}: this build has no bill of materials (built before imgbuild wrote one)",
+            mp.display()
+        ))
+    })?;
+    let p = dir.join(&bom.packages);
+    let text =
+        std::fs::read_to_string(&p).map_err(|e| DiffError(format!("{}: {e}", p.display())))?;
+    Ok(read_package_list(&text))
+}
+
+/// Packages added, removed and changed from build `old` to build `new` of `image`.
+pub fn diff_builds(dist: &Path, image: &str, old: &str, new: &str) -> Result<Diff, DiffError> {
+    Ok(diff(
+        &build_packages(dist, image, old)?,
+        &build_packages(dist, image, new)?,
+    ))
+}
+
 /// Percent-encodes a purl segment (everything but unreserved characters).
 fn pct(s: &str) -> String {
     s.bytes()

@@ -160,6 +160,27 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
     artifact
 }
 
+/// Validates a CycloneDX JSON file with CycloneDX's own Python library (the official schema).
+pub fn validate_cyclonedx(file: &Path) {
+    let python = repo().join(".venv/bin/python");
+    let script = "import sys\n\
+from cyclonedx.validation.json import JsonStrictValidator\n\
+from cyclonedx.schema import SchemaVersion\n\
+e = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())\n\
+sys.exit(str(e) if e else 0)\n";
+    let o = Command::new(&python)
+        .args(["-c", script])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (make venv installs it)", python.display()));
+    assert!(
+        o.status.success(),
+        "{} is not valid CycloneDX 1.5: {}",
+        file.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// The layer and base cache the build end-to-end tests share (built once, reused).
 pub fn e2e_cache() -> PathBuf {
     repo().join("target/e2e-cache")
