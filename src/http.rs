@@ -307,6 +307,18 @@ impl Http {
         })
     }
 
+    /// After failed attempt number `attempt` with a transient `err`: gives up (the error says
+    /// how often it was tried) or waits 0.5, 1, 2, 4 s before the next attempt.
+    fn back_off(&self, attempt: u32, err: HttpError, what: &str) -> Result<(), HttpError> {
+        if attempt > self.retries {
+            return Err(gave_up(err, attempt));
+        }
+        let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
+        tracing::warn!("{err}; retrying{what} in {:.1} s", wait.as_secs_f64());
+        std::thread::sleep(wait);
+        Ok(())
+    }
+
     /// The error for a failed exchange, and whether to try again.
     fn transport(&self, method: &str, url: &str, e: &ureq::Error) -> (HttpError, bool) {
         let f = failure(e);
@@ -413,12 +425,7 @@ impl Http {
                     (err, false) => return Err(err),
                 },
             };
-            if attempt > self.retries {
-                return Err(gave_up(transient, attempt));
-            }
-            let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
-            tracing::warn!("{transient}; retrying in {:.1} s", wait.as_secs_f64());
-            std::thread::sleep(wait);
+            self.back_off(attempt, transient, "")?;
         }
     }
 
@@ -476,12 +483,7 @@ impl Http {
                     (err, false) => return Err(err),
                 },
             };
-            if attempt > self.retries {
-                return Err(gave_up(transient, attempt));
-            }
-            let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
-            tracing::warn!("{transient}; retrying in {:.1} s", wait.as_secs_f64());
-            std::thread::sleep(wait);
+            self.back_off(attempt, transient, "")?;
         }
     }
 
@@ -598,12 +600,7 @@ impl Http {
                     (err, false) => return Err(err),
                 },
             };
-            if attempt > self.retries {
-                return Err(gave_up(err, attempt));
-            }
-            let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
-            tracing::warn!("{err}; retrying the upload in {:.1} s", wait.as_secs_f64());
-            std::thread::sleep(wait);
+            self.back_off(attempt, err, " the upload")?;
         }
     }
 

@@ -47,6 +47,22 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A random (version 4) UUID.
+pub fn uuid_v4() -> String {
+    let mut b = random_bytes(16);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// `n` random bytes from the kernel (/dev/urandom; panics if it cannot be read).
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];

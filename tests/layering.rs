@@ -11,6 +11,7 @@ const RANKS: &[(&str, u32)] = &[
     ("hex", 0),
     ("IoError", 0),
     ("random_bytes", 0),
+    ("uuid_v4", 0),
     ("exec", 0),
     ("protocol", 0),
     ("progress", 0),

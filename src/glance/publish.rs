@@ -363,7 +363,7 @@ fn create_and(
     }
     // The id is chosen here, so a create that Glance answered with 5xx but made all the same
     // is found: its retry is a 409 for this id, and a failed create deletes it.
-    let id = new_image_id();
+    let id = crate::uuid_v4();
     body["id"] = json!(id);
     let url = format!("{}/v2/images/{id}", s.image_url);
     let delete_half_made = || {
@@ -391,22 +391,6 @@ fn create_and(
         delete_half_made();
     }
     result
-}
-
-/// A random (version 4) UUID for a new image.
-fn new_image_id() -> String {
-    let mut b = crate::random_bytes(16);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// Is `image` (Glance's JSON) the whole image an earlier try of the create made for `plan`:
@@ -658,7 +642,7 @@ mod tests {
 
     #[test]
     fn image_ids_are_random_version_4_uuids() {
-        let (a, b) = (new_image_id(), new_image_id());
+        let (a, b) = (crate::uuid_v4(), crate::uuid_v4());
         assert_ne!(a, b);
         let groups: Vec<usize> = a.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12], "{a}");

@@ -189,22 +189,6 @@ pub fn deb_purl(distro: &str, release: &str, p: &Package) -> String {
     )
 }
 
-/// An RFC 4122 version 4 UUID.
-fn uuid_v4() -> String {
-    let mut b = crate::random_bytes(16);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 /// The running kernel's package among `packages` (`linux-image-RELEASE`, not a metapackage).
 fn kernel(packages: &[Package]) -> Option<(&Package, &str)> {
     packages.iter().find_map(|p| {
@@ -266,7 +250,7 @@ fn cyclonedx_doc(i: &Input) -> Value {
     json!({
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
-        "serialNumber": format!("urn:uuid:{}", uuid_v4()),
+        "serialNumber": format!("urn:uuid:{}", crate::uuid_v4()),
         "version": 1,
         "metadata": {
             "timestamp": i.timestamp,
