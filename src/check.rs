@@ -273,3 +273,11 @@ pub fn cloud_config(file: &Path, tools: &Tools) -> Vec<(&'static str, Status)> {
     ));
     out
 }
+
+/// `s` with every line indented by four spaces (validator output under a result line).
+pub fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

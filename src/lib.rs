@@ -8,9 +8,11 @@ pub mod base;
 pub mod bootstrap;
 pub mod cache;
 pub mod check;
+pub mod commands;
 pub mod definition;
 pub mod digest;
 pub mod doctor;
+pub mod error;
 pub mod exec;
 pub mod glance;
 pub mod host;
@@ -72,6 +74,4 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     b
 }
 
-// The old paths, until every caller uses `pipeline::…`.
-pub use pipeline as build;
-pub use pipeline::{manifest, smoke};
+pub use error::{Error, Result};

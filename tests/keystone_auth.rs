@@ -7,7 +7,7 @@ mod common;
 
 use common::openstack::{stack, Stack};
 use imgbuild::glance::auth::{self, AuthError, Credentials, Secret};
-use imgbuild::glance::http::Http;
+use imgbuild::http::Http;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ fn http() -> Http {
 
 fn http_verified() -> Http {
     Http::new(
-        &imgbuild::glance::http::TlsOptions {
+        &imgbuild::http::TlsOptions {
             verify: true,
             ..Default::default()
         },

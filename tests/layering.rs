@@ -33,6 +33,10 @@ const RANKS: &[(&str, u32)] = &[
     // What comes after dist/.
     ("glance", 8),
     ("doctor", 8),
+    // The operations behind the commands, and their error with its exit code.
+    ("error", 9),
+    ("Error", 9),
+    ("commands", 9),
 ];
 
 /// The pipeline's own stages, in order (mod.rs orchestrates them all). `error` is the

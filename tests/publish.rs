@@ -20,7 +20,7 @@ use common::openstack::{
     make_certs, make_client_cert, stack, stack_tls, ExtraGlance, GlanceTls, Stack,
 };
 use common::*;
-use imgbuild::glance::http::{Http, TlsOptions};
+use imgbuild::http::{Http, TlsOptions};
 use imgbuild::glance::publish::{describe, PublishError};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,5 +3,3 @@
 
 pub mod auth;
 pub mod publish;
-
-pub use crate::http;

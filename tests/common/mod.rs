@@ -98,7 +98,7 @@ impl Default for FakeBuild<'_> {
 /// differs) and its manifest.json. Returns the artifact's path.
 pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
     use imgbuild::definition::Arch;
-    use imgbuild::manifest::*;
+    use imgbuild::pipeline::manifest::*;
     let dir = dist.join(b.image).join(b.version);
     std::fs::create_dir_all(&dir).unwrap();
     let raw = dir.join("raw.img");

@@ -2,7 +2,7 @@
 //! test binary, gone when the binary exits.
 
 use super::repo;
-use imgbuild::glance::http::{Http, TlsOptions};
+use imgbuild::http::{Http, TlsOptions};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -1,0 +1,340 @@
+//! The command line's arguments (clap derive; the doc comments are the help text, which
+//! tests/cli_help.rs keeps as snapshots).
+
+use clap::{Args, Parser, Subcommand};
+use imgbuild::definition::Arch;
+use std::path::PathBuf;
+
+/// Builds golden VM images for self-hosted AI workspaces and clusters: renders Packer HCL and
+/// cloud-init from a declarative definition, builds in QEMU, smoke-boots, checksums and
+/// publishes to OpenStack Glance.
+#[derive(Parser, Debug)]
+#[command(
+    name = "imgbuild",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The folder with the image definitions (NAME.yaml).
+    #[arg(
+        long,
+        global = true,
+        default_value = "images",
+        env = "IMGBUILD_IMAGES_DIR"
+    )]
+    pub images_dir: PathBuf,
+    /// Machine-readable JSON on stdout instead of plain lines.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v: every external command line, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the images in the catalog with their descriptions and arches.
+    List,
+    /// Print an image's resolved definition (after `extends`), as YAML or with --json as JSON.
+    Show {
+        /// The image name (file stem in the images folder).
+        image: String,
+    },
+    /// Render Packer HCL, cloud-init seed files and the compose project, per arch.
+    Render(RenderArgs),
+    /// Check definitions and run the real validators over their rendered files: packer
+    /// validate, cloud-init schema, check-jsonschema (cloud-config 24.04, netplan v2, compose-spec).
+    Validate(ValidateArgs),
+    /// Build an image: base, provisioning in QEMU (native or Packer), hygiene, compaction,
+    /// smoke boot, digests and manifest, into OUT/IMAGE/VERSION (atomically).
+    #[command(disable_version_flag = true)]
+    Build(BuildArgs),
+    /// Boot a built artifact on a throw-away overlay and run the image's smoke checks
+    /// (the artifact is never modified); writes report.json, junit.xml, serial.log.
+    Smoke(SmokeArgs),
+    /// Print sha256sum-format lines for files, or verify files against a SHA256SUMS file.
+    Checksum(ChecksumArgs),
+    /// Check the host: tool versions, whether KVM really works, free disk in the cache.
+    Doctor(DoctorArgs),
+    /// Launch-time user-data for one user's VM of an image (for `openstack server create
+    /// --user-data`): user and SSH key, VNC password, /shared NFS export, compose profiles.
+    /// Validated with cloud-init's schema before it is written.
+    Userdata(UserdataArgs),
+    /// A Lima instance YAML that boots a built artifact (location, arch, digest), with cpus,
+    /// memory and disk from the definition and port forwards for the desktop and the stack.
+    #[command(disable_version_flag = true)]
+    Lima(LimaArgs),
+    /// Upload a built version to OpenStack Glance (clouds.yaml / OS_* auth), verify Glance's
+    /// md5 and sha512 against the manifest, delete the image again on any failure. A re-run
+    /// with the same artifact uploads nothing.
+    #[command(disable_version_flag = true)]
+    Publish(PublishArgs),
+    /// Packages added, removed and changed between two built versions of an image (from their
+    /// bills of materials), for release notes: `+ name version`, `- name version`,
+    /// `~ name old -> new`.
+    Diff(DiffArgs),
+    /// The build cache: `ls` what is in it, `prune` what is old. Layers are content-addressed
+    /// (a layer's key covers its parent and everything it renders from).
+    Cache(CacheArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The image.
+    pub image: String,
+    /// The built version (default: the newest in the dist folder).
+    #[arg(long = "version", value_name = "V")]
+    pub image_version: Option<String>,
+    /// The dist folder the build wrote to.
+    #[arg(long, default_value = "dist")]
+    pub dist: PathBuf,
+    /// The cloud in clouds.yaml (default: $OS_CLOUD, else the OS_* variables).
+    #[arg(long)]
+    pub os_cloud: Option<String>,
+    /// Show what would be created (or that the image is already there); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds allowed for each API call, for an upload to stall (no data moving; a long
+    /// upload that keeps moving is not cut off) and for the image to become active. A timeout
+    /// is not retried; connection errors and 5xx answers are, with backoff.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// How the data gets in: auto (glance-direct import if offered), upload, import.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub method: imgbuild::glance::publish::Method,
+    /// Keep this many newest versions visible, hide older ones (default: publish.keep).
+    #[arg(long)]
+    pub keep: Option<u32>,
+    /// Delete versions beyond this many newest (default: publish.delete_beyond); needs --prune.
+    #[arg(long)]
+    pub delete_beyond: Option<u32>,
+    /// Really delete the versions beyond delete_beyond.
+    #[arg(long)]
+    pub prune: bool,
+    /// Upload format: auto (raw for a Ceph RBD default store), qcow2, raw.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub disk_format: imgbuild::glance::publish::FormatChoice,
+    /// Cache for the raw copy of a qcow2 artifact and the publish lock (default:
+    /// $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The image.
+    pub image: String,
+    /// The older version.
+    pub old: String,
+    /// The newer version.
+    pub new: String,
+    /// The dist folder the builds wrote to.
+    #[arg(long, default_value = "dist")]
+    pub dist: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct LimaArgs {
+    /// The image.
+    pub image: String,
+    /// The built version (default: the newest in the dist folder).
+    #[arg(long = "version", value_name = "V")]
+    pub image_version: Option<String>,
+    /// The dist folder the build wrote to.
+    #[arg(long, default_value = "dist")]
+    pub dist: PathBuf,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long = "out")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct UserdataArgs {
+    /// The image the VM boots.
+    pub image: String,
+    /// The workspace user to create.
+    #[arg(long)]
+    pub user: String,
+    /// The user's OpenSSH public key(s), one per line (authorized_keys format).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: PathBuf,
+    /// A file whose first line is the VNC password (6-8 characters); needed for desktop images.
+    #[arg(long, value_name = "FILE")]
+    pub vnc_password_file: Option<PathBuf>,
+    /// The NFS export for the image's shared mount, SERVER:/PATH.
+    #[arg(long, value_name = "SERVER:/PATH")]
+    pub shared: Option<String>,
+    /// Compose profiles the workspace runs (comma-separated), instead of the image's default.
+    #[arg(long, value_delimiter = ',')]
+    pub profiles: Option<Vec<String>>,
+    /// Do not give the user passwordless sudo.
+    #[arg(long)]
+    pub no_sudo: bool,
+    /// Write here instead of stdout (mode 0600: it may hold the VNC password).
+    #[arg(short = 'o', long = "out")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The images to build. Several (or several arches) build in parallel, as many at once as
+    /// the host's cores and memory hold.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// The arch to build (default: the host's, if the image lists it, else its first). Repeat
+    /// it for several arches, or give `all` for every arch each image lists.
+    #[arg(long, value_name = "A|all")]
+    pub arch: Vec<ArchArg>,
+    /// At most N builds at once (default: as many as fit the host's cores and memory).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
+    /// qemu: imgbuild drives QEMU itself; packer: `packer build` on the rendered HCL.
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub backend: imgbuild::pipeline::Backend,
+    /// The version (default: UTC date and short git commit, e.g. 20261123-1a2b3c4).
+    #[arg(long = "version", value_name = "V")]
+    pub image_version: Option<String>,
+    /// The dist folder; the build lands in OUT/IMAGE/VERSION.
+    #[arg(long, default_value = "dist")]
+    pub out: PathBuf,
+    /// Skip the smoke boot (the manifest then says so).
+    #[arg(long)]
+    pub no_smoke: bool,
+    /// Replace an existing OUT/IMAGE/VERSION.
+    #[arg(long)]
+    pub force: bool,
+    /// qcow2 compression of the artifact.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub compression: imgbuild::pipeline::CompressionChoice,
+    /// Cache for base images and work folders (default: $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Build every layer afresh and keep none of them (downloaded packages are still shared).
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+    /// The cache (default: $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// List the cached layers, bases and shared downloads: size, last use, whether a running
+    /// build holds them.
+    Ls,
+    /// Remove layers not used for a while (and the layers built on them), broken and abandoned
+    /// ones; never anything a running build holds.
+    Prune {
+        /// Remove layers not used for this long (e.g. 7d, 12h).
+        #[arg(long, default_value = "7d")]
+        older_than: String,
+        /// Then remove the least recently used layers until they take at most this much
+        /// (e.g. 20G).
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Remove everything no running build holds: layers, bases, shared downloads.
+        #[arg(long)]
+        all: bool,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `--arch` of `build`: one arch, or every arch the image lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchArg {
+    All,
+    One(Arch),
+}
+
+impl std::str::FromStr for ArchArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "all" {
+            Ok(ArchArg::All)
+        } else {
+            s.parse()
+                .map(ArchArg::One)
+                .map_err(|_| format!("unknown arch `{s}` (expected amd64, arm64 or all)"))
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SmokeArgs {
+    /// The artifact (qcow2 or raw) to boot; it is never written.
+    pub artifact: PathBuf,
+    /// The image definition whose smoke checks to run.
+    #[arg(long)]
+    pub image: String,
+    /// The artifact's arch (default: the host's, if the image lists it, else its first).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Where report.json, junit.xml, serial.log (and screenshot.png) go.
+    #[arg(short = 'o', long = "out", default_value = "smoke")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ChecksumArgs {
+    /// Files to hash (with --verify: only these entries; default all).
+    pub files: Vec<PathBuf>,
+    /// Verify against this sha256sum-format file (sha512/md5 lines are recognised by length);
+    /// names are relative to its folder.
+    #[arg(long, value_name = "SUMS")]
+    pub verify: Option<PathBuf>,
+    /// The digest to print.
+    #[arg(long, value_enum, default_value = "sha256")]
+    pub algo: imgbuild::digest::Algo,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Cache folder to report free space for (default: $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// The image to render.
+    pub image: String,
+    /// Only this arch (default: every arch the image lists).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Output folder; each arch goes to DIR/ARCH.
+    #[arg(short = 'o', long = "out", default_value = "rendered")]
+    pub out: PathBuf,
+    /// Render for this Packer release (e.g. 1.6.6 or 1.11.2) instead of the installed one.
+    #[arg(long)]
+    pub packer_version: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// Images to validate.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub images: Vec<String>,
+    /// Validate every image in the catalog.
+    #[arg(long)]
+    pub all: bool,
+    /// Treat a validator that is not installed as a failure.
+    #[arg(long)]
+    pub strict: bool,
+    /// Keep the rendered files here instead of a temporary folder.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+}

@@ -1,0 +1,186 @@
+//! The command line: argument types (`args`) and, per command, the call into the library
+//! (`imgbuild::commands`) and the printing of its report — JSON with `--json`, plain lines
+//! otherwise (`output`). Progress and logs go to stderr; results to stdout.
+
+pub mod args;
+mod output;
+
+use args::{ArchArg, CacheAction, Cli, Command};
+use imgbuild::commands::{self, build::ArchChoice};
+use imgbuild::definition::Catalog;
+use imgbuild::error::Result;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Runs the parsed command.
+pub fn run(cli: &Cli) -> Result<()> {
+    let catalog = Catalog::new(&cli.images_dir);
+    let out = output::Output { json: cli.json };
+    match &cli.command {
+        Command::List => out.list(&commands::list::list(&catalog)?),
+        Command::Show { image } => out.show(image, &commands::show::show(&catalog, image)?),
+        Command::Render(a) => out.render(&commands::render::render(
+            &catalog,
+            &commands::render::Request {
+                image: a.image.clone(),
+                arch: a.arch,
+                out: a.out.clone(),
+                packer_version: a.packer_version.clone(),
+            },
+        )?),
+        Command::Validate(a) => {
+            let req = commands::validate::Request {
+                images: a.images.clone(),
+                all: a.all,
+                strict: a.strict,
+                keep: a.keep.clone(),
+            };
+            let report = commands::validate::validate(&catalog, &req, &mut |name, res| {
+                out.validate_line(name, res, a.strict)
+            })?;
+            out.validate(&report)?;
+            report.outcome()
+        }
+        Command::Build(a) => {
+            let req = commands::build::Request {
+                images: a.images.clone(),
+                arch: a
+                    .arch
+                    .iter()
+                    .map(|x| match x {
+                        ArchArg::All => ArchChoice::All,
+                        ArchArg::One(a) => ArchChoice::One(*a),
+                    })
+                    .collect(),
+                jobs: a.jobs.map(|j| j as usize),
+                backend: a.backend,
+                version: a.image_version.clone(),
+                out: a.out.clone(),
+                cache: cache_dir(&a.cache_dir),
+                smoke: !a.no_smoke,
+                compression: a.compression,
+                force: a.force,
+                no_cache: a.no_cache,
+                quiet: cli.quiet,
+            };
+            if req.is_single() {
+                let m = commands::build::build_one(&catalog, &req, &*cancel_flag()?)?;
+                out.built(&a.out, &m)
+            } else {
+                let outcomes = commands::build::build_several(&catalog, &req, &*cancel_flag()?)?;
+                out.built_several(&a.out, &outcomes)?;
+                commands::build::outcome(&outcomes)
+            }
+        }
+        Command::Smoke(a) => {
+            let req = commands::smoke::Request {
+                artifact: a.artifact.clone(),
+                image: a.image.clone(),
+                arch: a.arch,
+                out: a.out.clone(),
+                quiet: cli.quiet,
+            };
+            let report = commands::smoke::smoke(&catalog, &req, &*cancel_flag()?)?;
+            out.smoke(&report, &a.out)?;
+            commands::smoke::outcome(&report)
+        }
+        Command::Checksum(a) => match &a.verify {
+            Some(sums) => {
+                let results = commands::checksum::verify(sums, &a.files)?;
+                out.verified(&results)?;
+                commands::checksum::verify_outcome(&results)
+            }
+            None => out.hashed(&commands::checksum::hash(&a.files)?, a.algo),
+        },
+        Command::Doctor(a) => {
+            let report = imgbuild::doctor::run(&cache_dir(&a.cache_dir));
+            out.doctor(&report)?;
+            if !report.ready {
+                return Err(imgbuild::Error::Failed(
+                    "required tools are missing (see above)".into(),
+                ));
+            }
+            Ok(())
+        }
+        Command::Userdata(a) => out.userdata(&commands::userdata::userdata(
+            &catalog,
+            &commands::userdata::Request {
+                image: a.image.clone(),
+                user: a.user.clone(),
+                ssh_key: a.ssh_key.clone(),
+                vnc_password_file: a.vnc_password_file.clone(),
+                shared: a.shared.clone(),
+                profiles: a.profiles.clone(),
+                sudo: !a.no_sudo,
+                out: a.out.clone(),
+            },
+        )?),
+        Command::Lima(a) => out.lima(&commands::lima::lima(
+            &catalog,
+            &commands::lima::Request {
+                image: a.image.clone(),
+                version: a.image_version.clone(),
+                dist: a.dist.clone(),
+                out: a.out.clone(),
+            },
+        )?),
+        Command::Publish(a) => out.published(&commands::publish::publish(
+            &catalog,
+            &commands::publish::Request {
+                image: a.image.clone(),
+                version: a.image_version.clone(),
+                dist: a.dist.clone(),
+                os_cloud: a.os_cloud.clone(),
+                dry_run: a.dry_run,
+                timeout: a.timeout,
+                method: a.method,
+                keep: a.keep,
+                delete_beyond: a.delete_beyond,
+                prune: a.prune,
+                disk_format: a.disk_format,
+                cache: cache_dir(&a.cache_dir),
+                quiet: cli.quiet,
+            },
+        )?),
+        Command::Diff(a) => out.diff(&commands::diff::diff(&a.dist, &a.image, &a.old, &a.new)?),
+        Command::Cache(a) => {
+            let root = cache_dir(&a.cache_dir);
+            match &a.action {
+                CacheAction::Ls => out.cache_ls(&commands::cache::ls(&root), &root),
+                CacheAction::Prune {
+                    older_than,
+                    max_size,
+                    all,
+                    dry_run,
+                } => out.pruned(&commands::cache::prune(
+                    &root,
+                    &commands::cache::PruneRequest {
+                        older_than: older_than.clone(),
+                        max_size: max_size.clone(),
+                        all: *all,
+                        dry_run: *dry_run,
+                    },
+                )?),
+            }
+        }
+    }
+}
+
+/// `--cache-dir` (or IMGBUILD_CACHE_DIR), else the default cache folder.
+fn cache_dir(given: &Option<PathBuf>) -> PathBuf {
+    given
+        .clone()
+        .unwrap_or_else(imgbuild::base::default_cache_dir)
+}
+
+/// Ctrl-C and SIGTERM set the flag (the work stops and cleans up); a second one exits at once.
+fn cancel_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(flag)
+}

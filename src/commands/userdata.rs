@@ -1,0 +1,108 @@
+//! `imgbuild userdata`: launch-time user-data for one user's VM, validated before it is
+//! written.
+
+use crate::check::{self, Status, Tools};
+use crate::definition::Catalog;
+use crate::error::{Error, Result};
+use crate::render::userdata::{self, LaunchParams};
+use serde::Serialize;
+use std::path::PathBuf;
+
+pub struct Request {
+    pub image: String,
+    pub user: String,
+    pub ssh_key: PathBuf,
+    pub vnc_password_file: Option<PathBuf>,
+    pub shared: Option<String>,
+    pub profiles: Option<Vec<String>>,
+    pub sudo: bool,
+    /// Write here (mode 0600) instead of returning the text only.
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ValidatorRun {
+    pub validator: &'static str,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    pub image: String,
+    pub user: String,
+    pub validators: Vec<ValidatorRun>,
+    /// The user-data itself (printed when not written to a file; never in --json).
+    #[serde(skip)]
+    pub text: String,
+}
+
+pub fn userdata(catalog: &Catalog, req: &Request) -> Result<Report> {
+    let r = super::buildable(catalog, &req.image)?;
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read_to_string(p).map_err(|e| Error::Usage(format!("{what} {}: {e}", p.display())))
+    };
+    let ssh_keys = userdata::parse_keys(&read(&req.ssh_key, "--ssh-key")?)?;
+    let vnc_password = match &req.vnc_password_file {
+        Some(p) => Some(
+            read(p, "--vnc-password-file")?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let text = userdata::render(
+        &r,
+        &LaunchParams {
+            user: req.user.clone(),
+            ssh_keys,
+            sudo: req.sudo,
+            vnc_password,
+            shared: req.shared.clone(),
+            profiles: req.profiles.clone(),
+        },
+    )?;
+    // Validate before anything is written: our own output failing is a bug (exit 1).
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join("user-data");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+    }
+    let mut validators = Vec::new();
+    for (name, status) in check::cloud_config(&file, &Tools::discover()) {
+        match &status {
+            Status::Passed => tracing::info!("{name}: passed"),
+            Status::NotRun(why) => tracing::warn!("{name}: not run ({why})"),
+            Status::Failed(why) => {
+                return Err(Error::Failed(format!(
+                    "the launch user-data fails {name}:\n{}",
+                    crate::check::indent(why)
+                )))
+            }
+        }
+        validators.push(ValidatorRun {
+            validator: name,
+            status,
+        });
+    }
+    if let Some(out) = &req.out {
+        super::write_atomic(out, &text, Some(0o600))?;
+    }
+    Ok(Report {
+        file: req.out.clone(),
+        image: req.image.clone(),
+        user: req.user.clone(),
+        validators,
+        text,
+    })
+}
