@@ -3,7 +3,7 @@
 //! auth through clouds.yaml + secure.yaml, an application credential, a token, and a wrong
 //! password that fails clearly without echoing it.
 
-mod common;
+use crate::common;
 
 use common::openstack::{stack, Stack};
 use imgbuild::glance::auth::{self, AuthError, Credentials, Secret};

@@ -4,7 +4,7 @@
 //! the host logs in to over the network and photographs, noVNC, Docker, the compose project
 //! valid, first-boot secrets 0600. Slow (a desktop under TCG): one build serves every assertion.
 
-mod common;
+use crate::common;
 
 use common::{read_json, repo, text};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! `packer build`, the artifact is smoke-booted, checksummed and lands in dist/. Failures
 //! (provisioning, smoke, SIGTERM) must leave nothing in dist/ and no QEMU behind.
 
-mod common;
+use crate::common;
 
 use common::{
     assert_nothing_left, e2e_cache, qemu_processes, read_json, repo, signal_and_wait, text,

@@ -1,6 +1,6 @@
 //! Bad definitions fail with exit 2 and a message naming file, line and field.
 
-mod common;
+use crate::common;
 use common::*;
 
 fn assert_bad(files: &[(&str, &str)], image: &str, expect: &[&str]) {

@@ -2,7 +2,7 @@
 //! schema check and the 24.04 JSON schema (run by the command itself), its content read back
 //! with PyYAML, and bad launch parameters refused with exit 2.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::os::unix::fs::PermissionsExt;

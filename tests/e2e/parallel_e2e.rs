@@ -3,7 +3,7 @@
 //! before any build starts; SIGTERM stopping every build and leaving nothing. The Debian 12
 //! bootstrap base is shared with tests/build_e2e.rs (target/e2e-cache).
 
-mod common;
+use crate::common;
 
 use common::{
     assert_nothing_left, e2e_cache, entries, qemu_processes, read_json, repo, signal_and_wait,

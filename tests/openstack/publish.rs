@@ -14,7 +14,7 @@
 //! the retry and is verified, not failed (exit 0, one active image). Extra Glances are
 //! started only by the tests that change their config, and stop when those tests end.
 
-mod common;
+use crate::common;
 
 use common::openstack::{
     make_certs, make_client_cert, stack, stack_tls, ExtraGlance, GlanceTls, Stack,

@@ -1,6 +1,6 @@
 //! `imgbuild lima`: the Lima instance YAML for a built artifact, read back with PyYAML.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;
