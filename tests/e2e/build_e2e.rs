@@ -145,6 +145,7 @@ fn coreutils(tool: &str, file: &Path) -> String {
 
 #[test]
 fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
+    let _vm = crate::one_vm();
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
     let o = private.run(&[
@@ -438,6 +439,7 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
 
 #[test]
 fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "--json",
@@ -501,6 +503,7 @@ fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
 
 #[test]
 fn failed_provisioning_names_the_step_and_leaves_nothing() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "build",
@@ -535,6 +538,7 @@ fn failed_provisioning_names_the_step_and_leaves_nothing() {
 
 #[test]
 fn failed_smoke_check_names_the_check_and_leaves_nothing() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "build",
@@ -562,6 +566,7 @@ fn failed_smoke_check_names_the_check_and_leaves_nothing() {
 
 #[test]
 fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let mut child = cmd(&[
         "build",
@@ -596,6 +601,7 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
 /// the abandoned `.partial-` folder, which lookups never see and `cache prune` removes.
 #[test]
 fn a_killed_layered_build_leaves_no_qemu_no_entry_and_prune_clears_the_partial() {
+    let _vm = crate::one_vm();
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
     let mut child = Command::new(common::bin())
@@ -756,6 +762,7 @@ fn mounts_below(pid: &str, dir: &Path) -> Vec<String> {
 /// imgbuild waited for mmdebstrap to finish), and the work folder goes.
 #[test]
 fn a_bootstrap_killed_or_stopped_midway_leaves_no_mount_and_no_work_folder() {
+    let _vm = crate::one_vm();
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().to_str().unwrap();

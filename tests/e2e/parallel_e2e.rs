@@ -11,11 +11,7 @@ use common::{
 };
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
-
-/// The VM tests of this file run one after the other (each already runs two builds at once).
-static VMS: Mutex<()> = Mutex::new(());
 
 fn cmd(args: &[&str]) -> Command {
     let mut c = Command::new(common::bin());
@@ -53,7 +49,8 @@ fn line_at(log: &str, prefix: &str, needle: &str) -> usize {
 
 #[test]
 fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
-    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    // The VM tests of this file run alone (each already runs two builds at once).
+    let _vms = crate::all_vms();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "--json",
@@ -235,7 +232,8 @@ fn bad_input_is_refused_before_any_build_starts() {
 
 #[test]
 fn sigterm_stops_every_build_and_starts_no_more() {
-    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    // The VM tests of this file run alone (each already runs two builds at once).
+    let _vms = crate::all_vms();
     let out = tempfile::tempdir().unwrap();
     let mut child = cmd(&[
         "--json",

@@ -8,3 +8,4 @@ mod common;
 
 mod keystone_auth;
 mod publish;
+mod stack_script;

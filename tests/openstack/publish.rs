@@ -94,6 +94,7 @@ fn openstack(clouds: &Path, args: &[&str]) -> serde_json::Value {
         .args(args)
         .args(["-f", "json"])
         .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .env("OS_CLIENT_SECURE_FILE", clouds.with_file_name("none.yaml"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -277,3 +277,16 @@ fn a_bad_prepull_profile_is_named_by_its_own_list_and_line() {
         ],
     );
 }
+
+#[test]
+fn a_non_string_extends_names_file_and_line() {
+    // Was a panic ("entered unreachable code"): the typed check reads `true` as a string.
+    for value in ["true", "12", "[base]", "{a: b}"] {
+        let body = format!("description: x\nextends: {value}\n");
+        assert_bad(
+            &[("img", &body)],
+            "img",
+            &["images/img.yaml:2:1", "extends"],
+        );
+    }
+}

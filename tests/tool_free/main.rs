@@ -11,6 +11,7 @@ mod catalog;
 mod checksum;
 mod definition_errors;
 mod firstboot_secrets;
+mod fuzz_definitions;
 mod lima;
 mod packer_versions;
 mod roundtrip;
