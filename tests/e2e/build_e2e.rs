@@ -6,30 +6,15 @@
 use crate::common;
 
 use common::{
-    assert_nothing_left, e2e_cache, qemu_processes, read_json, repo, signal_and_wait, text,
-    wait_while_running,
+    assert_nothing_left, e2e_cache, e2e_command, qemu_processes, read_json, repo, signal_and_wait,
+    stop, text, wait_while_running, TestCommand,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixtures() -> PathBuf {
-    repo().join("tests/fixtures/images")
-}
-
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(common::bin());
-    c.arg("--images-dir")
-        .arg(fixtures())
-        .args(args)
-        .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", e2e_cache())
-        .env("IMGBUILD_VENV", repo().join(".venv"));
-    c
-}
-
 fn run(args: &[&str]) -> Output {
-    cmd(args).output().expect("imgbuild runs")
+    e2e_command(args).output()
 }
 
 /// A private copy of the fixtures (to change definitions in) and a private cache for layers
@@ -85,16 +70,14 @@ impl Private {
         }
     }
 
+    fn command(&self, args: &[&str]) -> TestCommand {
+        TestCommand::new(args)
+            .images_dir(&self.images)
+            .cache_dir(&self.cache)
+    }
+
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(common::bin())
-            .arg("--images-dir")
-            .arg(&self.images)
-            .args(args)
-            .current_dir(repo())
-            .env("IMGBUILD_CACHE_DIR", &self.cache)
-            .env("IMGBUILD_VENV", repo().join(".venv"))
-            .output()
-            .expect("imgbuild runs")
+        self.command(args).output()
     }
 
     /// Replaces `from` by `to` in a fixture file (relative to the fixtures folder).
@@ -568,7 +551,7 @@ fn failed_smoke_check_names_the_check_and_leaves_nothing() {
 fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
     let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
-    let mut child = cmd(&[
+    let mut child = e2e_command(&[
         "build",
         "e2e-fail-smoke",
         "--no-cache",
@@ -577,10 +560,7 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
         "--out",
         out.path().to_str().unwrap(),
     ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    .spawn();
     wait_while_running(
         &mut child,
         Duration::from_secs(1200),
@@ -588,9 +568,7 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
         || !qemu_processes("e2e-fail-smoke-int1-amd64.").is_empty(),
     );
     std::thread::sleep(Duration::from_secs(5));
-    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(60));
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, _, err) = stop(&mut child, libc::SIGTERM, Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert_nothing_left(out.path(), "e2e-fail-smoke", "int1");
@@ -604,14 +582,10 @@ fn a_killed_layered_build_leaves_no_qemu_no_entry_and_prune_clears_the_partial()
     let _vm = crate::one_vm();
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::bin())
-        .arg("--images-dir")
-        .arg(&private.images)
-        .args(["build", "e2e-common-kill", "--version", "k1", "--out"])
+    let mut child = private
+        .command(&["build", "e2e-common-kill", "--version", "k1", "--out"])
         .arg(out.path())
-        .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", &private.cache)
-        .env("IMGBUILD_VENV", repo().join(".venv"))
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -767,26 +741,18 @@ fn a_bootstrap_killed_or_stopped_midway_leaves_no_mount_and_no_work_folder() {
     let out = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().to_str().unwrap();
     let start = |version: &str| {
-        Command::new(common::bin())
-            .arg("--images-dir")
-            .arg(fixtures())
-            .args([
-                "build",
-                "e2e",
-                "--no-cache",
-                "--no-smoke",
-                "--version",
-                version,
-            ])
-            .arg("--out")
-            .arg(out.path())
-            .current_dir(repo())
-            .env("IMGBUILD_CACHE_DIR", cache.path())
-            .env("IMGBUILD_VENV", repo().join(".venv"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        e2e_command(&[
+            "build",
+            "e2e",
+            "--no-cache",
+            "--no-smoke",
+            "--version",
+            version,
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .cache_dir(cache.path())
+        .spawn()
     };
     // Until mmdebstrap has its mounts (seen from inside its namespace).
     let mounted = || {
@@ -834,9 +800,7 @@ fn a_bootstrap_killed_or_stopped_midway_leaves_no_mount_and_no_work_folder() {
         "the next build's mmdebstrap mounts in the leftover work folder",
         mounted,
     );
-    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(60));
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, _, err) = stop(&mut child, libc::SIGTERM, Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(
