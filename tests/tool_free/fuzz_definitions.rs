@@ -447,7 +447,7 @@ fn mutated_catalog_definitions_never_panic_and_errors_name_file_and_line() {
                 failures.push((e.clone(), format!("{label}: {e}\n--- {name}.yaml:\n{body}")));
                 continue;
             }
-            if count % every == 0 {
+            if count.is_multiple_of(every) {
                 if let Err(e) = binary(root.path(), name) {
                     failures.push((
                         e.clone(),
