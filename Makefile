@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV  ?= .venv
 export IMGBUILD_VENV := $(abspath $(VENV))
 
-.PHONY: all host-tools venv openstack-venv build test lint demo clean
+.PHONY: all host-tools venv openstack-venv build test test-tool-free test-e2e test-openstack lint demo clean
 
 all: build
 
@@ -35,6 +35,15 @@ lint:
 ## end-to-end test runs beside the rest; see scripts/test.sh).
 test: host-tools
 	CARGO=$(CARGO) bash scripts/test.sh
+
+## One tier at a time (README, "Tests"): the binary with the validators, no VM (plus the unit
+## tests); real builds and boots; a real Keystone + Glance.
+test-tool-free: venv
+	$(CARGO) test --locked --lib --bins --test tool_free
+test-e2e: host-tools
+	$(CARGO) test --locked --test e2e -- --test-threads=2
+test-openstack: openstack-venv
+	$(CARGO) test --locked --test openstack -- --test-threads=2
 
 ## The main job on this machine: validate the whole catalog with every real validator, render
 ## the flagship image, and build the Debian 12 base image end to end (smoke-booted, checksummed).

@@ -20,7 +20,13 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 cmd="${1:?install|start|glance}"
-venv="${2:?VENV}"
+# Paths given relative to where the script is started: absolute from here on (the servers run
+# in STATE/NAME-run, where a relative VENV, STATE or certificate would point elsewhere).
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+venv="$(abspath "${2:?VENV}")"
+for v in TLS_CERT TLS_KEY TLS_CA TLS_CLIENT_CA TLS_PROBE_CERT TLS_PROBE_KEY; do
+  if [[ -n "${!v:-}" ]]; then export "$v=$(abspath "${!v}")"; fi
+done
 
 if [[ "$cmd" == install ]]; then
   if [[ -x "$venv/bin/gunicorn" && -x "$venv/bin/openstack" && -f "$venv/.installed" ]] &&
@@ -35,7 +41,7 @@ if [[ "$cmd" == install ]]; then
 fi
 
 [[ "$cmd" == start || "$cmd" == glance ]] || { echo "usage: $0 install|start|glance VENV [STATE]" >&2; exit 2; }
-state="${3:?STATE}"
+state="$(abspath "${3:?STATE}")"
 kport="${KEYSTONE_PORT:-5000}"
 gport="${GLANCE_PORT:-9292}"
 pw="${OS_TEST_ADMIN_PASSWORD:?set OS_TEST_ADMIN_PASSWORD}"

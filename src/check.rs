@@ -40,7 +40,16 @@ pub struct Tools {
 impl Tools {
     /// Looks on PATH; check-jsonschema also in `$IMGBUILD_VENV/bin` and `./.venv/bin`
     /// (where `make host-tools` installs it).
+    /// `IMGBUILD_VALIDATORS=none` finds none (every check is "not run"; the tests that feed
+    /// `validate` mutated definitions use it).
     pub fn discover() -> Tools {
+        if std::env::var_os("IMGBUILD_VALIDATORS").is_some_and(|v| v == "none") {
+            return Tools {
+                packer: None,
+                cloud_init: None,
+                check_jsonschema: None,
+            };
+        }
         let venv_tool = |name: &str| {
             let mut dirs: Vec<PathBuf> = Vec::new();
             if let Some(v) = std::env::var_os("IMGBUILD_VENV") {

@@ -115,7 +115,24 @@ impl Catalog {
             let parent = match file.value.get("extends") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(p)) => Some(p.clone()),
-                Some(_) => unreachable!("typed check accepted a non-string extends"),
+                // The typed check reads any scalar as a string (`extends: true` is "true"); an
+                // image name is written as one, or quoted.
+                Some(other) => {
+                    let pos = file.map.get("extends").unwrap_or(Pos { line: 1, col: 1 });
+                    let found = serde_norway::to_string(other).unwrap_or_default();
+                    return Err(Diagnostic {
+                        file: file.path.clone(),
+                        line: pos.line,
+                        col: pos.col,
+                        field: "extends".into(),
+                        message: format!("expected the name of an image, found `{}`", found.trim()),
+                        help: Some(
+                            "write the image's name, quoted if it looks like a number or a boolean"
+                                .into(),
+                        ),
+                    }
+                    .into());
+                }
             };
             chain.push(file);
             let Some(parent) = parent else { break };

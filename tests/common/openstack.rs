@@ -20,7 +20,7 @@ pub struct Stack {
     pub ca: Option<PathBuf>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -382,6 +382,26 @@ pub struct GlanceTls {
     pub probe: Option<(PathBuf, PathBuf)>,
 }
 
+/// Starts `cmd` (a `scripts/openstack-test-stack.sh start|glance`) with its stdout piped, to
+/// stop with the test process, and reads its output until it says `READY` (true) or ends
+/// (false). The servers it started stop with it.
+pub fn start_until_ready(mut cmd: Command) -> (std::process::Child, bool) {
+    cmd.stdout(Stdio::piped());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let ready = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("READY"));
+    (child, ready)
+}
+
 /// One more Glance for the stack's Keystone, with its own config, database and store
 /// (`scripts/openstack-test-stack.sh glance`). It is stopped when dropped, and in any case when
 /// the thread that started it (the test) ends.
@@ -422,18 +442,7 @@ impl ExtraGlance {
                     .env("TLS_PROBE_KEY", k);
             }
         }
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let ready = out
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.starts_with("READY"));
+        let (child, ready) = start_until_ready(cmd);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let g = ExtraGlance {
             url: format!("{scheme}://127.0.0.1:{port}"),

@@ -1,7 +1,7 @@
 //! `imgbuild checksum` against coreutils' sha256sum, sha512sum and md5sum, and `--verify`
 //! with its failure output; `imgbuild doctor` reports the host.
 
-mod common;
+use crate::common;
 
 use common::{imgbuild, text};
 use std::path::Path;

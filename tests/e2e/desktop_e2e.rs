@@ -4,10 +4,9 @@
 //! the host logs in to over the network and photographs, noVNC, Docker, the compose project
 //! valid, first-boot secrets 0600. Slow (a desktop under TCG): one build serves every assertion.
 
-mod common;
+use crate::common;
 
-use common::{read_json, repo, text};
-use std::process::Command;
+use common::{e2e_cache, read_json, repo, text, TestCommand};
 
 fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["checks"]
@@ -21,22 +20,18 @@ fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 #[test]
 fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(common::bin())
-        .args([
-            "--json",
-            "build",
-            "debian12-desktop-ai",
-            "--no-cache",
-            "--version",
-            "d1",
-            "--out",
-        ])
-        .arg(out.path())
-        .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", repo().join("target/e2e-cache"))
-        .env("IMGBUILD_VENV", repo().join(".venv"))
-        .output()
-        .expect("imgbuild runs");
+    let o = TestCommand::new(&[
+        "--json",
+        "build",
+        "debian12-desktop-ai",
+        "--no-cache",
+        "--version",
+        "d1",
+        "--out",
+    ])
+    .arg(out.path())
+    .cache_dir(e2e_cache())
+    .output();
     let (stdout, stderr) = text(&o);
     let dir = out.path().join("debian12-desktop-ai/d1");
     assert!(

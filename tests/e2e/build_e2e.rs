@@ -3,33 +3,18 @@
 //! `packer build`, the artifact is smoke-booted, checksummed and lands in dist/. Failures
 //! (provisioning, smoke, SIGTERM) must leave nothing in dist/ and no QEMU behind.
 
-mod common;
+use crate::common;
 
 use common::{
-    assert_nothing_left, e2e_cache, qemu_processes, read_json, repo, signal_and_wait, text,
-    wait_while_running,
+    assert_nothing_left, e2e_cache, e2e_command, qemu_processes, read_json, repo, signal_and_wait,
+    stop, text, wait_while_running, TestCommand,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixtures() -> PathBuf {
-    repo().join("tests/fixtures/images")
-}
-
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(common::bin());
-    c.arg("--images-dir")
-        .arg(fixtures())
-        .args(args)
-        .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", e2e_cache())
-        .env("IMGBUILD_VENV", repo().join(".venv"));
-    c
-}
-
 fn run(args: &[&str]) -> Output {
-    cmd(args).output().expect("imgbuild runs")
+    e2e_command(args).output()
 }
 
 /// A private copy of the fixtures (to change definitions in) and a private cache for layers
@@ -85,16 +70,14 @@ impl Private {
         }
     }
 
+    fn command(&self, args: &[&str]) -> TestCommand {
+        TestCommand::new(args)
+            .images_dir(&self.images)
+            .cache_dir(&self.cache)
+    }
+
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(common::bin())
-            .arg("--images-dir")
-            .arg(&self.images)
-            .args(args)
-            .current_dir(repo())
-            .env("IMGBUILD_CACHE_DIR", &self.cache)
-            .env("IMGBUILD_VENV", repo().join(".venv"))
-            .output()
-            .expect("imgbuild runs")
+        self.command(args).output()
     }
 
     /// Replaces `from` by `to` in a fixture file (relative to the fixtures folder).
@@ -145,6 +128,7 @@ fn coreutils(tool: &str, file: &Path) -> String {
 
 #[test]
 fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
+    let _vm = crate::one_vm();
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
     let o = private.run(&[
@@ -487,6 +471,7 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
 
 #[test]
 fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "--json",
@@ -550,6 +535,7 @@ fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
 
 #[test]
 fn failed_provisioning_names_the_step_and_leaves_nothing() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "build",
@@ -584,6 +570,7 @@ fn failed_provisioning_names_the_step_and_leaves_nothing() {
 
 #[test]
 fn failed_smoke_check_names_the_check_and_leaves_nothing() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "build",
@@ -611,8 +598,9 @@ fn failed_smoke_check_names_the_check_and_leaves_nothing() {
 
 #[test]
 fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
-    let mut child = cmd(&[
+    let mut child = e2e_command(&[
         "build",
         "e2e-fail-smoke",
         "--no-cache",
@@ -621,10 +609,7 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
         "--out",
         out.path().to_str().unwrap(),
     ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    .spawn();
     wait_while_running(
         &mut child,
         Duration::from_secs(1200),
@@ -632,9 +617,7 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
         || !qemu_processes("e2e-fail-smoke-int1-amd64.").is_empty(),
     );
     std::thread::sleep(Duration::from_secs(5));
-    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(60));
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, _, err) = stop(&mut child, libc::SIGTERM, Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert_nothing_left(out.path(), "e2e-fail-smoke", "int1");
@@ -645,16 +628,13 @@ fn sigterm_during_provisioning_stops_qemu_and_leaves_nothing() {
 /// the abandoned `.partial-` folder, which lookups never see and `cache prune` removes.
 #[test]
 fn a_killed_layered_build_leaves_no_qemu_no_entry_and_prune_clears_the_partial() {
+    let _vm = crate::one_vm();
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::bin())
-        .arg("--images-dir")
-        .arg(&private.images)
-        .args(["build", "e2e-common-kill", "--version", "k1", "--out"])
+    let mut child = private
+        .command(&["build", "e2e-common-kill", "--version", "k1", "--out"])
         .arg(out.path())
-        .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", &private.cache)
-        .env("IMGBUILD_VENV", repo().join(".venv"))
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -805,30 +785,23 @@ fn mounts_below(pid: &str, dir: &Path) -> Vec<String> {
 /// imgbuild waited for mmdebstrap to finish), and the work folder goes.
 #[test]
 fn a_bootstrap_killed_or_stopped_midway_leaves_no_mount_and_no_work_folder() {
+    let _vm = crate::one_vm();
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().to_str().unwrap();
     let start = |version: &str| {
-        Command::new(common::bin())
-            .arg("--images-dir")
-            .arg(fixtures())
-            .args([
-                "build",
-                "e2e",
-                "--no-cache",
-                "--no-smoke",
-                "--version",
-                version,
-            ])
-            .arg("--out")
-            .arg(out.path())
-            .current_dir(repo())
-            .env("IMGBUILD_CACHE_DIR", cache.path())
-            .env("IMGBUILD_VENV", repo().join(".venv"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        e2e_command(&[
+            "build",
+            "e2e",
+            "--no-cache",
+            "--no-smoke",
+            "--version",
+            version,
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .cache_dir(cache.path())
+        .spawn()
     };
     // Until mmdebstrap has its mounts (seen from inside its namespace).
     let mounted = || {
@@ -876,9 +849,7 @@ fn a_bootstrap_killed_or_stopped_midway_leaves_no_mount_and_no_work_folder() {
         "the next build's mmdebstrap mounts in the leftover work folder",
         mounted,
     );
-    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(60));
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, _, err) = stop(&mut child, libc::SIGTERM, Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(

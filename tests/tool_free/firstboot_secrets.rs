@@ -3,7 +3,7 @@
 //! secret of the stack made with the declared size and encoding, kept on re-runs, different
 //! per instance; and the image carries names only.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeMap;

@@ -14,7 +14,7 @@
 //! the retry and is verified, not failed (exit 0, one active image). Extra Glances are
 //! started only by the tests that change their config, and stop when those tests end.
 
-mod common;
+use crate::common;
 
 use common::openstack::{
     make_certs, make_client_cert, stack, stack_tls, ExtraGlance, GlanceTls, Stack,
@@ -94,6 +94,7 @@ fn openstack(clouds: &Path, args: &[&str]) -> serde_json::Value {
         .args(args)
         .args(["-f", "json"])
         .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .env("OS_CLIENT_SECURE_FILE", clouds.with_file_name("none.yaml"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -935,6 +936,17 @@ fn a_glance_that_requires_a_client_certificate() {
     let dist = dist_for(t.path(), "m1");
     let admin_user = ("admin", s.password.as_str(), "admin");
     let ca = format!("    cacert: {}\n", tls.join("ca.pem").display());
+    // clouds.yaml in DIR with the CA and the client certificate NAME.pem/.key of `certs`.
+    let with_cert = |dir: &str, certs: &Path, name: &str| {
+        let pem = certs.join(format!("{name}.pem"));
+        let key = certs.join(format!("{name}.key"));
+        let extra = format!(
+            "{ca}    cert: {}\n    key: {}\n",
+            pem.display(),
+            key.display()
+        );
+        clouds_as(&t.path().join(dir), s, admin_user, "RegionMtls", &extra)
+    };
 
     // The CA alone: the server refuses the connection, and the message says what is missing.
     let c = clouds_as(&t.path().join("a"), s, admin_user, "RegionMtls", &ca);
@@ -948,33 +960,13 @@ fn a_glance_that_requires_a_client_certificate() {
     let other = t.path().join("other");
     make_certs(&other);
     make_client_cert(&other, "stranger");
-    let c = clouds_as(
-        &t.path().join("b"),
-        s,
-        admin_user,
-        "RegionMtls",
-        &format!(
-            "{ca}    cert: {}\n    key: {}\n",
-            other.join("stranger.pem").display(),
-            other.join("stranger.key").display()
-        ),
-    );
+    let c = with_cert("b", &other, "stranger");
     let err = failed(&publish(&c, &dist, &["--method", "upload"]), s);
     assert!(err.contains("TLS"), "{err}");
     assert!(err.contains("client certificate"), "{err}");
 
     // `cert` and `key` in clouds.yaml: published.
-    let c = clouds_as(
-        &t.path().join("c"),
-        s,
-        admin_user,
-        "RegionMtls",
-        &format!(
-            "{ca}    cert: {}\n    key: {}\n",
-            tls.join("client.pem").display(),
-            tls.join("client.key").display()
-        ),
-    );
+    let c = with_cert("c", &tls, "client");
     let o = publish(&c, &dist, &["--method", "upload"]);
     assert!(o.status.success(), "{}", text(&o).1);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

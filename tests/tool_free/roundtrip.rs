@@ -2,7 +2,7 @@
 //! consumers read them: user-data through PyYAML (cloud-init's loader), HCL through Packer
 //! itself (`packer inspect`), compose through YAML plus compose's `$$` interpolation rule.
 
-mod common;
+use crate::common;
 use common::*;
 use serde_json::Value;
 use std::process::Command;

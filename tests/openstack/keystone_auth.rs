@@ -3,7 +3,7 @@
 //! auth through clouds.yaml + secure.yaml, an application credential, a token, and a wrong
 //! password that fails clearly without echoing it.
 
-mod common;
+use crate::common;
 
 use common::openstack::{stack, Stack};
 use imgbuild::glance::auth::{self, AuthError, Credentials, Secret};
@@ -31,14 +31,21 @@ fn write_clouds(dir: &Path, s: &Stack, password_in_secure: &str) -> (PathBuf, Pa
 }
 
 fn cloud_from_files(clouds: &Path, secure: &Path) -> Result<auth::Cloud, AuthError> {
-    // The search path honours OS_CLIENT_CONFIG_FILE / OS_CLIENT_SECURE_FILE; this test binary
-    // sets them once, single-threaded use is not needed because every test writes the same
-    // variable names only through this helper under a lock.
+    cloud_named(clouds, secure, "lab")
+}
+
+/// Cloud `name` as auth::load finds it through OS_CLIENT_CONFIG_FILE / OS_CLIENT_SECURE_FILE.
+/// The variables are set only here, under a lock, and taken away again at once: the tier's
+/// other tests (publish) start programs that must not inherit them.
+fn cloud_named(clouds: &Path, secure: &Path, name: &str) -> Result<auth::Cloud, AuthError> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap();
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("OS_CLIENT_CONFIG_FILE", clouds);
     std::env::set_var("OS_CLIENT_SECURE_FILE", secure);
-    auth::load(Some("lab"))
+    let cloud = auth::load(Some(name));
+    std::env::remove_var("OS_CLIENT_CONFIG_FILE");
+    std::env::remove_var("OS_CLIENT_SECURE_FILE");
+    cloud
 }
 
 fn http() -> Http {
@@ -106,11 +113,7 @@ fn a_wrong_password_fails_clearly_and_never_shows_the_password() {
     );
     assert!(!format!("{cloud:?}").contains(wrong));
     // An unknown cloud name says what is known.
-    let err = {
-        let _ = cloud_from_files(&c, &sec);
-        std::env::set_var("OS_CLIENT_CONFIG_FILE", &c);
-        auth::load(Some("laab")).unwrap_err()
-    };
+    let err = cloud_named(&c, &sec, "laab").unwrap_err();
     assert!(err.to_string().contains("did you mean `lab`"), "{err}");
 }
 

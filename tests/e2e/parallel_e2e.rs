@@ -3,33 +3,18 @@
 //! before any build starts; SIGTERM stopping every build and leaving nothing. The Debian 12
 //! bootstrap base is shared with tests/build_e2e.rs (target/e2e-cache).
 
-mod common;
+use crate::common;
 
 use common::{
-    assert_nothing_left, e2e_cache, entries, qemu_processes, read_json, repo, signal_and_wait,
-    text, wait_while_running,
+    assert_nothing_left, e2e_command, entries, qemu_processes, read_json, stop, text,
+    wait_while_running,
 };
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
-/// The VM tests of this file run one after the other (each already runs two builds at once).
-static VMS: Mutex<()> = Mutex::new(());
-
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(common::bin());
-    c.arg("--images-dir")
-        .arg(repo().join("tests/fixtures/images"))
-        .args(args)
-        .current_dir(repo())
-        .env("IMGBUILD_CACHE_DIR", e2e_cache())
-        .env("IMGBUILD_VENV", repo().join(".venv"));
-    c
-}
-
 fn run(args: &[&str]) -> Output {
-    cmd(args).output().expect("imgbuild runs")
+    e2e_command(args).output()
 }
 
 /// `build.started` (RFC 3339) plus `build.duration_seconds` of a manifest.
@@ -53,7 +38,8 @@ fn line_at(log: &str, prefix: &str, needle: &str) -> usize {
 
 #[test]
 fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
-    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    // The VM tests of this file run alone (each already runs two builds at once).
+    let _vms = crate::all_vms();
     let out = tempfile::tempdir().unwrap();
     let o = run(&[
         "--json",
@@ -235,9 +221,10 @@ fn bad_input_is_refused_before_any_build_starts() {
 
 #[test]
 fn sigterm_stops_every_build_and_starts_no_more() {
-    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    // The VM tests of this file run alone (each already runs two builds at once).
+    let _vms = crate::all_vms();
     let out = tempfile::tempdir().unwrap();
-    let mut child = cmd(&[
+    let mut child = e2e_command(&[
         "--json",
         "build",
         "e2e-par-a",
@@ -250,10 +237,7 @@ fn sigterm_stops_every_build_and_starts_no_more() {
         "--out",
         out.path().to_str().unwrap(),
     ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    .spawn();
     // Both build VMs run (the third build waits for a slot).
     wait_while_running(
         &mut child,
@@ -266,11 +250,7 @@ fn sigterm_stops_every_build_and_starts_no_more() {
     );
     assert!(qemu_processes("e2e-fail-smoke-int2-amd64.").is_empty());
     std::thread::sleep(Duration::from_secs(3));
-    let status = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(90));
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, stdout, stderr) = stop(&mut child, libc::SIGTERM, Duration::from_secs(90));
     assert_eq!(status.code(), Some(1), "{stderr}");
     let results: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect(&stdout);
     assert_eq!(results.len(), 3);

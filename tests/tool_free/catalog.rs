@@ -1,7 +1,7 @@
 //! The catalog: every image renders for every arch it declares and passes the real
 //! validators (packer, cloud-init, check-jsonschema) under --strict.
 
-mod common;
+use crate::common;
 use common::*;
 
 #[test]

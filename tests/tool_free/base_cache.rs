@@ -2,7 +2,7 @@
 //! the definition's checksum, cached by content; a mismatch or a broken transfer leaves no
 //! file under the final name and no partial file.
 
-use imgbuild::base::{ensure, BaseError};
+use imgbuild::base::{ensure, BaseError, BaseImage};
 use imgbuild::definition::{Arch, BaseSpec};
 use sha2::{Digest, Sha256, Sha512};
 use std::io::{Read, Write};
@@ -56,6 +56,31 @@ fn files(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// `ensure` of a cloud image at `url` into `cache`, without progress; `interrupted`: asked to
+/// stop before it starts.
+fn fetch(
+    url: &str,
+    checksum: &str,
+    cache: &Path,
+    interrupted: bool,
+) -> Result<BaseImage, BaseError> {
+    ensure(
+        &spec(url, checksum),
+        Arch::Amd64,
+        cache,
+        &AtomicBool::new(interrupted),
+        &mut |_, _| {},
+    )
+}
+
+/// The files in `dir` but the lock files, which stay.
+fn files_but_locks(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_iter()
+        .filter(|f| !f.ends_with(".lock"))
+        .collect()
 }
 
 #[test]
@@ -125,21 +150,11 @@ fn a_checksum_mismatch_names_both_digests_and_keeps_nothing() {
     let wrong = "0".repeat(64);
     let url = serve(body, None);
     let cache = tempfile::tempdir().unwrap();
-    let err = ensure(
-        &spec(&url, &format!("sha256:{wrong}")),
-        Arch::Amd64,
-        cache.path(),
-        &AtomicBool::new(false),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let err = fetch(&url, &format!("sha256:{wrong}"), cache.path(), false).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, BaseError::Mismatch { .. }), "{msg}");
     assert!(msg.contains(&wrong) && msg.contains(&actual), "{msg}");
-    let left: Vec<String> = files(cache.path())
-        .into_iter()
-        .filter(|f| !f.ends_with(".lock"))
-        .collect();
+    let left = files_but_locks(cache.path());
     assert!(
         left.is_empty(),
         "nothing but the lock file may stay: {left:?}"
@@ -152,22 +167,12 @@ fn a_broken_transfer_keeps_nothing() {
     let sha = hex(&Sha256::digest(&body));
     let url = serve(body, Some(1_000_000));
     let cache = tempfile::tempdir().unwrap();
-    let err = ensure(
-        &spec(&url, &format!("sha256:{sha}")),
-        Arch::Amd64,
-        cache.path(),
-        &AtomicBool::new(false),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let err = fetch(&url, &format!("sha256:{sha}"), cache.path(), false).unwrap_err();
     assert!(
         matches!(err, BaseError::Download { .. } | BaseError::Mismatch { .. }),
         "{err}"
     );
-    let left: Vec<String> = files(cache.path())
-        .into_iter()
-        .filter(|f| !f.ends_with(".lock"))
-        .collect();
+    let left = files_but_locks(cache.path());
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -177,19 +182,9 @@ fn an_interrupted_download_keeps_nothing() {
     let sha = hex(&Sha256::digest(&body));
     let url = serve(body, None);
     let cache = tempfile::tempdir().unwrap();
-    let err = ensure(
-        &spec(&url, &format!("sha256:{sha}")),
-        Arch::Amd64,
-        cache.path(),
-        &AtomicBool::new(true),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let err = fetch(&url, &format!("sha256:{sha}"), cache.path(), true).unwrap_err();
     assert!(matches!(err, BaseError::Interrupted), "{err}");
-    let left: Vec<String> = files(cache.path())
-        .into_iter()
-        .filter(|f| !f.ends_with(".lock"))
-        .collect();
+    let left = files_but_locks(cache.path());
     assert!(left.is_empty(), "{left:?}");
 }
 

@@ -2,7 +2,7 @@
 //! `packer { required_plugins { qemu } }` that 1.6 rejects: the `packer {}` block lives in
 //! packer.pkr.hcl and is rendered for the detected (or given) release.
 
-mod common;
+use crate::common;
 use common::*;
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! Bad definitions fail with exit 2 and a message naming file, line and field.
 
-mod common;
+use crate::common;
 use common::*;
 
 fn assert_bad(files: &[(&str, &str)], image: &str, expect: &[&str]) {
@@ -25,12 +25,15 @@ fn assert_bad(files: &[(&str, &str)], image: &str, expect: &[&str]) {
     assert!(!dir.path().join("rendered").exists());
 }
 
+/// [`assert_bad`] on one image `img`: [`MINIMAL`] followed by `extra`.
+fn assert_bad_minimal(extra: &str, expect: &[&str]) {
+    assert_bad(&[("img", &format!("{MINIMAL}{extra}"))], "img", expect);
+}
+
 #[test]
 fn unknown_key_names_file_line_and_suggests() {
-    let body = format!("{MINIMAL}pakages: [curl]\n");
-    assert_bad(
-        &[("img", &body)],
-        "img",
+    assert_bad_minimal(
+        "pakages: [curl]\n",
         &[
             "images/img.yaml:8:1",
             "unknown field `pakages`",
@@ -59,20 +62,16 @@ fn unknown_nested_key_in_parent_file_names_that_file() {
 
 #[test]
 fn wrong_type_names_file_and_line() {
-    let body = format!("{MINIMAL}build:\n  cpus: many\n");
-    assert_bad(
-        &[("img", &body)],
-        "img",
+    assert_bad_minimal(
+        "build:\n  cpus: many\n",
         &["images/img.yaml:9:9", "build.cpus", "invalid type"],
     );
 }
 
 #[test]
 fn unknown_layering_names_the_choices() {
-    let body = format!("{MINIMAL}build:\n  layers: nested\n");
-    assert_bad(
-        &[("img", &body)],
-        "img",
+    assert_bad_minimal(
+        "build:\n  layers: nested\n",
         &[
             "images/img.yaml:9:11",
             "build.layers",
@@ -175,22 +174,17 @@ fn yaml_syntax_error_names_line() {
 
 #[test]
 fn private_key_in_a_file_is_refused() {
-    let body = format!(
-        "{MINIMAL}files:\n  - path: /root/.ssh/id_ed25519\n    content: |\n      -----BEGIN OPENSSH PRIVATE KEY-----\n      abc\n"
-    );
-    assert_bad(
-        &[("img", &body)],
-        "img",
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\n      abc\n";
+    assert_bad_minimal(
+        &format!("files:\n  - path: /root/.ssh/id_ed25519\n    content: |\n      {key}"),
         &["images/img.yaml:10:5", "files[0].content", "private key"],
     );
 }
 
 #[test]
 fn secret_looking_glance_property_is_refused() {
-    let body = format!("{MINIMAL}publish:\n  properties:\n    admin_password: x\n");
-    assert_bad(
-        &[("img", &body)],
-        "img",
+    assert_bad_minimal(
+        "publish:\n  properties:\n    admin_password: x\n",
         &[
             "images/img.yaml:10:5",
             "publish.properties.admin_password",
@@ -264,16 +258,26 @@ fn a_null_removes_an_inherited_struct_entry() {
 
 #[test]
 fn a_bad_prepull_profile_is_named_by_its_own_list_and_line() {
-    let body = format!(
-        "{MINIMAL}features:\n  compose_stack:\n    project: ../compose/x\n    profiles: [ai]\n    prepull: [ai, Bad_Name]\n"
-    );
-    assert_bad(
-        &[("img", &body)],
-        "img",
+    let stack = "compose_stack:\n    project: ../compose/x\n    profiles: [ai]\n";
+    assert_bad_minimal(
+        &format!("features:\n  {stack}    prepull: [ai, Bad_Name]\n"),
         &[
             "images/img.yaml:12",
             "features.compose_stack.prepull[1]",
             "`Bad_Name` is not a profile name",
         ],
     );
+}
+
+#[test]
+fn a_non_string_extends_names_file_and_line() {
+    // Was a panic ("entered unreachable code"): the typed check reads `true` as a string.
+    for value in ["true", "12", "[base]", "{a: b}"] {
+        let body = format!("description: x\nextends: {value}\n");
+        assert_bad(
+            &[("img", &body)],
+            "img",
+            &["images/img.yaml:2:1", "extends"],
+        );
+    }
 }

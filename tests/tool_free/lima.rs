@@ -1,6 +1,6 @@
 //! `imgbuild lima`: the Lima instance YAML for a built artifact, read back with PyYAML.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;
@@ -96,21 +96,9 @@ fn lima_yaml_boots_the_newest_build_with_the_desktop_and_stack_ports() {
 #[test]
 fn a_missing_or_changed_build_is_refused() {
     let dist = tempfile::tempdir().unwrap();
-    let o = imgbuild(
-        &repo(),
-        &[
-            "lima",
-            "desktop-ai",
-            "--dist",
-            dist.path().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        text(&o).1.contains("no build of desktop-ai"),
-        "{}",
-        text(&o).1
-    );
+    let lima = TestCommand::new(&["lima", "desktop-ai", "--dist"]).arg(dist.path());
+    let err = lima.expect(2).stderr;
+    assert!(err.contains("no build of desktop-ai"), "{err}");
     let artifact = fake_build(dist.path(), "2.0", "2026-11-20T10:00:00Z");
     std::fs::OpenOptions::new()
         .append(true)
@@ -118,15 +106,6 @@ fn a_missing_or_changed_build_is_refused() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let o = imgbuild(
-        &repo(),
-        &[
-            "lima",
-            "desktop-ai",
-            "--dist",
-            dist.path().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("artifact changed"), "{}", text(&o).1);
+    let err = lima.expect(1).stderr;
+    assert!(err.contains("artifact changed"), "{err}");
 }

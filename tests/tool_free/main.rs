@@ -1,0 +1,18 @@
+//! The tool-free tier: the imgbuild binary and library with the validators that run without a
+//! VM (check-jsonschema, `cloud-init schema`, `packer validate`/`inspect`, PyYAML, qemu-img,
+//! coreutils) and a local HTTP server; no QEMU guest, no mmdebstrap, no `packer build`, no
+//! OpenStack. `make test-tool-free` runs it (`cargo test --test tool_free`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod base_cache;
+mod catalog;
+mod checksum;
+mod definition_errors;
+mod firstboot_secrets;
+mod fuzz_definitions;
+mod lima;
+mod packer_versions;
+mod roundtrip;
+mod userdata;
