@@ -8,6 +8,7 @@ mod common;
 
 mod build_e2e;
 mod desktop_e2e;
+mod disk_full;
 mod parallel_e2e;
 mod qemu_vm;
 

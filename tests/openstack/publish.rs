@@ -20,8 +20,8 @@ use common::openstack::{
     make_certs, make_client_cert, stack, stack_tls, ExtraGlance, GlanceTls, Stack,
 };
 use common::*;
-use imgbuild::http::{Http, TlsOptions};
 use imgbuild::glance::publish::{describe, PublishError};
+use imgbuild::http::{Http, TlsOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

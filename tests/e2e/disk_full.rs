@@ -4,12 +4,13 @@
 //! 1, naming the folder and the space, with no cache entry, no partial folder, no work folder,
 //! no QEMU and nothing in dist. (The output folder filling up is tests/pipeline_fake.rs.)
 
-mod common;
+use crate::common;
 use common::{e2e_cache, entries, qemu_processes, repo, text};
 use std::process::Command;
 
 #[test]
 fn a_full_cache_ends_the_build_with_the_folder_and_space_named_and_nothing_left() {
+    let _vm = crate::one_vm();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("out");

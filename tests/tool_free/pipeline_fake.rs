@@ -3,7 +3,7 @@
 //! stands in for QEMU/Packer. Compaction (qemu-img), digests, manifest and the atomic hand-over
 //! into dist/ are real. Needs qemu-img, boots no VM.
 
-mod common;
+use crate::common;
 
 use imgbuild::definition::{Arch, Catalog};
 use imgbuild::pipeline::manifest::{LayerRecord, Manifest};
@@ -373,7 +373,10 @@ fn a_full_output_folder_ends_the_build_naming_it_and_leaves_nothing_in_dist() {
         .env("EXE", &exe)
         .env(
             "TEST",
-            "a_full_output_folder_ends_the_build_naming_it_and_leaves_nothing_in_dist",
+            format!(
+                "{}::a_full_output_folder_ends_the_build_naming_it_and_leaves_nothing_in_dist",
+                module_path!().split_once("::").map_or("", |(_, m)| m)
+            ),
         )
         .env(FULL_OUT, out.path())
         .output()
