@@ -13,6 +13,7 @@ pub mod definition;
 pub mod digest;
 pub mod doctor;
 pub mod exec;
+pub mod features;
 pub mod glance;
 pub mod manifest;
 pub mod progress;

@@ -146,10 +146,7 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
         .map(|b| json!({"name": b, "kind": "builtin", "builtin": b}))
         .collect();
     if let Some(l) = launch {
-        let mut groups = Vec::new();
-        if r.definition.features.docker.is_some() {
-            groups.push("docker");
-        }
+        let groups = crate::features::launch_groups(&r.definition);
         v.push(
             json!({"name": "launch-user", "kind": "builtin", "builtin": "launch-user",
             "user": l.user, "ssh_key": l.ssh_key, "groups": groups, "vnc_display": l.vnc_display}),
