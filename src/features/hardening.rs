@@ -72,6 +72,6 @@ impl super::Feature for Feature {
         d.features.hardening.is_some()
     }
     fn fragment(&self, d: &Definition, _arch: Arch) -> Option<Fragment> {
-        d.features.hardening.as_ref().map(|s| fragment(s))
+        d.features.hardening.as_ref().map(fragment)
     }
 }

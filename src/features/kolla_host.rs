@@ -73,7 +73,7 @@ impl super::Feature for Feature {
         d.features.kolla_host.is_some()
     }
     fn fragment(&self, d: &Definition, _arch: Arch) -> Option<Fragment> {
-        d.features.kolla_host.as_ref().map(|s| fragment(s))
+        d.features.kolla_host.as_ref().map(fragment)
     }
     fn requires(&self) -> &'static [&'static str] {
         &["docker"]

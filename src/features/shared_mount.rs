@@ -46,6 +46,6 @@ impl super::Feature for Feature {
         d.features.shared_mount.is_some()
     }
     fn fragment(&self, d: &Definition, _arch: Arch) -> Option<Fragment> {
-        d.features.shared_mount.as_ref().map(|s| fragment(s))
+        d.features.shared_mount.as_ref().map(fragment)
     }
 }
