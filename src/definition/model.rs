@@ -454,6 +454,111 @@ pub struct Check {
     pub mode: Option<String>,
 }
 
+impl Check {
+    /// What the check is, or `None` unless exactly one of `command`, `unit`, `port`, `file`
+    /// is given (validate reports that).
+    pub fn kind(&self) -> Option<CheckKind> {
+        let c = self.clone();
+        let mut kinds = Vec::new();
+        if let Some(command) = c.command {
+            kinds.push(CheckKind::Command {
+                command,
+                expect_exit: c.expect_exit,
+                expect_output: c.expect_output,
+            });
+        }
+        if let Some(unit) = c.unit {
+            kinds.push(CheckKind::Unit { unit });
+        }
+        if let Some(port) = c.port {
+            kinds.push(CheckKind::Port {
+                port,
+                address: c.address,
+            });
+        }
+        if let Some(file) = c.file {
+            kinds.push(CheckKind::File { file, mode: c.mode });
+        }
+        (kinds.len() == 1).then(|| kinds.remove(0))
+    }
+}
+
+/// What a smoke check checks, as the guest runner gets it: `{"kind": KIND, ...its fields}`.
+/// The runner (cloud-init/guest/smoke.py) dispatches on `kind` from a table with the same
+/// names ([`CheckKind::NAMES`]; tests/smoke_kinds.rs holds the two sides equal).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A shell command run as root, its exit code and output matched.
+    Command {
+        command: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expect_exit: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expect_output: Option<String>,
+    },
+    /// A systemd unit that must be active.
+    Unit { unit: String },
+    /// A TCP port that must be listening (only on `address` if given).
+    Port {
+        port: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// A path that must exist (with `mode` if given).
+    File {
+        file: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+    },
+    /// One of imgbuild's own checks (smoke::BUILTIN_CHECKS and what features bring), with
+    /// its parameters.
+    Builtin {
+        builtin: String,
+        #[serde(flatten)]
+        params: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+impl CheckKind {
+    /// Every kind's name, as `kind` in the runner's checks.json.
+    pub const NAMES: [&'static str; 5] = ["command", "unit", "port", "file", "builtin"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Command { .. } => "command",
+            CheckKind::Unit { .. } => "unit",
+            CheckKind::Port { .. } => "port",
+            CheckKind::File { .. } => "file",
+            CheckKind::Builtin { .. } => "builtin",
+        }
+    }
+}
+
+/// A check as the guest runner gets it: its name and what it checks.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SmokeCheck {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: CheckKind,
+}
+
+impl SmokeCheck {
+    /// A built-in check named after itself, with `params` for the runner.
+    pub fn builtin(name: &str, params: serde_json::Value) -> SmokeCheck {
+        SmokeCheck {
+            name: name.into(),
+            kind: CheckKind::Builtin {
+                builtin: name.into(),
+                params: match params {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                },
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
@@ -546,5 +651,34 @@ mod tests {
         let e = serde_norway::from_str::<Features>("docker:\n  sorce: distro\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `sorce`"), "{e}");
         assert_eq!(e.location().map(|l| l.line()), Some(2));
+    }
+
+    #[test]
+    fn check_kinds_serialize_under_their_names() {
+        let kinds = [
+            CheckKind::Command {
+                command: "true".into(),
+                expect_exit: None,
+                expect_output: None,
+            },
+            CheckKind::Unit { unit: "x".into() },
+            CheckKind::Port {
+                port: 1,
+                address: None,
+            },
+            CheckKind::File {
+                file: "/x".into(),
+                mode: None,
+            },
+            CheckKind::Builtin {
+                builtin: "x".into(),
+                params: serde_json::Map::new(),
+            },
+        ];
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        assert_eq!(names, CheckKind::NAMES);
+        for k in &kinds {
+            assert_eq!(serde_json::to_value(k).unwrap()["kind"], k.name());
+        }
     }
 }

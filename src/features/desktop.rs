@@ -1,8 +1,9 @@
 //! The desktop: XFCE with per-user TigerVNC, noVNC, optional RDP, a browser and Zed.
 
 use super::*;
-use crate::definition::{Arch, Definition, Resolved};
+use crate::definition::{Arch, Definition, Resolved, SmokeCheck};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -208,5 +209,24 @@ impl super::Feature for Feature {
                 }
             }
         }
+    }
+    /// With a launch user: the user is there with the launch's key, groups and VNC password,
+    /// and its desktop session comes up.
+    fn smoke_checks(&self, d: &Definition, launch: Option<&LaunchUser>) -> Vec<SmokeCheck> {
+        let (Some(desk), Some(l)) = (&d.features.desktop, launch) else {
+            return Vec::new();
+        };
+        vec![
+            SmokeCheck::builtin(
+                "launch-user",
+                json!({"user": l.user, "ssh_key": l.ssh_key,
+                    "groups": super::launch_groups(d), "vnc_display": desk.vnc_display}),
+            ),
+            SmokeCheck::builtin(
+                "desktop-session",
+                json!({"user": l.user, "vnc_display": desk.vnc_display,
+                    "wait": (d.smoke.timeout as u64 * 60 / 2).max(120)}),
+            ),
+        ]
     }
 }

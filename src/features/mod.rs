@@ -24,7 +24,7 @@ pub use kolla_host::KollaHost;
 pub use nvidia::{Nvidia, NvidiaSource};
 pub use shared_mount::SharedMount;
 
-use crate::definition::{Arch, Definition, Resolved};
+use crate::definition::{Arch, Definition, Resolved, SmokeCheck};
 use serde_json::{json, Value};
 
 /// Every feature, in layer order: build steps, `per-feature` layers and checks go this way.
@@ -65,6 +65,25 @@ pub trait Feature: Sync {
     fn launch_groups(&self) -> &'static [&'static str] {
         &[]
     }
+    /// The built-in smoke checks it brings; `launch`: the user a smoke boot launches with
+    /// (images with a desktop get one).
+    fn smoke_checks(&self, _d: &Definition, _launch: Option<&LaunchUser>) -> Vec<SmokeCheck> {
+        Vec::new()
+    }
+}
+
+/// The user a smoke boot launches the image with, as `imgbuild userdata` would.
+#[derive(Clone, Copy, Debug)]
+pub struct LaunchUser<'a> {
+    pub user: &'a str,
+    pub ssh_key: &'a str,
+}
+
+/// The built-in smoke checks the enabled features bring, in layer order.
+pub fn smoke_checks(d: &Definition, launch: Option<LaunchUser>) -> Vec<SmokeCheck> {
+    enabled(d)
+        .flat_map(|f| f.smoke_checks(d, launch.as_ref()))
+        .collect()
 }
 
 /// The features `d` turns on, in layer order.
