@@ -283,24 +283,19 @@ pub struct Features {
 }
 
 impl Features {
-    /// The names of the features that are on, in a fixed order.
+    /// The names of the features that are on, in the order of the fields above (the keys of
+    /// `features:`; crate::features::REGISTRY has the layer order).
     pub fn enabled(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        macro_rules! on {
-            ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
-        }
-        on!(
-            hardening,
-            desktop,
-            docker,
-            nvidia,
-            compose_stack,
-            shared_mount,
-            k3s,
-            drbd,
-            kolla_host
-        );
-        v
+        let on = serde_json::to_value(self).expect("plain data");
+        let on = on.as_object().expect("a map");
+        on.keys()
+            .filter_map(|k| {
+                crate::features::REGISTRY
+                    .iter()
+                    .map(|f| f.name())
+                    .find(|n| n == k)
+            })
+            .collect()
     }
 }
 

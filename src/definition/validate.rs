@@ -282,13 +282,7 @@ fn check_checks(r: &Resolved, err: &mut impl FnMut(&str, String)) {
         } else if !seen.insert(&c.name) {
             err(&format!("{p}.name"), format!("`{}` is used twice", c.name));
         }
-        let kinds = [
-            c.command.is_some(),
-            c.unit.is_some(),
-            c.port.is_some(),
-            c.file.is_some(),
-        ];
-        if kinds.iter().filter(|k| **k).count() != 1 {
+        if c.kind().is_none() {
             err(&p, "give exactly one of command, unit, port, file".into());
         }
         if c.command.is_none() && (c.expect_exit.is_some() || c.expect_output.is_some()) {

@@ -70,10 +70,7 @@ pub(super) fn fragment(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
             }
         }
     }
-    let mut script = format!(
-        "{}\n",
-        enable_units(&["docker.service", "containerd.service"])
-    );
+    let mut script = format!("{}\n", enable_units(&[SERVICE, "containerd.service"]));
     for u in &dk.users {
         script.push_str(&format!("usermod -aG docker {u}\n"));
     }
@@ -81,6 +78,11 @@ pub(super) fn fragment(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
     fr.step("10-docker", script);
     fr
 }
+
+/// The engine's unit: what a unit that runs containers requires.
+pub const SERVICE: &str = "docker.service";
+/// The compose command of every source (the plugin or trixie's v2 binary, both `docker compose`).
+pub const COMPOSE: &str = "/usr/bin/docker compose";
 
 /// The `docker` feature.
 pub struct Feature;

@@ -2,7 +2,8 @@
 //! module owns one feature: its settings (the YAML under `features.NAME`), its semantic
 //! checks, what it adds to the build (packages, apt sources, files, steps), the groups it gives
 //! launch-time users and the features it needs. [`REGISTRY`] lists them in layer order (the
-//! order of `build.layers: per-feature`); adding a feature is a module here and a line there.
+//! order of `build.layers: per-feature`); adding a feature is a module here, a line there and
+//! its `Option` field in definition::Features (the YAML key; serde needs the type).
 
 pub mod compose_stack;
 pub mod desktop;

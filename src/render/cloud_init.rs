@@ -6,6 +6,7 @@ use super::compose::ComposeProject;
 use super::features::{Fragment, Step, WriteFile};
 use super::RenderError;
 use crate::definition::{Arch, Layering, Resolved};
+use crate::features::docker;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -555,12 +556,15 @@ fn stack_unit_and_prepull(
     let dir = format!("/opt/imgbuild/{name}");
     let var = format!("/var/lib/imgbuild/{name}");
     let mut env_files = format!("--env-file {dir}/settings.env");
-    let mut requires = String::from("docker.service");
+    let mut requires = String::from(docker::SERVICE);
     if c.secrets_spec.is_some() {
         env_files.push_str(&format!(" --env-file {}", secrets_env_path(name)));
         requires.push_str(&format!(" imgbuild-secrets-{name}.service"));
     }
-    let compose = format!("/usr/bin/docker compose --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml");
+    let compose = format!(
+        "{} --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml",
+        docker::COMPOSE
+    );
     let unit = format!("imgbuild-stack-{name}.service");
     files.push(WriteFile::new(
         format!("/etc/systemd/system/{unit}"),
