@@ -14,6 +14,7 @@ pub mod digest;
 pub mod doctor;
 pub mod error;
 pub mod exec;
+pub mod features;
 pub mod glance;
 pub mod host;
 pub mod http;
@@ -23,6 +24,7 @@ pub mod protocol;
 pub mod qemu;
 pub mod render;
 pub mod vnc;
+pub mod yaml;
 
 /// An I/O error with the path it happened on: the one shape every module's error enum
 /// carries (`Io(#[from] IoError)`), made with `.map_err(IoError::at(path))?`.

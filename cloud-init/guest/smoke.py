@@ -4,7 +4,7 @@ what the definition asks plus imgbuild's built-in checks, and reports each resul
 console as one `IMGBUILD-SMOKE-RESULT {json}` line, then `IMGBUILD-SMOKE-DONE`."""
 import glob, json, os, re, stat, subprocess, time
 
-CHECKS = "/run/imgbuild-smoke/checks.json"
+CHECKS_FILE = "/run/imgbuild-smoke/checks.json"
 INSTANCE = os.environ.get("IMGBUILD_SMOKE_INSTANCE", "")
 
 
@@ -191,50 +191,74 @@ def retry(fn, seconds=90):
         time.sleep(2)
 
 
+def check_builtin(c):
+    return BUILTIN[c["builtin"]](c)
+
+
+def check_command(c):
+    try:
+        p = subprocess.run(["bash", "-c", c["command"]], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return False, "timed out after 300 s"
+    out = (p.stdout + p.stderr)[-1500:]
+    want = c.get("expect_exit", 0) if c.get("expect_exit") is not None else 0
+    if p.returncode != want:
+        return False, f"exit {p.returncode}, expected {want}: {out}"
+    pat = c.get("expect_output")
+    if pat and not re.search(pat, p.stdout + p.stderr):
+        return False, f"output does not match /{pat}/: {out}"
+    return True, out.strip()[-300:]
+
+
+def check_unit(c):
+    def active():
+        s = subprocess.run(["systemctl", "is-active", c["unit"]], capture_output=True, text=True).stdout.strip()
+        return s == "active", f"{c['unit']} is {s}"
+    return retry(active)
+
+
+def check_port(c):
+    def listening():
+        ls = listeners(int(c["port"]))
+        if not ls:
+            return False, f"nothing listens on port {c['port']}"
+        if c.get("address") and any(a != c["address"] for a in ls):
+            return False, f"port {c['port']} listens on {ls}, expected only {c['address']}"
+        return True, f"port {c['port']} listens on {ls}"
+    return retry(listening)
+
+
+def check_file(c):
+    p = c["file"]
+    if not os.path.exists(p):
+        return False, f"{p} does not exist"
+    if c.get("mode"):
+        mode = stat.S_IMODE(os.stat(p).st_mode)
+        if mode != int(c["mode"], 8):
+            return False, f"{p} has mode {mode:04o}, expected {c['mode']}"
+    return True, f"{p} exists"
+
+
+# The check kinds, keyed by the `kind` of each entry in checks.json: the same names as
+# imgbuild's CheckKind (tests/smoke_kinds.rs fails when the two differ).
+KINDS = {
+    "builtin": check_builtin,
+    "command": check_command,
+    "unit": check_unit,
+    "port": check_port,
+    "file": check_file,
+}
+
+
 def run_check(c):
-    if c.get("builtin"):
-        return BUILTIN[c["builtin"]](c)
-    if c.get("command") is not None:
-        try:
-            p = subprocess.run(["bash", "-c", c["command"]], capture_output=True, text=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            return False, "timed out after 300 s"
-        out = (p.stdout + p.stderr)[-1500:]
-        want = c.get("expect_exit", 0) if c.get("expect_exit") is not None else 0
-        if p.returncode != want:
-            return False, f"exit {p.returncode}, expected {want}: {out}"
-        pat = c.get("expect_output")
-        if pat and not re.search(pat, p.stdout + p.stderr):
-            return False, f"output does not match /{pat}/: {out}"
-        return True, out.strip()[-300:]
-    if c.get("unit"):
-        def active():
-            s = subprocess.run(["systemctl", "is-active", c["unit"]], capture_output=True, text=True).stdout.strip()
-            return s == "active", f"{c['unit']} is {s}"
-        return retry(active)
-    if c.get("port") is not None:
-        def listening():
-            ls = listeners(int(c["port"]))
-            if not ls:
-                return False, f"nothing listens on port {c['port']}"
-            if c.get("address") and any(a != c["address"] for a in ls):
-                return False, f"port {c['port']} listens on {ls}, expected only {c['address']}"
-            return True, f"port {c['port']} listens on {ls}"
-        return retry(listening)
-    if c.get("file"):
-        p = c["file"]
-        if not os.path.exists(p):
-            return False, f"{p} does not exist"
-        if c.get("mode"):
-            mode = stat.S_IMODE(os.stat(p).st_mode)
-            if mode != int(c["mode"], 8):
-                return False, f"{p} has mode {mode:04o}, expected {c['mode']}"
-        return True, f"{p} exists"
-    return False, "unknown check"
+    run = KINDS.get(c.get("kind"))
+    if run is None:
+        return False, f"unknown check kind {c.get('kind')!r}"
+    return run(c)
 
 
 def main():
-    checks = json.load(open(CHECKS))
+    checks = json.load(open(CHECKS_FILE))
     say("IMGBUILD-SMOKE-START")
     for c in checks:
         t0 = time.time()

@@ -53,7 +53,7 @@ impl Output {
         print!(
             "# {image} (resolved: {})\n{}",
             s.chain,
-            imgbuild::render::yaml::to_string(&serde_json::to_value(&s.definition)?)
+            imgbuild::yaml::to_string(&serde_json::to_value(&s.definition)?)
         );
         Ok(())
     }

@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+pub use crate::features::{
+    ComposeStack, Desktop, Docker, DockerSource, Drbd, Hardening, K3s, K3sRole, KollaHost, Nvidia,
+    NvidiaSource, SharedMount, Zed,
+};
+
 /// A CPU architecture an image is built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -278,24 +283,19 @@ pub struct Features {
 }
 
 impl Features {
-    /// The names of the features that are on, in a fixed order.
+    /// The names of the features that are on, in the order of the fields above (the keys of
+    /// `features:`; crate::features::REGISTRY has the layer order).
     pub fn enabled(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        macro_rules! on {
-            ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
-        }
-        on!(
-            hardening,
-            desktop,
-            docker,
-            nvidia,
-            compose_stack,
-            shared_mount,
-            k3s,
-            drbd,
-            kolla_host
-        );
-        v
+        let on = serde_json::to_value(self).expect("plain data");
+        let on = on.as_object().expect("a map");
+        on.keys()
+            .filter_map(|k| {
+                crate::features::REGISTRY
+                    .iter()
+                    .map(|f| f.name())
+                    .find(|n| n == k)
+            })
+            .collect()
     }
 }
 
@@ -328,221 +328,6 @@ where
         }
     }
     d.deserialize_option(V(std::marker::PhantomData))
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Hardening {
-    /// Disable SSH password logins.
-    pub ssh_password_auth: bool,
-    /// Disable root login over SSH.
-    pub ssh_root_login: bool,
-    /// Install and enable unattended security upgrades.
-    pub unattended_upgrades: bool,
-    /// sysctl settings written to /etc/sysctl.d/60-imgbuild.conf.
-    pub sysctl: IndexMap<String, String>,
-}
-
-impl Default for Hardening {
-    fn default() -> Self {
-        Hardening {
-            ssh_password_auth: false,
-            ssh_root_login: false,
-            unattended_upgrades: true,
-            sysctl: IndexMap::new(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Desktop {
-    /// Only `xfce` today.
-    pub environment: String,
-    /// The VNC display of the per-user TigerVNC session (:1 → port 5901).
-    pub vnc_display: u16,
-    pub novnc_port: u16,
-    /// Also offer RDP (xrdp on 3389).
-    pub rdp: bool,
-    /// Browser package.
-    pub browser: String,
-    /// Extra desktop packages (editors, tools).
-    pub packages: Vec<String>,
-    /// The Zed editor from Zed's release archive (no distribution packages it).
-    pub zed: Option<Zed>,
-}
-
-/// A pinned Zed release, installed system-wide into /opt/zed.app.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Zed {
-    /// The release, e.g. "0.212.4" (no `v`).
-    pub version: String,
-    /// sha256 of zed-linux-x86_64.tar.gz; with it the download is verified, without it only
-    /// the installed binary's version is.
-    #[serde(default)]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub sha256_arm64: Option<String>,
-}
-
-impl Default for Desktop {
-    fn default() -> Self {
-        Desktop {
-            environment: "xfce".into(),
-            vnc_display: 1,
-            novnc_port: 6080,
-            rdp: true,
-            browser: "firefox".into(),
-            packages: Vec::new(),
-            zed: None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DockerSource {
-    /// Docker CE and the compose plugin from Docker's apt repository.
-    #[default]
-    DockerCe,
-    /// The distribution's docker.io and docker-compose packages.
-    Distro,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Docker {
-    pub source: DockerSource,
-    /// Users added to the docker group (besides the launch-time user).
-    pub users: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NvidiaSource {
-    /// Ubuntu's restricted drivers (nvidia-driver-BRANCH-server) and NVIDIA's container toolkit repo.
-    #[default]
-    Ubuntu,
-    /// Debian's non-free nvidia-driver packages.
-    Debian,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Nvidia {
-    pub source: NvidiaSource,
-    /// The driver branch, e.g. "550" (server branch on Ubuntu).
-    pub driver_branch: String,
-    pub container_toolkit: bool,
-}
-
-impl Default for Nvidia {
-    fn default() -> Self {
-        Nvidia {
-            source: NvidiaSource::Ubuntu,
-            driver_branch: "550".into(),
-            container_toolkit: true,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ComposeStack {
-    /// The compose project folder, relative to the definition file.
-    pub project: String,
-    /// Profiles started by default (a launch can choose others).
-    pub profiles: Vec<String>,
-    /// Services whose published ports listen on all addresses instead of 127.0.0.1.
-    pub expose: Vec<String>,
-    /// Extra non-secret environment per service: `{service: {VAR: value}}`.
-    pub environment: IndexMap<String, IndexMap<String, String>>,
-    /// Pull the images of these profiles at build time, for an offline first start.
-    pub prepull: Vec<String>,
-}
-
-impl Default for ComposeStack {
-    fn default() -> Self {
-        ComposeStack {
-            project: "../compose/ai-stack".into(),
-            profiles: vec!["ai".into()],
-            expose: Vec::new(),
-            environment: IndexMap::new(),
-            prepull: Vec::new(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SharedMount {
-    /// Where the NFS export given at launch is mounted.
-    pub path: String,
-    /// The model cache below it.
-    pub model_cache: String,
-}
-
-impl Default for SharedMount {
-    fn default() -> Self {
-        SharedMount {
-            path: "/shared".into(),
-            model_cache: "/shared/models".into(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum K3sRole {
-    Server,
-    #[default]
-    Agent,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct K3s {
-    pub role: K3sRole,
-    /// A k3s release, e.g. "v1.31.4+k3s1".
-    pub version: String,
-    /// Node labels applied at join.
-    pub node_labels: Vec<String>,
-    /// Node taints applied at join.
-    pub node_taints: Vec<String>,
-}
-
-impl Default for K3s {
-    fn default() -> Self {
-        K3s {
-            role: K3sRole::Agent,
-            version: "v1.31.4+k3s1".into(),
-            node_labels: Vec::new(),
-            node_taints: Vec::new(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Drbd {
-    /// Also install LINSTOR's satellite for piraeus/linstor CSI.
-    pub linstor: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KollaHost {
-    /// Kolla-Ansible release the host is prepared for (informational; written to /etc/imgbuild).
-    pub openstack_release: String,
-}
-
-impl Default for KollaHost {
-    fn default() -> Self {
-        KollaHost {
-            openstack_release: "2025.2".into(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -664,6 +449,111 @@ pub struct Check {
     pub mode: Option<String>,
 }
 
+impl Check {
+    /// What the check is, or `None` unless exactly one of `command`, `unit`, `port`, `file`
+    /// is given (validate reports that).
+    pub fn kind(&self) -> Option<CheckKind> {
+        let c = self.clone();
+        let mut kinds = Vec::new();
+        if let Some(command) = c.command {
+            kinds.push(CheckKind::Command {
+                command,
+                expect_exit: c.expect_exit,
+                expect_output: c.expect_output,
+            });
+        }
+        if let Some(unit) = c.unit {
+            kinds.push(CheckKind::Unit { unit });
+        }
+        if let Some(port) = c.port {
+            kinds.push(CheckKind::Port {
+                port,
+                address: c.address,
+            });
+        }
+        if let Some(file) = c.file {
+            kinds.push(CheckKind::File { file, mode: c.mode });
+        }
+        (kinds.len() == 1).then(|| kinds.remove(0))
+    }
+}
+
+/// What a smoke check checks, as the guest runner gets it: `{"kind": KIND, ...its fields}`.
+/// The runner (cloud-init/guest/smoke.py) dispatches on `kind` from a table with the same
+/// names ([`CheckKind::NAMES`]; tests/smoke_kinds.rs holds the two sides equal).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A shell command run as root, its exit code and output matched.
+    Command {
+        command: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expect_exit: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expect_output: Option<String>,
+    },
+    /// A systemd unit that must be active.
+    Unit { unit: String },
+    /// A TCP port that must be listening (only on `address` if given).
+    Port {
+        port: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// A path that must exist (with `mode` if given).
+    File {
+        file: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+    },
+    /// One of imgbuild's own checks (smoke::BUILTIN_CHECKS and what features bring), with
+    /// its parameters.
+    Builtin {
+        builtin: String,
+        #[serde(flatten)]
+        params: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+impl CheckKind {
+    /// Every kind's name, as `kind` in the runner's checks.json.
+    pub const NAMES: [&'static str; 5] = ["command", "unit", "port", "file", "builtin"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Command { .. } => "command",
+            CheckKind::Unit { .. } => "unit",
+            CheckKind::Port { .. } => "port",
+            CheckKind::File { .. } => "file",
+            CheckKind::Builtin { .. } => "builtin",
+        }
+    }
+}
+
+/// A check as the guest runner gets it: its name and what it checks.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SmokeCheck {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: CheckKind,
+}
+
+impl SmokeCheck {
+    /// A built-in check named after itself, with `params` for the runner.
+    pub fn builtin(name: &str, params: serde_json::Value) -> SmokeCheck {
+        SmokeCheck {
+            name: name.into(),
+            kind: CheckKind::Builtin {
+                builtin: name.into(),
+                params: match params {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                },
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
@@ -756,5 +646,34 @@ mod tests {
         let e = serde_norway::from_str::<Features>("docker:\n  sorce: distro\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `sorce`"), "{e}");
         assert_eq!(e.location().map(|l| l.line()), Some(2));
+    }
+
+    #[test]
+    fn check_kinds_serialize_under_their_names() {
+        let kinds = [
+            CheckKind::Command {
+                command: "true".into(),
+                expect_exit: None,
+                expect_output: None,
+            },
+            CheckKind::Unit { unit: "x".into() },
+            CheckKind::Port {
+                port: 1,
+                address: None,
+            },
+            CheckKind::File {
+                file: "/x".into(),
+                mode: None,
+            },
+            CheckKind::Builtin {
+                builtin: "x".into(),
+                params: serde_json::Map::new(),
+            },
+        ];
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        assert_eq!(names, CheckKind::NAMES);
+        for k in &kinds {
+            assert_eq!(serde_json::to_value(k).unwrap()["kind"], k.name());
+        }
     }
 }

@@ -159,126 +159,7 @@ fn check_base(r: &Resolved, arch: Arch, err: &mut impl FnMut(&str, String)) {
 }
 
 fn check_features(r: &Resolved, err: &mut impl FnMut(&str, String)) {
-    let d = &r.definition;
-    let f = &d.features;
-    if let Some(desk) = &f.desktop {
-        if desk.environment != "xfce" {
-            err(
-                "features.desktop.environment",
-                format!("`{}` is not supported (xfce)", desk.environment),
-            );
-        }
-        if desk.vnc_display == 0 || desk.vnc_display > 99 {
-            err("features.desktop.vnc_display", "must be 1..99".into());
-        }
-        if let Some(z) = &desk.zed {
-            let ok = !z.version.is_empty()
-                && z.version
-                    .split('.')
-                    .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-            if !ok {
-                err(
-                    "features.desktop.zed.version",
-                    format!("`{}` is not a release number like 0.212.4", z.version),
-                );
-            }
-            for (field, v) in [("sha256", &z.sha256), ("sha256_arm64", &z.sha256_arm64)] {
-                if let Some(h) = v {
-                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                        err(
-                            &format!("features.desktop.zed.{field}"),
-                            "must be 64 hex digits".into(),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    if let Some(cs) = &f.compose_stack {
-        if f.docker.is_none() {
-            err("features.compose_stack", "needs features.docker".into());
-        }
-        let dir = r.relative_path("features.compose_stack.project", &cs.project);
-        if !dir.join("compose.yaml").is_file() {
-            err(
-                "features.compose_stack.project",
-                format!("{} has no compose.yaml", dir.display()),
-            );
-        }
-        for (svc, vars) in &cs.environment {
-            for k in vars.keys() {
-                if looks_secret_name(k) {
-                    err(
-                        &format!("features.compose_stack.environment.{svc}.{k}"),
-                        "secrets are made at first boot, never set in a definition".into(),
-                    );
-                }
-            }
-        }
-        let all = cs
-            .profiles
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (format!("features.compose_stack.profiles[{i}]"), p))
-            .chain(
-                cs.prepull
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (format!("features.compose_stack.prepull[{i}]"), p)),
-            );
-        for (field, p) in all {
-            if p.is_empty()
-                || !p
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                err(&field, format!("`{p}` is not a profile name"));
-            }
-        }
-    }
-    if let Some(n) = &f.nvidia {
-        if n.source == NvidiaSource::Ubuntu && d.os.distro == "debian" {
-            err(
-                "features.nvidia.source",
-                "ubuntu drivers on a debian image: use `source: debian`".into(),
-            );
-        }
-        if n.source == NvidiaSource::Debian && d.os.distro == "ubuntu" {
-            err(
-                "features.nvidia.source",
-                "debian drivers on an ubuntu image: use `source: ubuntu`".into(),
-            );
-        }
-        if n.driver_branch.is_empty() || !n.driver_branch.bytes().all(|b| b.is_ascii_digit()) {
-            err(
-                "features.nvidia.driver_branch",
-                format!("`{}` is not a branch number like 550", n.driver_branch),
-            );
-        }
-        if n.container_toolkit && f.docker.is_none() && f.k3s.is_none() {
-            err(
-                "features.nvidia.container_toolkit",
-                "needs features.docker or features.k3s".into(),
-            );
-        }
-    }
-    if let Some(k) = &f.k3s {
-        if !k.version.starts_with('v') || !k.version.contains("+k3s") {
-            err(
-                "features.k3s.version",
-                format!("`{}` is not a k3s release like v1.31.4+k3s1", k.version),
-            );
-        }
-    }
-    if f.kolla_host.is_some() && f.docker.is_none() {
-        err("features.kolla_host", "needs features.docker".into());
-    }
-    if f.drbd.is_some() && f.k3s.is_none() {
-        err(
-            "features.drbd",
-            "serves k3s storage nodes: needs features.k3s".into(),
-        );
-    }
+    crate::features::validate(r, err);
 }
 
 fn valid_mode(m: &str) -> bool {
@@ -401,13 +282,7 @@ fn check_checks(r: &Resolved, err: &mut impl FnMut(&str, String)) {
         } else if !seen.insert(&c.name) {
             err(&format!("{p}.name"), format!("`{}` is used twice", c.name));
         }
-        let kinds = [
-            c.command.is_some(),
-            c.unit.is_some(),
-            c.port.is_some(),
-            c.file.is_some(),
-        ];
-        if kinds.iter().filter(|k| **k).count() != 1 {
+        if c.kind().is_none() {
             err(&p, "give exactly one of command, unit, port, file".into());
         }
         if c.command.is_none() && (c.expect_exit.is_some() || c.expect_output.is_some()) {

@@ -4,7 +4,7 @@
 //! leftovers) and reports each on the serial console. Results go to report.json, junit.xml
 //! (for GitLab/GitHub test reports) and serial.log, plus a screenshot for desktop images.
 
-use crate::definition::{Arch, Check, Resolved};
+use crate::definition::{Arch, Check, Resolved, SmokeCheck};
 use crate::protocol::marker;
 use crate::qemu::{self, Accel, QemuError, Vm, VmSpec};
 use crate::random_bytes;
@@ -59,18 +59,13 @@ impl SmokeReport {
 }
 
 fn check_json(c: &Check) -> serde_json::Value {
-    let kind = if c.command.is_some() {
-        "command"
-    } else if c.unit.is_some() {
-        "unit"
-    } else if c.port.is_some() {
-        "port"
-    } else {
-        "file"
-    };
-    let mut v = serde_json::to_value(c).expect("plain data");
-    v["kind"] = json!(kind);
-    v
+    // validate holds every definition's check to exactly one kind.
+    let kind = c.kind().expect("a validated check");
+    serde_json::to_value(SmokeCheck {
+        name: c.name.clone(),
+        kind,
+    })
+    .expect("plain data")
 }
 
 /// The checks the guest runs: built-ins first, then the definition's.
@@ -125,23 +120,16 @@ impl SmokeLaunch {
 pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Value> {
     let mut v: Vec<serde_json::Value> = BUILTIN_CHECKS
         .iter()
-        .map(|b| json!({"name": b, "kind": "builtin", "builtin": b}))
+        .map(|b| SmokeCheck::builtin(b, json!({})))
+        .chain(crate::features::smoke_checks(
+            &r.definition,
+            launch.map(|l| crate::features::LaunchUser {
+                user: &l.user,
+                ssh_key: &l.ssh_key,
+            }),
+        ))
+        .map(|c| serde_json::to_value(c).expect("plain data"))
         .collect();
-    if let Some(l) = launch {
-        let mut groups = Vec::new();
-        if r.definition.features.docker.is_some() {
-            groups.push("docker");
-        }
-        v.push(
-            json!({"name": "launch-user", "kind": "builtin", "builtin": "launch-user",
-            "user": l.user, "ssh_key": l.ssh_key, "groups": groups, "vnc_display": l.vnc_display}),
-        );
-        v.push(
-            json!({"name": "desktop-session", "kind": "builtin", "builtin": "desktop-session",
-            "user": l.user, "vnc_display": l.vnc_display,
-            "wait": (r.definition.smoke.timeout as u64 * 60 / 2).max(120)}),
-        );
-    }
     if let Ok(Some(stack)) = crate::render::compose::render(r) {
         let ports: Vec<u16> = stack
             .published
@@ -149,10 +137,8 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
             .filter(|p| p.host_ip.is_some())
             .map(|p| p.port)
             .collect();
-        v.push(
-            json!({"name": "stack-ports-loopback-only", "kind": "builtin",
-            "builtin": "stack-ports-loopback-only", "ports": ports}),
-        );
+        let check = SmokeCheck::builtin("stack-ports-loopback-only", json!({"ports": ports}));
+        v.push(serde_json::to_value(check).expect("plain data"));
     }
     v.extend(r.definition.smoke.checks.iter().map(check_json));
     v
@@ -247,7 +233,7 @@ pub fn smoke(
         ("user-data", user_data(r, &instance, launch.as_ref())?),
         (
             "meta-data",
-            crate::render::yaml::to_string(
+            crate::yaml::to_string(
                 &json!({"instance-id": instance, "local-hostname": format!("{}-smoke", r.name)}),
             ),
         ),

@@ -6,6 +6,7 @@ use super::compose::ComposeProject;
 use super::features::{Fragment, Step, WriteFile};
 use super::RenderError;
 use crate::definition::{Arch, Layering, Resolved};
+use crate::features::docker;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -21,7 +22,7 @@ use crate::protocol::marker;
 
 /// Serializes a cloud-config document with its mandatory first line.
 pub fn to_cloud_config(doc: &Value, comment: &str) -> String {
-    let body = super::yaml::to_string(doc);
+    let body = crate::yaml::to_string(doc);
     let mut out = String::from("#cloud-config\n");
     for line in comment.lines() {
         out.push_str("# ");
@@ -509,7 +510,7 @@ pub fn layer_user_data(
 }
 
 pub fn meta_data(r: &Resolved, arch: Arch) -> String {
-    super::yaml::to_string(&json!({
+    crate::yaml::to_string(&json!({
         "instance-id": format!("imgbuild-build-{}-{arch}", r.name),
         "local-hostname": r.name,
     }))
@@ -518,7 +519,7 @@ pub fn meta_data(r: &Resolved, arch: Arch) -> String {
 /// meta-data for one layer's boot: a new instance-id per layer, so cloud-init runs that
 /// layer's user-data although the disk has seen an earlier layer's.
 pub fn layer_meta_data(image: &str, arch: Arch, layer: &str, key: &str) -> String {
-    super::yaml::to_string(&json!({
+    crate::yaml::to_string(&json!({
         "instance-id": format!("imgbuild-build-{image}-{arch}-{layer}-{}", &key[..key.len().min(16)]),
         "local-hostname": image,
     }))
@@ -526,7 +527,7 @@ pub fn layer_meta_data(image: &str, arch: Arch, layer: &str, key: &str) -> Strin
 
 /// DHCP on the first Ethernet interface, whatever it is called.
 pub fn network_config() -> String {
-    super::yaml::to_string(&json!({
+    crate::yaml::to_string(&json!({
         "version": 2,
         "ethernets": {
             "primary": { "match": { "name": "e*" }, "dhcp4": true, "dhcp6": false }
@@ -552,12 +553,15 @@ fn stack_unit_and_prepull(
     let dir = format!("/opt/imgbuild/{name}");
     let var = format!("/var/lib/imgbuild/{name}");
     let mut env_files = format!("--env-file {dir}/settings.env");
-    let mut requires = String::from("docker.service");
+    let mut requires = String::from(docker::SERVICE);
     if c.secrets_spec.is_some() {
         env_files.push_str(&format!(" --env-file {}", secrets_env_path(name)));
         requires.push_str(&format!(" imgbuild-secrets-{name}.service"));
     }
-    let compose = format!("/usr/bin/docker compose --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml");
+    let compose = format!(
+        "{} --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml",
+        docker::COMPOSE
+    );
     let unit = format!("imgbuild-stack-{name}.service");
     files.push(WriteFile::new(
         format!("/etc/systemd/system/{unit}"),

@@ -280,7 +280,7 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
     let compose_yaml = format!(
         "# Rendered by imgbuild from {}; edit that instead.\n{}",
         cs.project,
-        super::yaml::to_string(&doc)
+        crate::yaml::to_string(&doc)
     );
     let secrets = dir.join("secrets.yaml");
     Ok(Some(ComposeProject {

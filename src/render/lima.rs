@@ -2,8 +2,8 @@
 //! location, arch and digest from the manifest, cpus/memory/disk from the definition, and
 //! port forwards for the desktop (noVNC, VNC, RDP) and the stack's web UIs. Pure.
 
-use super::yaml;
 use crate::definition::{parse_size, Arch, Firmware, Resolved};
+use crate::yaml;
 use serde_json::{json, Value};
 use std::path::Path;
 

@@ -7,7 +7,6 @@ pub mod features;
 pub mod lima;
 pub mod packer;
 pub mod userdata;
-pub mod yaml;
 
 use crate::definition::{Arch, Diagnostic, Resolved};
 use packer::PackerTarget;

@@ -140,10 +140,7 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
         return Err(UserdataError::NoKey);
     }
     let home = format!("/home/{}", p.user);
-    let mut groups: Vec<&str> = Vec::new();
-    if d.features.docker.is_some() {
-        groups.push("docker");
-    }
+    let groups = crate::features::launch_groups(d);
     let mut user = json!({
         "name": p.user,
         "gecos": format!("{} (imgbuild workspace user)", p.user),

@@ -281,7 +281,7 @@ fn in_process(dir: &Path, mutated: &str, out: &Path) -> Result<(), String> {
         catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
             // What `show` prints.
             let json = serde_json::to_value(&r.definition).map_err(|e| e.to_string())?;
-            imgbuild::render::yaml::to_string(&json);
+            imgbuild::yaml::to_string(&json);
             for arch in r.definition.arch.clone() {
                 for packer in [PackerTarget::Modern, PackerTarget::Legacy] {
                     match render::render(&r, arch, RenderOptions { packer }) {

@@ -16,8 +16,11 @@ const RANKS: &[(&str, u32)] = &[
     ("protocol", 0),
     ("progress", 0),
     ("http", 0),
-    // What an image is.
+    ("yaml", 0),
+    // What an image is: its definition, and what each feature in it means (the features'
+    // settings are part of the definition's model, so the two share a rank).
     ("definition", 1),
+    ("features", 1),
     ("host", 2),
     // Pure rendering, then the validators of what was rendered.
     ("render", 3),

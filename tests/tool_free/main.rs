@@ -18,4 +18,5 @@ mod lima;
 mod packer_versions;
 mod pipeline_fake;
 mod roundtrip;
+mod smoke_kinds;
 mod userdata;

@@ -1,0 +1,103 @@
+//! Docker: the engine and compose from Docker's repository or the distribution's, and the docker group that launch-time users join.
+
+use super::*;
+use crate::definition::{Arch, Definition};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DockerSource {
+    /// Docker CE and the compose plugin from Docker's apt repository.
+    #[default]
+    DockerCe,
+    /// The distribution's docker.io and docker-compose packages.
+    Distro,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Docker {
+    pub source: DockerSource,
+    /// Users added to the docker group (besides the launch-time user).
+    pub users: Vec<String>,
+}
+
+pub(super) fn fragment(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
+    let mut fr = Fragment::default();
+    match dk.source {
+        DockerSource::DockerCe => {
+            fr.apt_sources.push((
+                "docker.list".into(),
+                keyed_source(
+                    format!(
+                        "deb [arch={arch} signed-by=$KEY_FILE] https://download.docker.com/linux/{} {} stable",
+                        d.os.distro, d.os.codename
+                    ),
+                    DOCKER_KEY_FPR,
+                ),
+            ));
+            fr.pkgs(&[
+                "docker-ce",
+                "docker-ce-cli",
+                "containerd.io",
+                "docker-buildx-plugin",
+                "docker-compose-plugin",
+            ]);
+        }
+        DockerSource::Distro => {
+            fr.pkgs(&["docker.io"]);
+            if d.os.distro == "ubuntu" {
+                fr.pkgs(&["docker-compose-v2"]);
+            } else if d.os.codename == "bookworm" {
+                // Bookworm has only Compose v1; trixie's docker-compose is v2 (the `docker
+                // compose` plugin), a Go binary that needs nothing newer than bookworm's libc.
+                // Pinned so that nothing else comes from trixie.
+                fr.apt_sources.push((
+                    "debian-trixie-compose.list".into(),
+                    json!({ "source": "deb http://deb.debian.org/debian trixie main" }),
+                ));
+                fr.files.push(WriteFile::new(
+                    "/etc/apt/preferences.d/imgbuild-compose",
+                    "# imgbuild: only docker-compose (v2) comes from trixie.\n\
+                     Package: *\nPin: release n=trixie\nPin-Priority: 1\n\n\
+                     Package: docker-compose\nPin: release n=trixie\nPin-Priority: 990\n",
+                    "0644",
+                ));
+                fr.pkgs(&["docker-compose"]);
+            } else {
+                fr.pkgs(&["docker-compose"]);
+            }
+        }
+    }
+    let mut script = format!("{}\n", enable_units(&[SERVICE, "containerd.service"]));
+    for u in &dk.users {
+        script.push_str(&format!("usermod -aG docker {u}\n"));
+    }
+    // Launch-time users get the group through the default user's groups (see userdata).
+    fr.step("10-docker", script);
+    fr
+}
+
+/// The engine's unit: what a unit that runs containers requires.
+pub const SERVICE: &str = "docker.service";
+/// The compose command of every source (the plugin or trixie's v2 binary, both `docker compose`).
+pub const COMPOSE: &str = "/usr/bin/docker compose";
+
+/// The `docker` feature.
+pub struct Feature;
+
+impl super::Feature for Feature {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+    fn enabled(&self, d: &Definition) -> bool {
+        d.features.docker.is_some()
+    }
+    fn fragment(&self, d: &Definition, arch: Arch) -> Option<Fragment> {
+        d.features.docker.as_ref().map(|s| fragment(d, s, arch))
+    }
+    fn launch_groups(&self) -> &'static [&'static str] {
+        &["docker"]
+    }
+}

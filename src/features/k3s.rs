@@ -1,0 +1,122 @@
+//! A k3s server or agent, installed but not started: it joins with the token and URL given at launch.
+
+use super::*;
+use crate::definition::{Arch, Definition, Resolved};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum K3sRole {
+    Server,
+    #[default]
+    Agent,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct K3s {
+    pub role: K3sRole,
+    /// A k3s release, e.g. "v1.31.4+k3s1".
+    pub version: String,
+    /// Node labels applied at join.
+    pub node_labels: Vec<String>,
+    /// Node taints applied at join.
+    pub node_taints: Vec<String>,
+}
+
+impl Default for K3s {
+    fn default() -> Self {
+        K3s {
+            role: K3sRole::Agent,
+            version: "v1.31.4+k3s1".into(),
+            node_labels: Vec::new(),
+            node_taints: Vec::new(),
+        }
+    }
+}
+
+pub(super) fn fragment(k: &K3s, arch: Arch) -> Fragment {
+    let mut fr = Fragment::default();
+    fr.pkgs(&["curl", "ca-certificates", "open-iscsi", "nfs-common", "jq"]);
+    fr.files.push(WriteFile::new(
+        "/etc/modules-load.d/k3s.conf",
+        "overlay\nbr_netfilter\n",
+        "0644",
+    ));
+    fr.files.push(WriteFile::new(
+        "/etc/sysctl.d/60-k3s.conf",
+        "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\nfs.inotify.max_user_instances = 1024\n",
+        "0644",
+    ));
+    let suffix = match arch {
+        Arch::Amd64 => "",
+        Arch::Arm64 => "-arm64",
+    };
+    let role = match k.role {
+        K3sRole::Server => "server",
+        K3sRole::Agent => "agent",
+    };
+    let mut cfg = serde_json::Map::new();
+    if !k.node_labels.is_empty() {
+        cfg.insert("node-label".into(), json!(k.node_labels));
+    }
+    if !k.node_taints.is_empty() {
+        cfg.insert("node-taint".into(), json!(k.node_taints));
+    }
+    let cfg = format!(
+        "# imgbuild: the k3s {role} joins with the token and URL given at launch.\n{}",
+        if cfg.is_empty() {
+            String::new()
+        } else {
+            crate::yaml::to_string(&serde_json::Value::Object(cfg))
+        }
+    );
+    fr.files.push(WriteFile::new(
+        "/etc/rancher/k3s/config.yaml.d/10-imgbuild.yaml",
+        cfg,
+        "0644",
+    ));
+    fr.files.push(WriteFile::new(
+        "/etc/imgbuild/k3s.env",
+        format!("K3S_ROLE={role}\nK3S_VERSION={}\n", k.version),
+        "0644",
+    ));
+    let url = format!(
+        "https://github.com/k3s-io/k3s/releases/download/{}/k3s{suffix}",
+        k.version.replace('+', "%2B")
+    );
+    fr.step(
+        "40-k3s",
+        format!(
+            "curl -fsSL --retry 3 -o /usr/local/bin/k3s {url}\nchmod 0755 /usr/local/bin/k3s\ncurl -fsSL --retry 3 -o /usr/local/lib/imgbuild-k3s-install.sh https://get.k3s.io\nINSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_SKIP_START=true INSTALL_K3S_SKIP_ENABLE=true INSTALL_K3S_EXEC={role} sh /usr/local/lib/imgbuild-k3s-install.sh\nrm -f /usr/local/lib/imgbuild-k3s-install.sh\n"
+        ),
+    );
+    fr
+}
+
+/// The `k3s` feature.
+pub struct Feature;
+
+impl super::Feature for Feature {
+    fn name(&self) -> &'static str {
+        "k3s"
+    }
+    fn enabled(&self, d: &Definition) -> bool {
+        d.features.k3s.is_some()
+    }
+    fn fragment(&self, d: &Definition, arch: Arch) -> Option<Fragment> {
+        d.features.k3s.as_ref().map(|s| fragment(s, arch))
+    }
+    fn validate(&self, r: &Resolved, err: &mut dyn FnMut(&str, String)) {
+        let Some(k) = &r.definition.features.k3s else {
+            return;
+        };
+        if !k.version.starts_with('v') || !k.version.contains("+k3s") {
+            err(
+                "features.k3s.version",
+                format!("`{}` is not a k3s release like v1.31.4+k3s1", k.version),
+            );
+        }
+    }
+}

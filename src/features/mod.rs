@@ -1,0 +1,216 @@
+//! The features: optional building blocks of an image (`features:` in a definition). Each
+//! module owns one feature: its settings (the YAML under `features.NAME`), its semantic
+//! checks, what it adds to the build (packages, apt sources, files, steps), the groups it gives
+//! launch-time users and the features it needs. [`REGISTRY`] lists them in layer order (the
+//! order of `build.layers: per-feature`); adding a feature is a module here, a line there and
+//! its `Option` field in definition::Features (the YAML key; serde needs the type).
+
+pub mod compose_stack;
+pub mod desktop;
+pub mod docker;
+pub mod drbd;
+pub mod hardening;
+pub mod k3s;
+pub mod kolla_host;
+pub mod nvidia;
+pub mod shared_mount;
+
+pub use compose_stack::ComposeStack;
+pub use desktop::{Desktop, Zed};
+pub use docker::{Docker, DockerSource};
+pub use drbd::Drbd;
+pub use hardening::Hardening;
+pub use k3s::{K3s, K3sRole};
+pub use kolla_host::KollaHost;
+pub use nvidia::{Nvidia, NvidiaSource};
+pub use shared_mount::SharedMount;
+
+use crate::definition::{Arch, Definition, Resolved, SmokeCheck};
+use serde_json::{json, Value};
+
+/// Every feature, in layer order: build steps, `per-feature` layers and checks go this way.
+pub const REGISTRY: &[&dyn Feature] = &[
+    &hardening::Feature,
+    &docker::Feature,
+    &nvidia::Feature,
+    &desktop::Feature,
+    &compose_stack::Feature,
+    &shared_mount::Feature,
+    &k3s::Feature,
+    &drbd::Feature,
+    &kolla_host::Feature,
+];
+
+/// What a feature module provides. Every method but `name` and `enabled` has a default: a
+/// feature that adds nothing of a kind leaves it out.
+pub trait Feature: Sync {
+    /// The key under `features:`; also the name of its `per-feature` layer.
+    fn name(&self) -> &'static str;
+    /// Whether `d` turns the feature on.
+    fn enabled(&self, d: &Definition) -> bool;
+    /// The features it cannot go without (checked when it is on).
+    fn requires(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Why it needs them, before "needs features.X" in the error.
+    fn requires_reason(&self) -> &'static str {
+        ""
+    }
+    /// Its semantic checks (called when it is on): `err(field path, message)`.
+    fn validate(&self, _r: &Resolved, _err: &mut dyn FnMut(&str, String)) {}
+    /// What it adds to the build of `arch` (called when it is on); `None`: nothing (rendered elsewhere).
+    fn fragment(&self, _d: &Definition, _arch: Arch) -> Option<Fragment> {
+        None
+    }
+    /// Groups a launch-time user joins on an image with the feature.
+    fn launch_groups(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The built-in smoke checks it brings; `launch`: the user a smoke boot launches with
+    /// (images with a desktop get one).
+    fn smoke_checks(&self, _d: &Definition, _launch: Option<&LaunchUser>) -> Vec<SmokeCheck> {
+        Vec::new()
+    }
+}
+
+/// The user a smoke boot launches the image with, as `imgbuild userdata` would.
+#[derive(Clone, Copy, Debug)]
+pub struct LaunchUser<'a> {
+    pub user: &'a str,
+    pub ssh_key: &'a str,
+}
+
+/// The built-in smoke checks the enabled features bring, in layer order.
+pub fn smoke_checks(d: &Definition, launch: Option<LaunchUser>) -> Vec<SmokeCheck> {
+    enabled(d)
+        .flat_map(|f| f.smoke_checks(d, launch.as_ref()))
+        .collect()
+}
+
+/// The features `d` turns on, in layer order.
+pub fn enabled(d: &Definition) -> impl Iterator<Item = &'static dyn Feature> + '_ {
+    REGISTRY.iter().copied().filter(move |f| f.enabled(d))
+}
+
+/// All fragments of the enabled features, in layer order.
+pub fn fragments(d: &Definition, arch: Arch) -> Vec<(&'static str, Fragment)> {
+    enabled(d)
+        .filter_map(|f| f.fragment(d, arch).map(|fr| (f.name(), fr)))
+        .collect()
+}
+
+/// The groups a launch-time user joins on an image of `d`.
+pub fn launch_groups(d: &Definition) -> Vec<&'static str> {
+    enabled(d)
+        .flat_map(|f| f.launch_groups())
+        .copied()
+        .collect()
+}
+
+/// The semantic checks of every enabled feature: first what it needs, then its own.
+pub fn validate(r: &Resolved, err: &mut dyn FnMut(&str, String)) {
+    let d = &r.definition;
+    for f in enabled(d) {
+        let missing: Vec<&str> = f
+            .requires()
+            .iter()
+            .copied()
+            .filter(|n| !REGISTRY.iter().any(|g| g.name() == *n && g.enabled(d)))
+            .collect();
+        if !missing.is_empty() {
+            let needs: Vec<String> = missing.iter().map(|n| format!("features.{n}")).collect();
+            err(
+                &format!("features.{}", f.name()),
+                format!("{}needs {}", f.requires_reason(), needs.join(" and ")),
+            );
+        }
+        f.validate(r, err);
+    }
+}
+
+/// A file written by cloud-init's write_files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteFile {
+    pub path: String,
+    pub content: String,
+    pub permissions: String,
+    pub owner: String,
+}
+
+impl WriteFile {
+    pub fn new(path: impl Into<String>, content: impl Into<String>, permissions: &str) -> Self {
+        WriteFile {
+            path: path.into(),
+            content: content.into(),
+            permissions: permissions.into(),
+            owner: "root:root".into(),
+        }
+    }
+}
+
+/// A provisioning step: a bash script run with `set -eu -o pipefail`, ordered by name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub script: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fragment {
+    pub packages: Vec<String>,
+    /// cloud-init `apt.sources` entries (name → {source, keyid, keyserver, key}).
+    pub apt_sources: Vec<(String, Value)>,
+    pub files: Vec<WriteFile>,
+    pub steps: Vec<Step>,
+}
+
+impl Fragment {
+    pub(crate) fn step(&mut self, name: &str, script: impl Into<String>) {
+        self.steps.push(Step {
+            name: name.into(),
+            script: script.into(),
+        });
+    }
+    pub(crate) fn pkgs(&mut self, p: &[&str]) {
+        self.packages.extend(p.iter().map(|s| s.to_string()));
+    }
+}
+
+/// The shell command that enables `units` for the image's boots. A build step never reloads
+/// systemd (`--no-reload`): the build VM powers off after provisioning, so the units start at
+/// the next boot anyway, and under TCG each `daemon-reload` costs a build boot 4-6 s once
+/// Docker runs (BENCHMARKS.md, the run of commit 4970aad). tests/catalog.rs holds every rendered step to it.
+pub fn enable_units(units: &[&str]) -> String {
+    format!("systemctl --no-reload enable {}", units.join(" "))
+}
+
+/// Docker's release signing key (download.docker.com/linux/*/gpg).
+pub const DOCKER_KEY_FPR: &str = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88";
+/// NVIDIA's container toolkit repository key (nvidia.github.io/libnvidia-container/gpgkey).
+pub const NVIDIA_CTK_KEY_FPR: &str = "C95B321B61E88C1809C4F759DDCAE044F796ECB0";
+/// Mozilla's APT repository key (packages.mozilla.org), for a Firefox that is not a snap.
+pub const MOZILLA_KEY_FPR: &str = "35BAA0B33E9EB396F59CA838C0BA5CE6DC6315A3";
+pub const KEYSERVER: &str = "keyserver.ubuntu.com";
+
+pub(crate) fn keyed_source(source: String, fpr: &str) -> Value {
+    json!({ "source": source, "keyid": fpr, "keyserver": KEYSERVER })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_the_definition_keys() {
+        let yaml: String = REGISTRY
+            .iter()
+            .map(|f| format!("{}: true\n", f.name()))
+            .collect();
+        let features: crate::definition::Features = serde_norway::from_str(&yaml).unwrap();
+        let mut on = features.enabled();
+        let mut names: Vec<&str> = REGISTRY.iter().map(|f| f.name()).collect();
+        on.sort();
+        names.sort();
+        assert_eq!(on, names);
+    }
+}

@@ -1,0 +1,120 @@
+//! NVIDIA: the driver, nouveau off, the container toolkit.
+
+use super::*;
+use crate::definition::{Arch, Definition, Resolved};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvidiaSource {
+    /// Ubuntu's restricted drivers (nvidia-driver-BRANCH-server) and NVIDIA's container toolkit repo.
+    #[default]
+    Ubuntu,
+    /// Debian's non-free nvidia-driver packages.
+    Debian,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nvidia {
+    pub source: NvidiaSource,
+    /// The driver branch, e.g. "550" (server branch on Ubuntu).
+    pub driver_branch: String,
+    pub container_toolkit: bool,
+}
+
+impl Default for Nvidia {
+    fn default() -> Self {
+        Nvidia {
+            source: NvidiaSource::Ubuntu,
+            driver_branch: "550".into(),
+            container_toolkit: true,
+        }
+    }
+}
+
+pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
+    let mut fr = Fragment::default();
+    fr.files.push(WriteFile::new(
+        "/etc/modprobe.d/blacklist-nouveau.conf",
+        "blacklist nouveau\noptions nouveau modeset=0\n",
+        "0644",
+    ));
+    match n.source {
+        NvidiaSource::Ubuntu => {
+            let b = &n.driver_branch;
+            fr.packages.push(format!("nvidia-driver-{b}-server"));
+            fr.packages.push(format!("nvidia-utils-{b}-server"));
+        }
+        NvidiaSource::Debian => {
+            fr.apt_sources.push((
+                "debian-non-free.list".into(),
+                json!({ "source": format!("deb http://deb.debian.org/debian {} contrib non-free non-free-firmware", d.os.codename) }),
+            ));
+            fr.pkgs(&["nvidia-driver", "firmware-misc-nonfree", "nvidia-smi"]);
+        }
+    }
+    if n.container_toolkit {
+        fr.apt_sources.push((
+            "nvidia-container-toolkit.list".into(),
+            keyed_source(
+                format!("deb [signed-by=$KEY_FILE] https://nvidia.github.io/libnvidia-container/stable/deb/{arch} /"),
+                NVIDIA_CTK_KEY_FPR,
+            ),
+        ));
+        fr.pkgs(&["nvidia-container-toolkit"]);
+    }
+    let mut script = String::from("update-initramfs -u\n");
+    if n.container_toolkit && d.features.docker.is_some() {
+        script.push_str("nvidia-ctk runtime configure --runtime=docker\n");
+    }
+    fr.step("20-nvidia", script);
+    fr
+}
+
+/// The `nvidia` feature.
+pub struct Feature;
+
+impl super::Feature for Feature {
+    fn name(&self) -> &'static str {
+        "nvidia"
+    }
+    fn enabled(&self, d: &Definition) -> bool {
+        d.features.nvidia.is_some()
+    }
+    fn fragment(&self, d: &Definition, arch: Arch) -> Option<Fragment> {
+        d.features.nvidia.as_ref().map(|s| fragment(d, s, arch))
+    }
+    fn validate(&self, r: &Resolved, err: &mut dyn FnMut(&str, String)) {
+        let d = &r.definition;
+        let f = &d.features;
+        let Some(n) = &f.nvidia else {
+            return;
+        };
+        if n.source == NvidiaSource::Ubuntu && d.os.distro == "debian" {
+            err(
+                "features.nvidia.source",
+                "ubuntu drivers on a debian image: use `source: debian`".into(),
+            );
+        }
+        if n.source == NvidiaSource::Debian && d.os.distro == "ubuntu" {
+            err(
+                "features.nvidia.source",
+                "debian drivers on an ubuntu image: use `source: ubuntu`".into(),
+            );
+        }
+        if n.driver_branch.is_empty() || !n.driver_branch.bytes().all(|b| b.is_ascii_digit()) {
+            err(
+                "features.nvidia.driver_branch",
+                format!("`{}` is not a branch number like 550", n.driver_branch),
+            );
+        }
+        if n.container_toolkit && f.docker.is_none() && f.k3s.is_none() {
+            err(
+                "features.nvidia.container_toolkit",
+                "needs features.docker or features.k3s".into(),
+            );
+        }
+    }
+}

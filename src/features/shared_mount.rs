@@ -1,0 +1,51 @@
+//! A shared NFS mount (the export is given at launch) with a model cache below it.
+
+use super::*;
+use crate::definition::{Arch, Definition};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedMount {
+    /// Where the NFS export given at launch is mounted.
+    pub path: String,
+    /// The model cache below it.
+    pub model_cache: String,
+}
+
+impl Default for SharedMount {
+    fn default() -> Self {
+        SharedMount {
+            path: "/shared".into(),
+            model_cache: "/shared/models".into(),
+        }
+    }
+}
+
+pub(super) fn fragment(s: &SharedMount) -> Fragment {
+    let mut fr = Fragment::default();
+    fr.pkgs(&["nfs-common"]);
+    fr.step(
+        "40-shared-mount",
+        format!(
+            "mkdir -p {p}\n# The NFS export is given at launch (imgbuild userdata --shared).\n",
+            p = crate::exec::quote(&s.path)
+        ),
+    );
+    fr
+}
+
+/// The `shared_mount` feature.
+pub struct Feature;
+
+impl super::Feature for Feature {
+    fn name(&self) -> &'static str {
+        "shared_mount"
+    }
+    fn enabled(&self, d: &Definition) -> bool {
+        d.features.shared_mount.is_some()
+    }
+    fn fragment(&self, d: &Definition, _arch: Arch) -> Option<Fragment> {
+        d.features.shared_mount.as_ref().map(fragment)
+    }
+}
