@@ -193,22 +193,21 @@ impl Output {
     }
 
     pub fn userdata(&self, r: &userdata::Report) -> Result<()> {
-        match &r.file {
-            Some(_) if self.json => print_json(r),
-            Some(_) => Ok(()),
-            None => {
-                print!("{}", r.text);
-                Ok(())
-            }
-        }
+        self.written(r, r.file.is_some(), &r.text)
     }
 
     pub fn lima(&self, r: &lima::Report) -> Result<()> {
-        match &r.file {
-            Some(_) if self.json => print_json(r),
-            Some(_) => Ok(()),
-            None => {
-                print!("{}", r.text);
+        self.written(r, r.file.is_some(), &r.text)
+    }
+
+    /// A generated file: its text on stdout, or (written to a file) nothing but the report
+    /// with --json.
+    fn written(&self, report: &impl serde::Serialize, to_file: bool, text: &str) -> Result<()> {
+        match (to_file, self.json) {
+            (true, true) => print_json(report),
+            (true, false) => Ok(()),
+            (false, _) => {
+                print!("{text}");
                 Ok(())
             }
         }

@@ -30,28 +30,20 @@ pub fn smoke(catalog: &Catalog, req: &Request, cancel: &AtomicBool) -> Result<Sm
     let mut p = Progress::new(req.quiet);
     p.line(&accel.summary());
     p.stage("smoke");
-    let mut seen = std::collections::HashSet::new();
-    let mut on_line = |line: &str| {
-        if let Some(c) = crate::protocol::smoke_result(line) {
-            if seen.insert(c.name.clone()) {
-                p.status(
-                    &format!("{} {}", if c.passed { "ok  " } else { "FAIL" }, c.name),
-                    true,
-                );
-            }
-        }
+    let report = {
+        let mut on_line = smoke::show_results(&mut p);
+        smoke::smoke(
+            &r,
+            arch,
+            &req.artifact,
+            SmokeOptions {
+                accel: accel.accel,
+                out_dir: &req.out,
+                cancel,
+                on_line: &mut on_line,
+            },
+        )?
     };
-    let report = smoke::smoke(
-        &r,
-        arch,
-        &req.artifact,
-        SmokeOptions {
-            accel: accel.accel,
-            out_dir: &req.out,
-            cancel,
-            on_line: &mut on_line,
-        },
-    )?;
     if report.passed {
         p.done("");
     } else {

@@ -478,6 +478,21 @@ pub fn junit(r: &SmokeReport) -> String {
     x
 }
 
+/// A serial-line handler that shows each check's result once, as the runner reports it.
+pub fn show_results(p: &mut crate::progress::Progress) -> impl FnMut(&str) + '_ {
+    let mut seen = std::collections::HashSet::new();
+    move |line: &str| {
+        if let Some(c) = crate::protocol::smoke_result(line) {
+            if seen.insert(c.name.clone()) {
+                p.status(
+                    &format!("{} {}", if c.passed { "ok  " } else { "FAIL" }, c.name),
+                    true,
+                );
+            }
+        }
+    }
+}
+
 /// The smoke as the manifest records it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SmokeSummary {
@@ -506,28 +521,20 @@ pub fn stage(
     p.stage("smoke");
     let smoke_dir = version_dir.join("smoke");
     let logs = version_dir.join("logs");
-    let mut seen = std::collections::HashSet::new();
-    let mut on_line = |line: &str| {
-        if let Some(c) = crate::protocol::smoke_result(line) {
-            if seen.insert(c.name.clone()) {
-                p.status(
-                    &format!("{} {}", if c.passed { "ok  " } else { "FAIL" }, c.name),
-                    true,
-                );
-            }
-        }
-    };
-    let report = smoke(
-        r,
-        arch,
-        artifact,
-        SmokeOptions {
-            accel,
-            out_dir: &smoke_dir,
-            cancel,
-            on_line: &mut on_line,
-        },
-    )
+    let report = {
+        let mut on_line = show_results(p);
+        smoke(
+            r,
+            arch,
+            artifact,
+            SmokeOptions {
+                accel,
+                out_dir: &smoke_dir,
+                cancel,
+                on_line: &mut on_line,
+            },
+        )
+    }
     .map_err(|e| match e {
         SmokeError::Qemu(QemuError::Interrupted) => BuildError::Interrupted,
         e => e.into(),

@@ -310,6 +310,22 @@ sys.exit(str(e) if e else 0)\n";
     );
 }
 
+/// `sh -c SCRIPT` in a private mount namespace (`unshare`): the script may mount a small
+/// tmpfs, which ends with it.
+pub fn in_mount_namespace(script: &str) -> Command {
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    c
+}
+
 /// The layer and base cache the build end-to-end tests share (built once, reused).
 pub fn e2e_cache() -> PathBuf {
     repo().join("target/e2e-cache")

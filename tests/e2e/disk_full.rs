@@ -6,7 +6,6 @@
 
 use crate::common;
 use common::{e2e_cache, entries, qemu_processes, repo, text};
-use std::process::Command;
 
 #[test]
 fn a_full_cache_ends_the_build_with_the_folder_and_space_named_and_nothing_left() {
@@ -29,16 +28,7 @@ echo "== work:"; ls -A "$CACHE/work" 2>/dev/null
 echo "== end"
 exit $rc
 "#;
-    let o = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+    let o = common::in_mount_namespace(script)
         .env("CACHE", &cache)
         .env("OUT", &out)
         .env("BASES", e2e_cache().join("bootstrap"))

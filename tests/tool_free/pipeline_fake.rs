@@ -175,23 +175,33 @@ fn options(dir: &Path) -> BuildOptions {
     }
 }
 
+/// Builds `fake` with `opts` through a fake provisioner that fails if `fail`.
+fn build_fake(
+    r: &imgbuild::definition::Resolved,
+    opts: &BuildOptions,
+    fail: bool,
+) -> (Fake, Result<Manifest, BuildError>) {
+    let fake = Fake {
+        fail,
+        seen: Mutex::new(Vec::new()),
+    };
+    let result = build_with(
+        r,
+        opts,
+        &fake,
+        &AtomicBool::new(false),
+        &mut Progress::plain(true),
+    );
+    (fake, result)
+}
+
 #[test]
 fn the_pipeline_runs_its_stages_around_a_fake_provisioner() {
     let tmp = tempfile::tempdir().unwrap();
     let r = catalog(tmp.path()).load("fake").unwrap();
-    let fake = Fake {
-        fail: false,
-        seen: Mutex::new(Vec::new()),
-    };
     let opts = options(tmp.path());
-    let m = build_with(
-        &r,
-        &opts,
-        &fake,
-        &AtomicBool::new(false),
-        &mut Progress::plain(true),
-    )
-    .expect("build");
+    let (fake, m) = build_fake(&r, &opts, false);
+    let m = m.expect("build");
     // The provisioner got the rendered files, the base and the plan's layers.
     let seen = fake.seen.lock().unwrap().clone();
     assert_eq!(seen, vec!["fake amd64 layers=features,image rendered=true"]);
@@ -258,13 +268,7 @@ fn the_pipeline_runs_its_stages_around_a_fake_provisioner() {
         format!("{}  fake-1.0-amd64.qcow2\n", m.digests.sha256)
     );
     // The same version again is bad input, not a rebuild.
-    let again = build_with(
-        &r,
-        &opts,
-        &fake,
-        &AtomicBool::new(false),
-        &mut Progress::plain(true),
-    );
+    let again = build_fake(&r, &opts, false).1;
     assert!(
         matches!(again, Err(BuildError::Exists(_))),
         "{:?}",
@@ -276,19 +280,8 @@ fn the_pipeline_runs_its_stages_around_a_fake_provisioner() {
 fn a_failed_provisioning_leaves_nothing_in_dist_and_keeps_its_logs() {
     let tmp = tempfile::tempdir().unwrap();
     let r = catalog(tmp.path()).load("fake").unwrap();
-    let fake = Fake {
-        fail: true,
-        seen: Mutex::new(Vec::new()),
-    };
     let opts = options(tmp.path());
-    let e = build_with(
-        &r,
-        &opts,
-        &fake,
-        &AtomicBool::new(false),
-        &mut Progress::plain(true),
-    )
-    .expect_err("the fake fails");
+    let e = build_fake(&r, &opts, true).1.expect_err("the fake fails");
     assert!(e.to_string().contains("step `fake` failed"), "{e}");
     assert!(!tmp.path().join("dist/fake/1.0").exists());
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("dist/fake"))
@@ -325,20 +318,11 @@ fn a_full_output_folder_ends_the_build_naming_it_and_leaves_nothing_in_dist() {
         // artifact does not fit when it is handed over into dist.
         let tmp = tempfile::tempdir().unwrap();
         let r = catalog_with(tmp.path(), 4).load("fake").unwrap();
-        let fake = Fake {
-            fail: false,
-            seen: Mutex::new(Vec::new()),
-        };
         let mut opts = options(tmp.path());
         opts.out = out.clone().into();
-        let e = build_with(
-            &r,
-            &opts,
-            &fake,
-            &AtomicBool::new(false),
-            &mut Progress::plain(true),
-        )
-        .expect_err("the output folder is too small");
+        let e = build_fake(&r, &opts, false)
+            .1
+            .expect_err("the output folder is too small");
         let msg = e.to_string();
         assert!(
             msg.starts_with(&format!("no space left in {out} (the output folder)")),
@@ -359,16 +343,7 @@ fn a_full_output_folder_ends_the_build_naming_it_and_leaves_nothing_in_dist() {
     let out = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let script = r#"mount -t tmpfs -o size=1m imgbuild-out "$OUT" || exit 99; exec "$EXE" --exact "$TEST" --nocapture"#;
-    let o = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+    let o = common::in_mount_namespace(script)
         .env("OUT", out.path())
         .env("EXE", &exe)
         .env(
