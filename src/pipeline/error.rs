@@ -32,7 +32,7 @@ pub enum BuildError {
     #[error("smoke test failed: {summary}\nreport: {report}")]
     Smoke { summary: String, report: String },
     #[error(transparent)]
-    SmokeRun(#[from] super::smoke::SmokeError),
+    SmokeRun(super::smoke::SmokeError),
     #[error("{0} already exists (pass --version for another version, or --force to replace it)")]
     Exists(PathBuf),
     #[error("version `{0}`: only letters, digits, `.`, `_`, `+` and `-` (not first)")]
@@ -48,6 +48,19 @@ pub enum BuildError {
         free_at_start_mib: u64,
         cause: String,
     },
+}
+
+/// A smoke that failed its checks is the build's `Smoke` failure; an interrupted one is the
+/// build's interruption.
+impl From<super::smoke::SmokeError> for BuildError {
+    fn from(e: super::smoke::SmokeError) -> BuildError {
+        use super::smoke::SmokeError;
+        match e {
+            SmokeError::Checks { summary, report } => BuildError::Smoke { summary, report },
+            SmokeError::Qemu(QemuError::Interrupted) => BuildError::Interrupted,
+            e => BuildError::SmokeRun(e),
+        }
+    }
 }
 
 impl BuildError {

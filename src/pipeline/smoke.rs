@@ -33,6 +33,9 @@ pub enum SmokeError {
     Launch(#[from] UserdataError),
     #[error(transparent)]
     Io(#[from] crate::IoError),
+    /// The boot ran but checks failed (or the boot itself did): the build fails with this.
+    #[error("smoke test failed: {summary}\nreport: {report}")]
+    Checks { summary: String, report: String },
 }
 
 pub use crate::protocol::CheckOutcome;
@@ -516,8 +519,7 @@ pub fn stage(
     version_dir: &Path,
     cancel: &AtomicBool,
     p: &mut crate::progress::Progress,
-) -> Result<SmokeSummary, crate::pipeline::error::BuildError> {
-    use crate::pipeline::error::BuildError;
+) -> Result<SmokeSummary, SmokeError> {
     p.stage("smoke");
     let smoke_dir = version_dir.join("smoke");
     let logs = version_dir.join("logs");
@@ -534,11 +536,7 @@ pub fn stage(
                 on_line: &mut on_line,
             },
         )
-    }
-    .map_err(|e| match e {
-        SmokeError::Qemu(QemuError::Interrupted) => BuildError::Interrupted,
-        e => e.into(),
-    })?;
+    }?;
     let failed = report.failed_checks();
     if !report.passed {
         let mut parts: Vec<String> = failed
@@ -555,7 +553,7 @@ pub fn stage(
         ] {
             let _ = std::fs::copy(smoke_dir.join(from), logs.join(to));
         }
-        return Err(BuildError::Smoke {
+        return Err(SmokeError::Checks {
             summary: parts.join("\n  "),
             report: "smoke/report.json".into(),
         });
