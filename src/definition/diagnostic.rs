@@ -54,12 +54,8 @@ pub enum DefinitionError {
         dir: PathBuf,
         help: String,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 impl DefinitionError {

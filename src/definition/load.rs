@@ -75,10 +75,7 @@ impl Catalog {
 
     /// The names of all definitions (file stems of *.yaml), sorted.
     pub fn names(&self) -> Result<Vec<String>, DefinitionError> {
-        let rd = std::fs::read_dir(&self.dir).map_err(|source| DefinitionError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
+        let rd = std::fs::read_dir(&self.dir).map_err(crate::IoError::at(&self.dir))?;
         let mut names: Vec<String> = rd
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -195,10 +192,7 @@ impl Catalog {
 
     fn read_file(&self, name: &str) -> Result<SourceFile, DefinitionError> {
         let path = self.path_of(name);
-        let text = std::fs::read_to_string(&path).map_err(|source| DefinitionError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(crate::IoError::at(&path))?;
         let diag = |pos: Option<(usize, usize)>, msg: String| {
             let (field, message, help) = from_serde_message(&msg);
             let (line, col) = pos.unwrap_or((1, 1));

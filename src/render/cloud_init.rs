@@ -190,7 +190,7 @@ pub fn layer_parts(
             (Some(c), _) => c.clone().into_bytes(),
             (None, Some(src)) => {
                 let path = r.relative_path(&format!("files[{i}].source"), src);
-                std::fs::read(&path).map_err(|source| RenderError::Io { path, source })?
+                std::fs::read(&path).map_err(crate::IoError::at(&path))?
             }
             (None, None) => Vec::new(),
         };

@@ -108,10 +108,7 @@ fn published_ports(service: &str, svc: &Value) -> Vec<Published> {
 }
 
 fn read(path: &Path) -> Result<String, RenderError> {
-    std::fs::read_to_string(path).map_err(|source| RenderError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(std::fs::read_to_string(path).map_err(crate::IoError::at(path))?)
 }
 
 /// Parses a compose file, resolving YAML anchors and `<<` merge keys as compose does.

@@ -15,12 +15,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("{path}: {message}")]
     Compose { path: PathBuf, message: String },
     #[error("{0}")]
@@ -172,10 +168,7 @@ impl Rendered {
     /// Writes the files into `dir` (the arch folder), replacing it as a whole: the new tree
     /// is written next to it and renamed into place, so a reader never sees a mix.
     pub fn write_to(&self, dir: &Path) -> Result<(), RenderError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RenderError::Io { path, source }
-        };
+        let io = crate::IoError::at;
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io(parent))?;
         let tmp = tempfile::Builder::new()
