@@ -205,9 +205,14 @@ struct Phase {
 }
 
 impl Phase {
-    /// Takes one output line; true when it starts a new phase.
+    /// Takes one output line; true when it starts a new phase. mmdebstrap's own phase lines
+    /// end with `...` (`I: extracting archives...`); other `I:` lines come from package
+    /// scripts (`I: /initrd.img is now a symlink ...`) and are no phase.
     fn line(&mut self, l: &str) -> bool {
-        if let Some(p) = l.strip_prefix("I: ") {
+        if let Some(p) = l
+            .strip_prefix("I: ")
+            .filter(|p| p.trim_end().ends_with("..."))
+        {
             self.phase = p.trim().trim_end_matches("...").trim().to_string();
             return true;
         }
@@ -544,7 +549,8 @@ mod tests {
         // mmdebstrap's shape: phase lines, apt's lines, then a silent stretch.
         let script = "echo 'I: downloading packages with apt...'; echo 'Get:1 http://x a 1'; \
                       echo 'Get:2 http://x b 1'; sleep 1; echo 'I: extracting archives...'; \
-                      echo 'Unpacking a (1) ...'; echo 'Setting up a (1) ...'; sleep 3";
+                      echo 'Unpacking a (1) ...'; echo 'Setting up a (1) ...'; \
+                      echo 'I: /initrd.img is now a symlink to boot/initrd.img-6.1'; sleep 3";
         let cmd = Cmd::new("sh").args(["-c", script]);
         let mut said = Vec::new();
         run_stoppable(
