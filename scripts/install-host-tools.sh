@@ -17,7 +17,8 @@ fi
 # Some preinstalled third-party sources are unreachable here; apt still refreshes Debian's.
 $SUDO apt-get update -o Acquire::Retries=3 || true
 pkgs=(packer mmdebstrap xorriso cloud-init ovmf gdisk mtools dosfstools e2fsprogs
-      grub-pc-bin grub-efi-amd64-bin grub2-common fdisk cpio zstd)
+      grub-pc-bin grub-efi-amd64-bin grub2-common fdisk cpio zstd
+      tigervnc-tools openssl gnupg)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then

@@ -2,7 +2,7 @@
 """imgbuild smoke runner: runs in the booted artifact (from the smoke seed's runcmd), checks
 what the definition asks plus imgbuild's built-in checks, and reports each result on the serial
 console as one `IMGBUILD-SMOKE-RESULT {json}` line, then `IMGBUILD-SMOKE-DONE`."""
-import glob, json, os, re, stat, subprocess, time
+import glob, json, os, pwd, re, stat, subprocess, time
 
 CHECKS_FILE = "/run/imgbuild-smoke/checks.json"
 INSTANCE = os.environ.get("IMGBUILD_SMOKE_INSTANCE", "")
@@ -64,23 +64,59 @@ def builtin_no_build_leftovers(_):
                         "/etc/systemd/system/poweroff.target.wants/imgbuild-hygiene.service",
                         "/root/.bash_history") if os.path.lexists(p)]
     lists = [f for f in os.listdir("/var/lib/apt/lists") if f not in ("lock", "partial", "auxfiles")] if os.path.isdir("/var/lib/apt/lists") else []
-    # No account may have a usable password: images are entered with keys given at launch.
-    passwords = []
+    # The build's persistent journal: the hygiene removes it whole (truncating it under a
+    # running journald corrupts it); this boot's journal lives under this machine-id only.
+    mid = open("/etc/machine-id").read().strip() if os.path.exists("/etc/machine-id") else ""
+    journals = [d for d in os.listdir("/var/log/journal") if d != mid] if os.path.isdir("/var/log/journal") else []
+    if left or lists or journals:
+        return False, f"build leftovers: {left} apt lists: {lists[:3]} journals of other machines: {journals}"
+    return True, "no provisioning machinery, no apt lists, no journal but this boot's"
+
+
+def sudo_rule_users(text):
+    """The users a sudoers file grants rules to by name (not %groups, aliases or Defaults)."""
+    users = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "%", "@", "Defaults", "Cmnd_Alias", "User_Alias", "Host_Alias", "Runas_Alias")):
+            continue
+        users.append(line.split()[0].rstrip(","))
+    return users
+
+
+def builtin_accounts(c):
+    """Only the declared accounts: no home, login UID or sudo rule but the definition's users'
+    and the launch user's; no usable password but the launch user's given at launch (so the
+    build-time default user, `ubuntu`, and its NOPASSWD rule are gone)."""
+    allowed = set(c.get("users", [])) | {"root"}
+    bad = []
+    homes = sorted(os.listdir("/home")) if os.path.isdir("/home") else []
+    bad += [f"home /home/{h}" for h in homes if h not in allowed and h != "lost+found"]
+    # Login accounts: UIDs from UID_MIN (1000) up to the system's nobody range.
+    bad += [f"user {p.pw_name} (uid {p.pw_uid})" for p in pwd.getpwall() if 1000 <= p.pw_uid < 60000 and p.pw_name not in allowed]
+    files = ["/etc/sudoers"] + sorted(glob.glob("/etc/sudoers.d/*"))
+    for f in files:
+        try:
+            text = open(f, errors="replace").read()
+        except OSError as e:
+            return False, f"cannot read {f}: {e}"
+        bad += [f"sudo rule for {u} in {f}" for u in sudo_rule_users(text) if u not in allowed]
     try:
         for line in open("/etc/shadow"):
             f = line.split(":")
-            if len(f) > 1 and f[1] and not f[1].startswith(("!", "*")):
-                passwords.append(f[0])
+            if len(f) > 1 and f[1] and not f[1].startswith(("!", "*")) and f[0] != c.get("password"):
+                bad.append(f"password of {f[0]}")
     except OSError as e:
         return False, f"cannot read /etc/shadow: {e}"
-    if left or lists or passwords:
-        return False, f"build leftovers: {left} apt lists: {lists[:3]} accounts with a password: {passwords}"
-    return True, "no provisioning machinery, no apt lists, no account with a password"
+    if bad:
+        return False, "undeclared accounts or rights: " + "; ".join(bad)
+    who = ", ".join(sorted(allowed - {"root"})) or "none"
+    return True, f"accounts as declared (users: {who}); no other home, login user, sudo rule or password"
 
 
 def builtin_launch_user(c):
     """The user named in the launch-time user-data exists with the given key and groups."""
-    import pwd, grp
+    import grp
     try:
         u = pwd.getpwnam(c["user"])
     except KeyError:
@@ -102,9 +138,34 @@ def builtin_launch_user(c):
         st = os.stat(vnc)
         if st.st_uid != u.pw_uid or stat.S_IMODE(st.st_mode) & 0o077:
             return False, f"{vnc} is not private to {c['user']} (mode {stat.S_IMODE(st.st_mode):04o})"
-        if os.path.exists("/run/imgbuild/vnc-password"):
-            return False, "the clear-text VNC password is still in /run/imgbuild"
-    return True, f"{c['user']} with the launch key, groups {c.get('groups', [])}" + (", VNC password set" if c.get("vnc_display") is not None else "")
+        if os.path.exists("/run/imgbuild/vnc-passwd"):
+            return False, "the VNC password file is still in /run/imgbuild"
+    said = ""
+    if c.get("password"):
+        ok, why = password_matches(c["user"], c["password"])
+        if not ok:
+            return False, why
+        said = ", the account unlocked with the launch's desktop password (RDP)"
+    return True, f"{c['user']} with the launch key, groups {c.get('groups', [])}" + (", VNC password set" if c.get("vnc_display") is not None else "") + said
+
+
+def password_matches(user, password):
+    """The user's /etc/shadow entry is unlocked and is the crypt hash of `password` (computed
+    again with OpenSSL's crypt and the entry's own salt)."""
+    entry = next((l.split(":") for l in open("/etc/shadow") if l.split(":")[0] == user), None)
+    if entry is None or len(entry) < 2:
+        return False, f"{user} has no /etc/shadow entry"
+    h = entry[1]
+    if not h or h.startswith(("!", "*")):
+        return False, f"{user}'s password is locked or unset: RDP cannot log in"
+    m = re.fullmatch(r"\$6\$(?:rounds=\d+\$)?([^$]+)\$[./0-9A-Za-z]+", h)
+    if not m:
+        return False, f"{user}'s password hash is not SHA-512 crypt"
+    again = subprocess.run(["openssl", "passwd", "-6", "-salt", m.group(1), "-stdin"], input=password + "\n",
+                           capture_output=True, text=True).stdout.strip()
+    if again != h:
+        return False, f"{user}'s password is not the desktop password given at launch"
+    return True, ""
 
 
 def builtin_desktop_session(c):
@@ -133,6 +194,110 @@ def builtin_desktop_session(c):
     return ok, detail
 
 
+# cloud-init's seed volumes: the NoCloud seed and OpenStack's config drive, by file system label.
+SEED_LABELS = ("cidata", "CIDATA", "config-2", "CONFIG-2")
+
+
+def seed_devices():
+    """The block devices carrying a cloud-init seed: [(device, label)]."""
+    found = []
+    for label in SEED_LABELS:
+        p = subprocess.run(["blkid", "-o", "device", "-t", f"LABEL={label}"], capture_output=True, text=True)
+        found += [(d, label) for d in p.stdout.split() if (d, label) not in found]
+    return found
+
+
+def seed_volumes_listed(gio_mount_list):
+    """The seed volumes or mounts in `gio mount -l` output (the volume monitor's list, which
+    xfdesktop draws as desktop icons): lines like "Volume(0): cidata"."""
+    out = []
+    for line in gio_mount_list.splitlines():
+        m = re.match(r"\s*(Volume|Mount)\(\d+\):\s*(.*?)(?:\s+->.*)?$", line)
+        if m and m.group(2).strip() in SEED_LABELS:
+            out.append(f"{m.group(1).lower()} {m.group(2).strip()}")
+    return out
+
+
+def window_list(xprop_root):
+    """Window ids in `xprop -root _NET_CLIENT_LIST`; None when the property is missing (no
+    EWMH window manager on the display)."""
+    if "_NET_CLIENT_LIST(WINDOW)" not in xprop_root:
+        return None
+    return re.findall(r"0x[0-9a-fA-F]+", xprop_root.split("#", 1)[-1])
+
+
+def unwanted_windows(xprop_windows):
+    """The windows a workspace user should never find open at login, among `xprop -id W
+    WM_CLASS WM_NAME` outputs: vncconfig's, and a polkit agent's password prompt (a session
+    that asks for an administrator's password at login is broken)."""
+    bad = []
+    for w, props in xprop_windows.items():
+        if re.search(r'WM_CLASS\(STRING\) = .*"[Vv]ncconfig"', props) or "VNC config" in props:
+            bad.append(f"{w} (vncconfig)")
+        elif re.search(r'WM_CLASS\(STRING\) = .*[Pp]olkit', props) or re.search(r'WM_NAME\([A-Z0-9_]+\) = "Authenticate"', props):
+            bad.append(f"{w} (polkit password prompt)")
+    return bad
+
+
+def session_env(user, display):
+    """The environment of the user's running XFCE session: its display, X authority and D-Bus
+    session bus, read from xfdesktop's own environment."""
+    home = pwd.getpwnam(user).pw_dir
+    env = {"DISPLAY": f":{display}", "XAUTHORITY": f"{home}/.Xauthority", "HOME": home}
+    pids = subprocess.run(["pgrep", "-u", user, "-x", "xfdesktop"], capture_output=True, text=True).stdout.split()
+    for pid in pids[:1]:
+        try:
+            for kv in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+                k, _, v = kv.decode(errors="replace").partition("=")
+                if k in ("DBUS_SESSION_BUS_ADDRESS", "XAUTHORITY", "DISPLAY"):
+                    env[k] = v
+        except OSError:
+            pass
+    return env
+
+
+def as_user(user, env, argv):
+    return subprocess.run(["runuser", "-u", user, "--", "env"] + [f"{k}={v}" for k, v in env.items()] + argv,
+                          capture_output=True, text=True, timeout=60)
+
+
+def builtin_desktop_clean(c):
+    """The user's desktop shows what is theirs: no cloud-init seed volume (udev marks it
+    UDISKS_IGNORE, so the volume monitor behind xfdesktop's icons leaves it out), and neither
+    a vncconfig window nor a polkit password prompt in the session's window list (the task
+    bar's source)."""
+    user, display = c["user"], int(c["vnc_display"])
+    seeds = seed_devices()
+    if not seeds:
+        return False, "no cloud-init seed volume found (the smoke boots with one): nothing was proven"
+    unhidden = []
+    for dev, label in seeds:
+        props = subprocess.run(["udevadm", "info", "--query=property", f"--name={dev}"], capture_output=True, text=True).stdout
+        if "UDISKS_IGNORE=1" not in props.splitlines():
+            unhidden.append(f"{dev} ({label})")
+    if unhidden:
+        return False, f"seed volumes not marked UDISKS_IGNORE=1 by udev: {', '.join(unhidden)}"
+    env = session_env(user, display)
+    if "DBUS_SESSION_BUS_ADDRESS" not in env:
+        return False, f"no XFCE session of {user} (xfdesktop) to ask for its volumes"
+    vols = as_user(user, env, ["gio", "mount", "-l"])
+    if vols.returncode != 0:
+        return False, f"gio mount -l failed in {user}'s session: {vols.stderr.strip()[-300:]}"
+    listed = seed_volumes_listed(vols.stdout)
+    if listed:
+        return False, f"the desktop lists cloud-init seed volumes: {', '.join(listed)}"
+    root = as_user(user, env, ["xprop", "-root", "_NET_CLIENT_LIST"])
+    wins = window_list(root.stdout) if root.returncode == 0 else None
+    if wins is None:
+        return False, f"no window list on display :{display}: {(root.stdout + root.stderr).strip()[-300:]}"
+    props = {w: as_user(user, env, ["xprop", "-id", w, "WM_CLASS", "WM_NAME"]).stdout for w in wins}
+    bad = unwanted_windows(props)
+    if bad:
+        return False, f"unwanted windows in the session's task list: {', '.join(bad)}"
+    names = ", ".join(d for d, _ in seeds)
+    return True, f"seed volumes {names} hidden (UDISKS_IGNORE=1, not in {user}'s volume list); no vncconfig or password prompt among the session's {len(wins)} windows"
+
+
 def builtin_stack_ports_loopback(c):
     """No published port of the compose stack listens on a non-loopback address."""
     bad = {}
@@ -145,6 +310,241 @@ def builtin_stack_ports_loopback(c):
     return True, f"none of the stack's {len(c.get('ports', []))} published ports listens beyond the loopback"
 
 
+# --- Exposure: every socket listening beyond the loopback must be declared. ---
+
+def _addr(hexaddr, v6):
+    """An address of /proc/net/{tcp,udp}[6] ("0100007F:0016") as (ip, port)."""
+    import ipaddress
+    host, p = hexaddr.rsplit(":", 1)
+    b = bytes.fromhex(host)
+    if v6:
+        ip = ipaddress.IPv6Address(b"".join(b[i:i + 4][::-1] for i in range(0, 16, 4)))
+        ip = ip.ipv4_mapped or ip
+    else:
+        ip = ipaddress.IPv4Address(b[::-1])
+    return ip, int(p, 16)
+
+
+def parse_proc_net(text, proto, v6):
+    """The listening sockets in one /proc/net table: TCP in state LISTEN (0A); UDP sockets
+    bound but not connected (remote address and port zero). Returns dicts with protocol,
+    address, port, inode."""
+    out = []
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10:
+            continue
+        local, remote, st, inode = parts[1], parts[2], parts[3], parts[9]
+        if proto == "tcp" and st != "0A":
+            continue
+        if proto == "udp" and _addr(remote, v6)[1] != 0:
+            continue
+        ip, port = _addr(local, v6)
+        out.append({"protocol": proto, "address": str(ip), "port": port, "inode": inode, "loopback": ip.is_loopback})
+    return out
+
+
+def socket_owners(proc="/proc"):
+    """socket inode -> the names (comm) of the processes holding it."""
+    owners = {}
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            comm = open(f"{proc}/{pid}/comm").read().strip()
+            fds = os.listdir(f"{proc}/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"{proc}/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owners.setdefault(link[8:-1], set()).add(comm)
+    return owners
+
+
+def exposed_listeners(proc="/proc"):
+    found = []
+    for name, proto, v6 in (("tcp", "tcp", False), ("tcp6", "tcp", True), ("udp", "udp", False), ("udp6", "udp", True)):
+        try:
+            text = open(f"{proc}/net/{name}").read()
+        except OSError:
+            continue
+        found += [s for s in parse_proc_net(text, proto, v6) if not s["loopback"]]
+    owners = socket_owners(proc)
+    for s in found:
+        # No owner: a kernel socket (flannel's VXLAN, NFS's lockd) or one already closed.
+        s["processes"] = sorted(owners.get(s["inode"], ())) or ["kernel"]
+    return found
+
+
+def undeclared(listening, allow):
+    """The listening sockets no entry of `allow` ({port, protocol, process?}) declares."""
+    def declared(s):
+        return any(a["port"] == s["port"] and a["protocol"] == s["protocol"]
+                   and (not a.get("process") or a["process"] in s["processes"]) for a in allow)
+    return [s for s in listening if not declared(s)]
+
+
+def builtin_exposure(c):
+    bad = undeclared(exposed_listeners(), c.get("allow", []))
+    if bad:
+        seen = sorted({f"{s['port']}/{s['protocol']} on {s['address']} by {','.join(s['processes'])}" for s in bad})
+        return False, "undeclared listeners (declare them in smoke.listen or a feature): " + "; ".join(seen)
+    allow = sorted({f"{a['port']}/{a['protocol']}" for a in c.get("allow", [])})
+    return True, f"every non-loopback listener is declared ({', '.join(allow)})"
+
+
+# --- Secrets and identities: nothing private baked into the image. ---
+
+# Not the image's files: kernel and boot-time file systems; and the container layer stores,
+# which hold the container images' own trees (registry content, tens of thousands of files,
+# minutes to read under TCG), not files the build wrote.
+SCAN_SKIP = ("/proc", "/sys", "/dev", "/run", "/var/lib/docker/overlay2", "/var/lib/docker/image",
+             "/var/lib/containerd", "/var/lib/rancher/k3s/agent/containerd", "/snap")
+SCAN_MAX_BYTES = 1 << 20   # key and credential files are small
+SCAN_HEAD = 16384          # a private key block starts near the head of the files that hold one
+# A whole block: the BEGIN line, base64 (PEM headers such as Proc-Type allowed), the matching
+# END line. Programs that handle keys hold the BEGIN line alone as a constant (cloud-init's and
+# cryptography's compiled modules do); that is no key.
+PRIVATE_KEY = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----\r?\n"
+                         rb"(?:[A-Za-z0-9-]+: [^\n]*\r?\n)*\r?\n?[A-Za-z0-9+/=\r\n]{64,}-----END \1-----"
+                         rb"|^PuTTY-User-Key-File-\d+: .*\n(?:.*\n)*?Private-Lines: \d+", re.M)
+# Per-instance identities: when present they must be made at this boot, never baked.
+IDENTITIES = (
+    re.compile(r"/etc/ssh/ssh_host_.*_key"),
+    re.compile(r"/var/lib/docker/engine-id"),
+    re.compile(r"(/root|/home/[^/]+|/usr/share/ollama)/\.ollama/id_ed25519"),
+    re.compile(r"/var/lib/dkms/mok\.(key|pub)"),
+    re.compile(r"/var/lib/shim-signed/mok/MOK\.(priv|der|pem)"),
+    re.compile(r"/etc/xrdp/(rsakeys\.ini|key\.pem|cert\.pem)"),
+    re.compile(r"/etc/ssl/private/ssl-cert-snakeoil\.key"),
+    re.compile(r"/etc/ssl/certs/ssl-cert-snakeoil\.pem"),
+)
+CREDENTIAL_NAMES = {".git-credentials", ".netrc", "_netrc", ".pgpass", ".s3cfg", ".boto"}
+CREDENTIAL_PATHS = re.compile(r".*/(\.aws/credentials|\.config/gcloud/(credentials\.db|application_default_credentials\.json|legacy_credentials/.*)"
+                              r"|\.azure/(accessTokens\.json|msal_token_cache\.(json|bin))|\.docker/config\.json|\.kube/config"
+                              r"|(\.config/)?openstack/clouds\.yaml|\.config/rclone/rclone\.conf)$")
+
+
+def dpkg_owned(root):
+    """Paths the distribution's packages ship: the same in every installation, so not this
+    image's secrets (test keys in documentation, for one)."""
+    owned = set()
+    for f in glob.glob(os.path.join(root, "var/lib/dpkg/info/*.list")):
+        try:
+            owned.update(l.rstrip("\n") for l in open(f, errors="replace"))
+        except OSError:
+            pass
+    return owned
+
+
+def _credential(guest, full):
+    name = os.path.basename(guest)
+    if name in CREDENTIAL_NAMES:
+        return True
+    if not CREDENTIAL_PATHS.match(guest):
+        return False
+    if name == "config.json":  # Docker's: only with registry credentials in `auths`
+        try:
+            auths = json.load(open(full)).get("auths") or {}
+        except (OSError, ValueError, AttributeError):
+            return False
+        return any(isinstance(v, dict) and (v.get("auth") or v.get("identitytoken") or v.get("password")) for v in auths.values())
+    if name == "clouds.yaml":
+        try:
+            return re.search(r"^\s*(password|application_credential_secret|token)\s*:", open(full, errors="replace").read(SCAN_HEAD), re.M) is not None
+        except OSError:
+            return False
+    return True
+
+
+def scan_tree(root="/", boot_time=None):
+    """Walk the image's tree: (private keys, credential files, identities made before this
+    boot), each a sorted list of guest paths. Reads only the heads of small regular files and
+    keeps no content."""
+    bt = btime() if boot_time is None else boot_time
+    owned = dpkg_owned(root)
+    root = os.path.abspath(root)
+    keys, creds, stale = [], [], []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            it = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in it:
+            full = e.path
+            guest = "/" + os.path.relpath(full, root) if root != "/" else full
+            if guest in SCAN_SKIP:
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(full)
+                    continue
+                if not e.is_file(follow_symlinks=False):
+                    continue
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            fresh = st.st_mtime >= bt - 2
+            if any(p.fullmatch(guest) for p in IDENTITIES):
+                if not fresh:
+                    stale.append(guest)
+                continue
+            if fresh or guest in owned:
+                continue
+            if _credential(guest, full):
+                creds.append(guest)
+                continue
+            if 0 < st.st_size <= SCAN_MAX_BYTES:
+                try:
+                    with open(full, "rb") as f:
+                        head = f.read(SCAN_HEAD)
+                except OSError:
+                    continue
+                if PRIVATE_KEY.search(head):
+                    keys.append(guest)
+    return sorted(keys), sorted(creds), sorted(stale)
+
+
+_SCAN = []
+
+
+def scanned():
+    if not _SCAN:
+        _SCAN.append(scan_tree())
+    return _SCAN[0]
+
+
+def _names(paths):
+    return ", ".join(paths[:20]) + (f" and {len(paths) - 20} more" if len(paths) > 20 else "")
+
+
+def builtin_no_private_keys(_):
+    keys = scanned()[0]
+    if keys:
+        return False, f"private key material baked into the image (contents not shown): {_names(keys)}"
+    return True, "no private key in the image's files but those made at this boot"
+
+
+def builtin_no_credential_files(_):
+    creds = scanned()[1]
+    if creds:
+        return False, f"credential files baked into the image (contents not shown): {_names(creds)}"
+    return True, "no .git-credentials, .netrc, cloud credentials or Docker auths"
+
+
+def builtin_identities(_):
+    stale = scanned()[2]
+    if stale:
+        return False, f"per-instance identities baked into the image, not made at this boot: {_names(stale)}"
+    return True, "every per-instance identity present was made at this boot"
+
+
 BUILTIN = {
     "cloud-init-no-errors": builtin_cloud_init,
     "fresh-ssh-host-keys": builtin_host_keys,
@@ -153,32 +553,25 @@ BUILTIN = {
     "no-build-leftovers": builtin_no_build_leftovers,
     "launch-user": builtin_launch_user,
     "desktop-session": builtin_desktop_session,
+    "desktop-clean": builtin_desktop_clean,
     "stack-ports-loopback-only": builtin_stack_ports_loopback,
+    "accounts-as-declared": builtin_accounts,
+    "no-private-keys": builtin_no_private_keys,
+    "no-credential-files": builtin_no_credential_files,
+    "identities-made-at-first-boot": builtin_identities,
+    "exposure-allowlist": builtin_exposure,
 }
 
 
 def listeners(port):
+    """The addresses a TCP socket listens on at `port`."""
     found = []
-    for path, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+    for name, v6 in (("tcp", False), ("tcp6", True)):
         try:
-            lines = open(path).read().splitlines()[1:]
+            text = open(f"/proc/net/{name}").read()
         except OSError:
             continue
-        for line in lines:
-            parts = line.split()
-            addr, st = parts[1], parts[3]
-            host, p = addr.rsplit(":", 1)
-            if st != "0A" or int(p, 16) != port:
-                continue
-            if v6:
-                b = bytes.fromhex(host)
-                words = [b[i:i + 4][::-1] for i in range(0, 16, 4)]
-                raw = b"".join(words)
-                import ipaddress
-                ip = ipaddress.IPv6Address(raw)
-                found.append(str(ip.ipv4_mapped or ip))
-            else:
-                found.append(".".join(str(x) for x in bytes.fromhex(host)[::-1]))
+        found += [s["address"] for s in parse_proc_net(text, "tcp", v6) if s["port"] == port]
     return found
 
 
@@ -270,4 +663,5 @@ def main():
     say("IMGBUILD-SMOKE-DONE")
 
 
-main()
+if __name__ == "__main__":
+    main()

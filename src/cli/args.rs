@@ -164,9 +164,10 @@ pub struct UserdataArgs {
     /// The user's OpenSSH public key(s), one per line (authorized_keys format).
     #[arg(long, value_name = "FILE")]
     pub ssh_key: PathBuf,
-    /// A file whose first line is the VNC password (6-8 characters); needed for desktop images.
-    #[arg(long, value_name = "FILE")]
-    pub vnc_password_file: Option<PathBuf>,
+    /// A file whose first line is the desktop password for VNC and RDP (6-72 characters; VNC
+    /// uses the first 8); needed for desktop images. It reaches the user-data only hashed.
+    #[arg(long, value_name = "FILE", alias = "vnc-password-file")]
+    pub desktop_password_file: Option<PathBuf>,
     /// The NFS export for the image's shared mount, SERVER:/PATH.
     #[arg(long, value_name = "SERVER:/PATH")]
     pub shared: Option<String>,

@@ -109,7 +109,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 image: a.image.clone(),
                 user: a.user.clone(),
                 ssh_key: a.ssh_key.clone(),
-                vnc_password_file: a.vnc_password_file.clone(),
+                desktop_password_file: a.desktop_password_file.clone(),
                 shared: a.shared.clone(),
                 profiles: a.profiles.clone(),
                 sudo: !a.no_sudo,

@@ -12,7 +12,7 @@ pub struct Request {
     pub image: String,
     pub user: String,
     pub ssh_key: PathBuf,
-    pub vnc_password_file: Option<PathBuf>,
+    pub desktop_password_file: Option<PathBuf>,
     pub shared: Option<String>,
     pub profiles: Option<Vec<String>>,
     pub sudo: bool,
@@ -45,9 +45,9 @@ pub fn userdata(catalog: &Catalog, req: &Request) -> Result<Report> {
         std::fs::read_to_string(p).map_err(|e| Error::Usage(format!("{what} {}: {e}", p.display())))
     };
     let ssh_keys = userdata::parse_keys(&read(&req.ssh_key, "--ssh-key")?)?;
-    let vnc_password = match &req.vnc_password_file {
+    let desktop_password = match &req.desktop_password_file {
         Some(p) => Some(
-            read(p, "--vnc-password-file")?
+            read(p, "--desktop-password-file")?
                 .lines()
                 .next()
                 .unwrap_or_default()
@@ -61,7 +61,7 @@ pub fn userdata(catalog: &Catalog, req: &Request) -> Result<Report> {
             user: req.user.clone(),
             ssh_keys,
             sudo: req.sudo,
-            vnc_password,
+            desktop_password,
             shared: req.shared.clone(),
             profiles: req.profiles.clone(),
         },

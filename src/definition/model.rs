@@ -335,6 +335,12 @@ where
 pub struct Apt {
     /// Extra apt sources by name: a deb822 or one-line source and its signing key.
     pub sources: IndexMap<String, AptSource>,
+    /// The signing keys of the repositories features add (`docker`, `nvidia-container-toolkit`,
+    /// `mozilla`), embedded so that no build asks a keyserver; each is checked against its
+    /// fingerprint when the definition is loaded, and the fingerprint against the one imgbuild
+    /// pins for that repository.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub keys: IndexMap<String, AptKey>,
     /// An HTTP proxy for apt during the build only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
@@ -348,11 +354,25 @@ pub struct AptSource {
     /// The ASCII-armoured public key (public keys only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// Or a key fingerprint to fetch from `keyserver`.
+    /// The primary fingerprint of `key`, checked when the definition is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Refused: builds never fetch keys from a keyserver (embed `key` and `fingerprint`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keyid: Option<String>,
+    /// Refused with `keyid`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keyserver: Option<String>,
+}
+
+/// An embedded repository signing key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptKey {
+    /// The primary key's fingerprint (spaces allowed).
+    pub fingerprint: String,
+    /// The ASCII-armoured public key block.
+    pub key: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -406,6 +426,10 @@ pub struct Smoke {
     /// Take a screenshot of the console (on by default for desktop images).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub screenshot: Option<bool>,
+    /// Sockets beyond those the features and the compose stack's `expose` declare that may
+    /// listen on a non-loopback address at the smoke boot (the `exposure-allowlist` check).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<Listener>,
 }
 
 impl Default for Smoke {
@@ -414,8 +438,44 @@ impl Default for Smoke {
             timeout: 15,
             checks: Vec::new(),
             screenshot: None,
+            listen: Vec::new(),
         }
     }
+}
+
+/// A socket that may listen on a non-loopback address: port, protocol and, optionally, the
+/// process (its `comm`, as `ps -o comm` shows it) that must own it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+}
+
+impl Listener {
+    pub fn tcp(port: u16) -> Listener {
+        Listener {
+            port,
+            protocol: Protocol::Tcp,
+            process: None,
+        }
+    }
+    pub fn udp(port: u16) -> Listener {
+        Listener {
+            port,
+            protocol: Protocol::Udp,
+            process: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
 }
 
 /// One smoke check: exactly one of `command`, `unit`, `port`, `file`.

@@ -274,6 +274,23 @@ fn check_users(r: &Resolved, err: &mut impl FnMut(&str, String)) {
 }
 
 fn check_checks(r: &Resolved, err: &mut impl FnMut(&str, String)) {
+    for (i, l) in r.definition.smoke.listen.iter().enumerate() {
+        if l.port == 0 {
+            err(
+                &format!("smoke.listen[{i}].port"),
+                "must be 1..65535".into(),
+            );
+        }
+        if let Some(p) = &l.process {
+            // The kernel keeps 15 bytes of a process name (comm); a longer one never matches.
+            if p.is_empty() || p.len() > 15 || p.contains('/') {
+                err(
+                    &format!("smoke.listen[{i}].process"),
+                    format!("`{p}` is not a process name (comm: 1-15 bytes, no `/`)"),
+                );
+            }
+        }
+    }
     let mut seen = HashSet::new();
     for (i, c) in r.definition.smoke.checks.iter().enumerate() {
         let p = format!("smoke.checks[{i}]");
@@ -346,18 +363,85 @@ fn check_publish(r: &Resolved, err: &mut impl FnMut(&str, String)) {
 }
 
 fn check_apt(r: &Resolved, err: &mut impl FnMut(&str, String)) {
-    for (name, s) in &r.definition.apt.sources {
+    let apt = &r.definition.apt;
+    for (name, s) in &apt.sources {
         let p = format!("apt.sources.{name}");
         if s.source.trim().is_empty() {
             err(&format!("{p}.source"), "missing".into());
         }
-        if let Some(k) = &s.key {
-            if !k.contains("BEGIN PGP PUBLIC KEY BLOCK") {
-                err(
-                    &format!("{p}.key"),
-                    "must be an ASCII-armoured PGP public key".into(),
-                );
-            }
+        if s.keyid.is_some() || s.keyserver.is_some() {
+            err(
+                &format!("{p}.keyid"),
+                "builds never ask a keyserver: embed the armoured key as `key` with its `fingerprint`"
+                    .into(),
+            );
+        }
+        match (&s.key, &s.fingerprint) {
+            (Some(k), Some(f)) => check_key(&p, k, f, None, err),
+            (Some(_), None) => err(
+                &format!("{p}.key"),
+                "give the key's `fingerprint` too (checked against the key)".into(),
+            ),
+            (None, Some(_)) => err(
+                &format!("{p}.fingerprint"),
+                "no `key` to check it against".into(),
+            ),
+            (None, None) => {}
+        }
+    }
+    for (name, k) in &apt.keys {
+        let pinned = crate::features::REPO_KEYS
+            .iter()
+            .copied()
+            .find(|rk| rk.name == name);
+        check_key(
+            &format!("apt.keys.{name}"),
+            &k.key,
+            &k.fingerprint,
+            pinned,
+            err,
+        );
+    }
+    for (field, rk) in crate::features::repo_keys(&r.definition) {
+        if !apt.keys.contains_key(rk.name) {
+            err(
+                &field,
+                format!(
+                    "needs apt.keys.{}: {}'s armoured key ({}, fingerprint {})",
+                    rk.name, rk.owner, rk.url, rk.fingerprint
+                ),
+            );
+        }
+    }
+}
+
+/// An embedded key: armoured, public, and its fingerprint the declared one (and, for a
+/// repository imgbuild knows, the one it pins).
+fn check_key(
+    p: &str,
+    key: &str,
+    declared: &str,
+    pinned: Option<&crate::features::RepoKey>,
+    err: &mut impl FnMut(&str, String),
+) {
+    let declared = crate::openpgp::normalize(declared);
+    match crate::openpgp::fingerprint(key) {
+        Err(e) => err(&format!("{p}.key"), e.to_string()),
+        Ok(f) if f != declared => err(
+            &format!("{p}.key"),
+            format!("the key's fingerprint is {f}, not the declared {declared}"),
+        ),
+        Ok(_) => {}
+    }
+    if let Some(rk) = pinned {
+        if declared != rk.fingerprint {
+            err(
+                &format!("{p}.fingerprint"),
+                format!(
+                    "{declared} is not {}'s repository key ({}, published at {})",
+                    rk.owner, rk.fingerprint, rk.url
+                ),
+            );
         }
     }
 }

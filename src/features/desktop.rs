@@ -1,7 +1,7 @@
 //! The desktop: XFCE with per-user TigerVNC, noVNC, optional RDP, a browser and Zed.
 
 use super::*;
-use crate::definition::{Arch, Definition, Resolved, SmokeCheck};
+use crate::definition::{Arch, Definition, Listener, Resolved, SmokeCheck};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -29,10 +29,10 @@ pub struct Desktop {
 pub struct Zed {
     /// The release, e.g. "0.212.4" (no `v`).
     pub version: String,
-    /// sha256 of zed-linux-x86_64.tar.gz; with it the download is verified, without it only
-    /// the installed binary's version is.
+    /// sha256 of zed-linux-x86_64.tar.gz (required when the image builds amd64).
     #[serde(default)]
     pub sha256: Option<String>,
+    /// sha256 of zed-linux-aarch64.tar.gz (required when the image builds arm64).
     #[serde(default)]
     pub sha256_arm64: Option<String>,
 }
@@ -69,6 +69,10 @@ pub(super) fn fragment(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
         "python3-pip",
         "python3-venv",
         "pipx",
+        // xprop and gio: the smoke's desktop-clean check reads the session's window list and
+        // volume list with them (and users use them too).
+        "x11-utils",
+        "libglib2.0-bin",
     ]);
     if desk.rdp {
         fr.pkgs(&["xrdp"]);
@@ -78,8 +82,9 @@ pub(super) fn fragment(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
         fr.apt_sources.push((
             "mozilla.list".into(),
             keyed_source(
+                d,
                 "deb [signed-by=$KEY_FILE] https://packages.mozilla.org/apt mozilla main".into(),
-                MOZILLA_KEY_FPR,
+                &MOZILLA_KEY,
             ),
         ));
         fr.files.push(WriteFile::new(
@@ -111,15 +116,61 @@ pub(super) fn fragment(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
         ),
         "0644",
     ));
-    let mut script = enable_units(&["imgbuild-novnc.service"]);
+    fr.files.push(WriteFile::new(
+        "/etc/polkit-1/rules.d/45-imgbuild-colord.rules",
+        COLORD_POLKIT_RULE,
+        "0644",
+    ));
+    fr.files.push(WriteFile::new(
+        "/etc/udev/rules.d/90-imgbuild-hide-seed.rules",
+        HIDE_SEED_RULES,
+        "0644",
+    ));
+    fr.files.push(WriteFile::new(
+        "/usr/local/lib/imgbuild/desktop-identities",
+        DESKTOP_IDENTITIES,
+        "0755",
+    ));
+    fr.files.push(WriteFile::new(
+        "/etc/systemd/system/imgbuild-desktop-identities.service",
+        "[Unit]\nDescription=imgbuild: this instance's own TLS snakeoil pair and xrdp keys\nBefore=xrdp.service xrdp-sesman.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/imgbuild/desktop-identities\n\n[Install]\nWantedBy=multi-user.target xrdp.service\n",
+        "0644",
+    ));
+    let mut script = enable_units(&[
+        "imgbuild-novnc.service",
+        "imgbuild-desktop-identities.service",
+    ]);
     script.push_str(
         "\n\
+         # The distribution's VNC session script starts `vncconfig -iconic`, a \"VNC config\"\n\
+         # window in every user's task list. imgbuild's copy starts it with -nowin (it still\n\
+         # serves Xvnc's parameters, without a window) and TigerVNC's wrapper runs that copy\n\
+         # ($vncStartup, read from the file below: Debian's tigervnc-common documents it in\n\
+         # /etc/tigervnc/vncserver-config-defaults). The grep fails the build if the\n\
+         # distribution's script no longer has the line.\n\
+         install -d /usr/local/lib/imgbuild\n\
+         sed 's/vncconfig -iconic/vncconfig -nowin/' /etc/X11/Xtigervnc-session > /usr/local/lib/imgbuild/Xtigervnc-session\n\
+         grep -q 'vncconfig -nowin' /usr/local/lib/imgbuild/Xtigervnc-session\n\
+         chmod 0755 /usr/local/lib/imgbuild/Xtigervnc-session\n\
          # The VNC user and password are set at launch (imgbuild userdata). TigerVNC's wrapper\n\
          # reads this file as Perl: an XFCE session, reachable from the network (Guacamole,\n\
          # Kasm) with VncAuth/TLSVnc, not only through noVNC on the loopback.\n\
          cat >> /etc/tigervnc/vncserver-config-defaults <<'EOF'\n\
-         # imgbuild desktop\n$session = \"xfce\";\n$localhost = \"no\";\n$geometry = \"1280x800\";\n1;\nEOF\n\
-         update-alternatives --set x-session-manager /usr/bin/xfce4-session\n",
+         # imgbuild desktop\n$session = \"xfce\";\n$localhost = \"no\";\n$geometry = \"1280x800\";\n\
+         $vncStartup = \"/usr/local/lib/imgbuild/Xtigervnc-session\";\n1;\nEOF\n\
+         update-alternatives --set x-session-manager /usr/bin/xfce4-session\n\
+         # avahi-daemon comes with XFCE's recommends (Debian) and answers mDNS on 5353/udp and\n\
+         # random UDP ports on every address: no workspace VM needs it, so it never starts\n\
+         # (the smoke's exposure-allowlist would fail on it).\n\
+         systemctl --no-reload disable avahi-daemon.service avahi-daemon.socket 2>/dev/null || true\n\
+         systemctl --no-reload mask avahi-daemon.service avahi-daemon.socket\n\
+         # Debian's and Ubuntu's novnc package has no index.html (vnc.html is the client), so\n\
+         # websockify --web would answer `/` with a directory listing: `/` is the client.\n\
+         [ -e /usr/share/novnc/index.html ] || ln -s vnc.html /usr/share/novnc/index.html\n\
+         # xrdp runs as user xrdp (its unit's User=) and reads its TLS key through the link to\n\
+         # the snakeoil key, root:ssl-cert 0640 (Debian's xrdp postinst makes the link but does\n\
+         # not add xrdp to ssl-cert): without the group every TLS handshake fails.\n\
+         if getent passwd xrdp >/dev/null && getent group ssl-cert >/dev/null; then adduser --quiet xrdp ssl-cert; fi\n",
     );
     if desk.rdp {
         script.push_str(&enable_units(&["xrdp.service"]));
@@ -129,8 +180,60 @@ pub(super) fn fragment(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
     fr
 }
 
-/// Zed from its release archive into /opt/zed.app, on the PATH and in the menu. It draws with
-/// Vulkan: Mesa's llvmpipe gives it a software device in a VNC session without a GPU.
+/// cloud-init's seed volumes are not the user's: the NoCloud seed (label `cidata`, as cloud-init's
+/// DataSourceNoCloud looks for it, any case) and the OpenStack config drive (`config-2`,
+/// DataSourceConfigDrive). udisks2 turns `UDISKS_IGNORE=1` into the block device's `HintIgnore`
+/// (udisks2's own 80-udisks2.rules sets it the same way for recovery partitions), and GVfs's
+/// udisks2 volume monitor, which xfdesktop and Thunar list volumes from, leaves such devices
+/// out. `ID_FS_LABEL` comes from blkid in 60-persistent-storage.rules, so this rule runs after.
+pub const HIDE_SEED_RULES: &str = "# imgbuild: cloud-init's seed volumes stay off the desktop and out of the file manager.
+SUBSYSTEM==\"block\", ENV{ID_FS_LABEL}==\"cidata|CIDATA|config-2|CONFIG-2\", ENV{UDISKS_IGNORE}=\"1\"
+";
+
+/// colord's device actions for the session's own user. A VNC or RDP session is not polkit's
+/// "active local" session, and colord's default policy (org.freedesktop.color-manager.*, e.g.
+/// create-device: `auth_admin` for inactive sessions) then asks for an administrator's password
+/// at every login, when XFCE's colour management registers the display: a password prompt
+/// (seen in this image's smoke screenshot) that a workspace user cannot answer. JavaScript
+/// rules, as polkit 0.106+ reads them from /etc/polkit-1/rules.d (Debian 12 and Ubuntu 24.04).
+pub const COLORD_POLKIT_RULE: &str =
+    "// imgbuild: colour devices of remote desktop sessions need no administrator.
+polkit.addRule(function(action, subject) {
+    if (action.id.indexOf(\"org.freedesktop.color-manager.\") == 0) {
+        return polkit.Result.YES;
+    }
+});
+";
+
+/// Makes what the hygiene removed (cloud-init/guest/hygiene) before xrdp starts, at every boot
+/// where it is missing (so at the first): the snakeoil pair with Debian's ssl-cert
+/// (`make-ssl-cert generate-default-snakeoil --force-overwrite`, as its postinst does), xrdp's
+/// RDP key with `xrdp-keygen xrdp FILE` (as upstream's install does:
+/// github.com/neutrinolabs/xrdp keygen/Makefile.am) and, where xrdp's TLS cert/key are gone,
+/// the links to the snakeoil pair Debian's xrdp package makes.
+pub const DESKTOP_IDENTITIES: &str = "#!/bin/sh
+# imgbuild: per-instance keys, made at first boot (the image carries none).
+set -eu
+if command -v make-ssl-cert >/dev/null && [ ! -e /etc/ssl/private/ssl-cert-snakeoil.key ]; then
+  make-ssl-cert generate-default-snakeoil --force-overwrite
+fi
+if command -v xrdp-keygen >/dev/null; then
+  if [ ! -s /etc/xrdp/rsakeys.ini ]; then
+    (umask 077; xrdp-keygen xrdp /etc/xrdp/rsakeys.ini >/dev/null)
+    if getent passwd xrdp >/dev/null; then chown xrdp:xrdp /etc/xrdp/rsakeys.ini; fi
+  fi
+  if [ ! -e /etc/xrdp/cert.pem ] && [ ! -e /etc/xrdp/key.pem ]; then
+    ln -sf /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/xrdp/cert.pem
+    ln -sf /etc/ssl/private/ssl-cert-snakeoil.key /etc/xrdp/key.pem
+  fi
+fi
+";
+
+/// Zed from its release archive into /opt/zed.app, on the PATH and in the menu, verified by
+/// the definition's sha256. It draws with Vulkan: Mesa's llvmpipe gives it a software device
+/// in a VNC session without a GPU. The version check runs as root, which Zed's CLI refuses
+/// unless ZED_ALLOW_ROOT=true (zed-industries/zed crates/cli/src/main.rs,
+/// `prevent_root_execution`, PR #32583).
 fn zed(fr: &mut Fragment, z: &Zed, arch: Arch) {
     fr.pkgs(&["mesa-vulkan-drivers", "libxkbcommon-x11-0"]);
     let (file, sha) = match arch {
@@ -141,9 +244,10 @@ fn zed(fr: &mut Fragment, z: &Zed, arch: Arch) {
         "https://github.com/zed-industries/zed/releases/download/v{}/{file}",
         z.version
     );
+    // Validation requires the digest for every arch the image builds.
     let verify = match sha {
         Some(h) => format!("echo '{h}  /tmp/{file}' | sha256sum -c -\n"),
-        None => "# No sha256 in the definition: only the installed version is checked.\n".into(),
+        None => "echo 'no sha256 for this arch in the definition' >&2; exit 1\n".into(),
     };
     fr.step(
         "35-zed",
@@ -155,7 +259,7 @@ fn zed(fr: &mut Fragment, z: &Zed, arch: Arch) {
              sed -e 's|Icon=zed|Icon=/opt/zed.app/share/icons/hicolor/512x512/apps/zed.png|' \\\n\
              \x20   -e 's|Exec=zed|Exec=/opt/zed.app/bin/zed|' \\\n\
              \x20   /opt/zed.app/share/applications/zed.desktop > /usr/share/applications/dev.zed.Zed.desktop\n\
-             /opt/zed.app/bin/zed --version | grep -F ' {v}'\n",
+             ZED_ALLOW_ROOT=true /opt/zed.app/bin/zed --version | grep -F ' {v}'\n",
             v = z.version
         ),
     );
@@ -170,6 +274,14 @@ impl super::Feature for Feature {
     }
     fn enabled(&self, d: &Definition) -> bool {
         d.features.desktop.is_some()
+    }
+    fn repo_keys(&self, d: &Definition) -> Vec<&'static RepoKey> {
+        match &d.features.desktop {
+            Some(desk) if desk.browser == "firefox" && d.os.distro == "ubuntu" => {
+                vec![&MOZILLA_KEY]
+            }
+            _ => Vec::new(),
+        }
     }
     fn fragment(&self, d: &Definition, arch: Arch) -> Option<Fragment> {
         d.features.desktop.as_ref().map(|s| fragment(d, s, arch))
@@ -198,7 +310,16 @@ impl super::Feature for Feature {
                     format!("`{}` is not a release number like 0.212.4", z.version),
                 );
             }
-            for (field, v) in [("sha256", &z.sha256), ("sha256_arm64", &z.sha256_arm64)] {
+            for (arch, field, v) in [
+                (Arch::Amd64, "sha256", &z.sha256),
+                (Arch::Arm64, "sha256_arm64", &z.sha256_arm64),
+            ] {
+                if v.is_none() && r.definition.arch.contains(&arch) {
+                    err(
+                        &format!("features.desktop.zed.{field}"),
+                        format!("missing: the {arch} release archive is verified against it"),
+                    );
+                }
                 if let Some(h) = v {
                     if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
                         err(
@@ -210,22 +331,59 @@ impl super::Feature for Feature {
             }
         }
     }
-    /// With a launch user: the user is there with the launch's key, groups and VNC password,
-    /// and its desktop session comes up.
-    fn smoke_checks(&self, d: &Definition, launch: Option<&LaunchUser>) -> Vec<SmokeCheck> {
-        let (Some(desk), Some(l)) = (&d.features.desktop, launch) else {
+    /// TigerVNC on 5900+display (reachable from the network on purpose), noVNC's websockify
+    /// and, with `rdp`, xrdp on 3389.
+    fn listeners(&self, d: &Definition) -> Vec<Listener> {
+        let Some(desk) = &d.features.desktop else {
             return Vec::new();
         };
+        let mut v = vec![
+            Listener::tcp(5900 + desk.vnc_display),
+            Listener::tcp(desk.novnc_port),
+        ];
+        if desk.rdp {
+            v.push(Listener::tcp(3389));
+        }
+        v
+    }
+    /// With a launch user: the user is there with the launch's key, groups and VNC password,
+    /// its desktop session comes up, and it shows neither seed volumes nor vncconfig.
+    fn smoke_checks(&self, d: &Definition, launch: Option<&LaunchUser>) -> Vec<SmokeCheck> {
+        let Some(desk) = &d.features.desktop else {
+            return Vec::new();
+        };
+        // noVNC's page at the root: the client, not a directory listing.
+        let novnc = SmokeCheck {
+            name: "novnc-serves-client".into(),
+            kind: crate::definition::CheckKind::Command {
+                command: format!(
+                    "curl -fsS --max-time 20 http://127.0.0.1:{}/",
+                    desk.novnc_port
+                ),
+                expect_exit: None,
+                expect_output: Some("<title>noVNC".into()),
+            },
+        };
+        let Some(l) = launch else {
+            return vec![novnc];
+        };
         vec![
+            novnc,
             SmokeCheck::builtin(
                 "launch-user",
-                json!({"user": l.user, "ssh_key": l.ssh_key,
+                json!({"user": l.user, "ssh_key": l.ssh_key, "password": l.password,
                     "groups": super::launch_groups(d), "vnc_display": desk.vnc_display}),
             ),
             SmokeCheck::builtin(
                 "desktop-session",
                 json!({"user": l.user, "vnc_display": desk.vnc_display,
                     "wait": (d.smoke.timeout as u64 * 60 / 2).max(120)}),
+            ),
+            // After the session is up: no cloud-init seed volume among its volumes (udev's
+            // UDISKS_IGNORE, HIDE_SEED_RULES) and no vncconfig window in its window list.
+            SmokeCheck::builtin(
+                "desktop-clean",
+                json!({"user": l.user, "vnc_display": desk.vnc_display}),
             ),
         ]
     }

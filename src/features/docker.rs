@@ -30,11 +30,12 @@ pub(super) fn fragment(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
             fr.apt_sources.push((
                 "docker.list".into(),
                 keyed_source(
+                    d,
                     format!(
                         "deb [arch={arch} signed-by=$KEY_FILE] https://download.docker.com/linux/{} {} stable",
                         d.os.distro, d.os.codename
                     ),
-                    DOCKER_KEY_FPR,
+                    &DOCKER_KEY,
                 ),
             ));
             fr.pkgs(&[
@@ -93,6 +94,12 @@ impl super::Feature for Feature {
     }
     fn enabled(&self, d: &Definition) -> bool {
         d.features.docker.is_some()
+    }
+    fn repo_keys(&self, d: &Definition) -> Vec<&'static RepoKey> {
+        match &d.features.docker {
+            Some(dk) if dk.source == DockerSource::DockerCe => vec![&DOCKER_KEY],
+            _ => Vec::new(),
+        }
     }
     fn fragment(&self, d: &Definition, arch: Arch) -> Option<Fragment> {
         d.features.docker.as_ref().map(|s| fragment(d, s, arch))

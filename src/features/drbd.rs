@@ -49,4 +49,13 @@ impl super::Feature for Feature {
     fn requires_reason(&self) -> &'static str {
         "serves k3s storage nodes: "
     }
+    /// With `linstor`: the satellite's plain and SSL ports (3366, 3367); the DRBD resources'
+    /// own ports (7000 and up) are made after launch and declared in `smoke.listen` if needed.
+    fn listeners(&self, d: &Definition) -> Vec<crate::definition::Listener> {
+        use crate::definition::Listener;
+        match &d.features.drbd {
+            Some(dr) if dr.linstor => vec![Listener::tcp(3366), Listener::tcp(3367)],
+            _ => Vec::new(),
+        }
+    }
 }

@@ -119,4 +119,22 @@ impl super::Feature for Feature {
             );
         }
     }
+    /// k3s starts once launched with a token (none at the smoke boot): the kubelet (10250),
+    /// kube-proxy's health port (10256), flannel's VXLAN (8472/udp, a kernel socket) and, on a
+    /// server, the API (6443). docs.k3s.io/installation/requirements#inbound-rules-for-k3s-nodes
+    fn listeners(&self, d: &Definition) -> Vec<crate::definition::Listener> {
+        use crate::definition::Listener;
+        let Some(k) = &d.features.k3s else {
+            return Vec::new();
+        };
+        let mut v = vec![
+            Listener::tcp(10250),
+            Listener::tcp(10256),
+            Listener::udp(8472),
+        ];
+        if matches!(k.role, K3sRole::Server) {
+            v.push(Listener::tcp(6443));
+        }
+        v
+    }
 }

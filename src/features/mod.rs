@@ -25,7 +25,7 @@ pub use kolla_host::KollaHost;
 pub use nvidia::{Nvidia, NvidiaSource};
 pub use shared_mount::SharedMount;
 
-use crate::definition::{Arch, Definition, Resolved, SmokeCheck};
+use crate::definition::{Arch, Definition, Listener, Resolved, SmokeCheck};
 use serde_json::{json, Value};
 
 /// Every feature, in layer order: build steps, `per-feature` layers and checks go this way.
@@ -71,6 +71,20 @@ pub trait Feature: Sync {
     fn smoke_checks(&self, _d: &Definition, _launch: Option<&LaunchUser>) -> Vec<SmokeCheck> {
         Vec::new()
     }
+    /// The APT repository keys its sources need (embedded in the definition's `apt.keys`).
+    fn repo_keys(&self, _d: &Definition) -> Vec<&'static RepoKey> {
+        Vec::new()
+    }
+    /// The sockets it may make listen on a non-loopback address, at the smoke boot or once
+    /// launched (the `exposure-allowlist` smoke check fails on any other).
+    fn listeners(&self, _d: &Definition) -> Vec<Listener> {
+        Vec::new()
+    }
+}
+
+/// The sockets the enabled features declare, in layer order.
+pub fn listeners(d: &Definition) -> Vec<Listener> {
+    enabled(d).flat_map(|f| f.listeners(d)).collect()
 }
 
 /// The user a smoke boot launches the image with, as `imgbuild userdata` would.
@@ -78,6 +92,8 @@ pub trait Feature: Sync {
 pub struct LaunchUser<'a> {
     pub user: &'a str,
     pub ssh_key: &'a str,
+    /// The desktop password the launch gives (VNC and RDP), for the smoke to check.
+    pub password: Option<&'a str>,
 }
 
 /// The built-in smoke checks the enabled features bring, in layer order.
@@ -158,7 +174,7 @@ pub struct Step {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fragment {
     pub packages: Vec<String>,
-    /// cloud-init `apt.sources` entries (name → {source, keyid, keyserver, key}).
+    /// cloud-init `apt.sources` entries (name → {source, key}).
     pub apt_sources: Vec<(String, Value)>,
     pub files: Vec<WriteFile>,
     pub steps: Vec<Step>,
@@ -184,16 +200,60 @@ pub fn enable_units(units: &[&str]) -> String {
     format!("systemctl --no-reload enable {}", units.join(" "))
 }
 
-/// Docker's release signing key (download.docker.com/linux/*/gpg).
-pub const DOCKER_KEY_FPR: &str = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88";
-/// NVIDIA's container toolkit repository key (nvidia.github.io/libnvidia-container/gpgkey).
-pub const NVIDIA_CTK_KEY_FPR: &str = "C95B321B61E88C1809C4F759DDCAE044F796ECB0";
-/// Mozilla's APT repository key (packages.mozilla.org), for a Firefox that is not a snap.
-pub const MOZILLA_KEY_FPR: &str = "35BAA0B33E9EB396F59CA838C0BA5CE6DC6315A3";
-pub const KEYSERVER: &str = "keyserver.ubuntu.com";
+/// An APT repository a feature adds and the fingerprint of its signing key, which the
+/// definition embeds in `apt.keys.<name>` (checked when loaded; no keyserver at build time).
+#[derive(Debug)]
+pub struct RepoKey {
+    pub name: &'static str,
+    pub owner: &'static str,
+    /// Where the owner publishes the key.
+    pub url: &'static str,
+    pub fingerprint: &'static str,
+}
 
-pub(crate) fn keyed_source(source: String, fpr: &str) -> Value {
-    json!({ "source": source, "keyid": fpr, "keyserver": KEYSERVER })
+/// Docker's release signing key (docs.docker.com/engine/install/ubuntu: "Add Docker's
+/// official GPG key", the fingerprint Docker's docs print).
+pub const DOCKER_KEY: RepoKey = RepoKey {
+    name: "docker",
+    owner: "Docker",
+    url: "https://download.docker.com/linux/ubuntu/gpg",
+    fingerprint: "9DC858229FC7DD38854AE2D88D81803C0EBFCD88",
+};
+/// NVIDIA's container toolkit repository key (NVIDIA container toolkit install guide).
+pub const NVIDIA_CTK_KEY: RepoKey = RepoKey {
+    name: "nvidia-container-toolkit",
+    owner: "NVIDIA",
+    url: "https://nvidia.github.io/libnvidia-container/gpgkey",
+    fingerprint: "C95B321B61E88C1809C4F759DDCAE044F796ECB0",
+};
+/// Mozilla's APT repository key (support.mozilla.org "Install Firefox on Linux", the
+/// fingerprint Mozilla prints), for a Firefox that is not a snap.
+pub const MOZILLA_KEY: RepoKey = RepoKey {
+    name: "mozilla",
+    owner: "Mozilla",
+    url: "https://packages.mozilla.org/apt/repo-signing-key.gpg",
+    fingerprint: "35BAA0B33E9EB396F59CA838C0BA5CE6DC6315A3",
+};
+pub const REPO_KEYS: [&RepoKey; 3] = [&DOCKER_KEY, &NVIDIA_CTK_KEY, &MOZILLA_KEY];
+
+/// The repository keys the enabled features need, each with the field that asks for it.
+pub fn repo_keys(d: &Definition) -> Vec<(String, &'static RepoKey)> {
+    enabled(d)
+        .flat_map(|f| {
+            f.repo_keys(d)
+                .into_iter()
+                .map(move |k| (format!("features.{}", f.name()), k))
+        })
+        .collect()
+}
+
+/// A cloud-init apt source signed by `key`, with the key the definition embeds.
+pub(crate) fn keyed_source(d: &Definition, source: String, key: &RepoKey) -> Value {
+    match d.apt.keys.get(key.name) {
+        Some(k) => json!({ "source": source, "key": k.key }),
+        // Refused by validation before anything renders.
+        None => json!({ "source": source }),
+    }
 }
 
 #[cfg(test)]

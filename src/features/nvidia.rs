@@ -19,7 +19,9 @@ pub enum NvidiaSource {
 #[serde(deny_unknown_fields, default)]
 pub struct Nvidia {
     pub source: NvidiaSource,
-    /// The driver branch, e.g. "550" (server branch on Ubuntu).
+    /// The driver branch, e.g. "580": on Ubuntu the `-server` (ERD) branch of Canonical's
+    /// prebuilt signed modules, one branch for modules, driver and utilities. In noble the 550
+    /// packages are transitional to 580, hence the default.
     pub driver_branch: String,
     pub container_toolkit: bool,
 }
@@ -28,7 +30,7 @@ impl Default for Nvidia {
     fn default() -> Self {
         Nvidia {
             source: NvidiaSource::Ubuntu,
-            driver_branch: "550".into(),
+            driver_branch: "580".into(),
             container_toolkit: true,
         }
     }
@@ -43,8 +45,19 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
     ));
     match n.source {
         NvidiaSource::Ubuntu => {
+            // Canonical's prebuilt kernel modules, signed with its key (Secure Boot works, no
+            // compiler, no DKMS build under TCG, no locally made signing key), then the driver
+            // without DKMS and its utilities, all on one branch: canonical/ubuntu-server-
+            // documentation docs/how-to/graphics/install-nvidia-drivers.md ("Installing the
+            // pre-compiled NVIDIA modules for your kernel": linux-modules-nvidia-${BRANCH}
+            // ${SERVER}-${FLAVOUR}; "We don't recommend using the DKMS modules"). Headless:
+            // the desktop is Xvnc's, the GPU computes. Ubuntu's cloud images run the generic
+            // flavour (linux-image-virtual is the generic kernel with fewer modules).
             let b = &n.driver_branch;
-            fr.packages.push(format!("nvidia-driver-{b}-server"));
+            fr.packages
+                .push(format!("linux-modules-nvidia-{b}-server-generic"));
+            fr.packages
+                .push(format!("nvidia-headless-no-dkms-{b}-server"));
             fr.packages.push(format!("nvidia-utils-{b}-server"));
         }
         NvidiaSource::Debian => {
@@ -59,13 +72,25 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
         fr.apt_sources.push((
             "nvidia-container-toolkit.list".into(),
             keyed_source(
+                d,
                 format!("deb [signed-by=$KEY_FILE] https://nvidia.github.io/libnvidia-container/stable/deb/{arch} /"),
-                NVIDIA_CTK_KEY_FPR,
+                &NVIDIA_CTK_KEY,
             ),
         ));
         fr.pkgs(&["nvidia-container-toolkit"]);
     }
-    let mut script = String::from("update-initramfs -u\n");
+    let mut script = String::new();
+    if n.source == NvidiaSource::Ubuntu {
+        // The doc's own check ("Check that the modules for your specific kernel/ABI were
+        // installed by the metapackage"), for every kernel the image boots, not the build VM's
+        // running one: the build fails here if the metapackage's kernel ABI is not the image's.
+        script.push_str(
+            "for k in /lib/modules/*; do\n  [ -e \"/boot/vmlinuz-${k##*/}\" ] || continue\n  \
+             modinfo -k \"${k##*/}\" nvidia >/dev/null || { echo \"no prebuilt NVIDIA module for kernel ${k##*/}\" >&2; exit 1; }\n\
+             done\n",
+        );
+    }
+    script.push_str("update-initramfs -u\n");
     if n.container_toolkit && d.features.docker.is_some() {
         script.push_str("nvidia-ctk runtime configure --runtime=docker\n");
     }
@@ -82,6 +107,12 @@ impl super::Feature for Feature {
     }
     fn enabled(&self, d: &Definition) -> bool {
         d.features.nvidia.is_some()
+    }
+    fn repo_keys(&self, d: &Definition) -> Vec<&'static RepoKey> {
+        match &d.features.nvidia {
+            Some(n) if n.container_toolkit => vec![&NVIDIA_CTK_KEY],
+            _ => Vec::new(),
+        }
     }
     fn fragment(&self, d: &Definition, arch: Arch) -> Option<Fragment> {
         d.features.nvidia.as_ref().map(|s| fragment(d, s, arch))
@@ -107,7 +138,7 @@ impl super::Feature for Feature {
         if n.driver_branch.is_empty() || !n.driver_branch.bytes().all(|b| b.is_ascii_digit()) {
             err(
                 "features.nvidia.driver_branch",
-                format!("`{}` is not a branch number like 550", n.driver_branch),
+                format!("`{}` is not a branch number like 580", n.driver_branch),
             );
         }
         if n.container_toolkit && f.docker.is_none() && f.k3s.is_none() {

@@ -1,7 +1,7 @@
 //! A shared NFS mount (the export is given at launch) with a model cache below it.
 
 use super::*;
-use crate::definition::{Arch, Definition};
+use crate::definition::{Arch, Definition, Listener};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,5 +47,10 @@ impl super::Feature for Feature {
     }
     fn fragment(&self, d: &Definition, _arch: Arch) -> Option<Fragment> {
         d.features.shared_mount.as_ref().map(fragment)
+    }
+    /// nfs-common depends on rpcbind, which Debian and Ubuntu enable with a socket on port 111
+    /// (TCP and UDP, all addresses); an NFSv3 mount needs it, so it is declared, not stopped.
+    fn listeners(&self, _d: &Definition) -> Vec<Listener> {
+        vec![Listener::tcp(111), Listener::udp(111)]
     }
 }

@@ -1,10 +1,11 @@
 //! Smoke boot: the artifact boots on a throw-away overlay (the artifact is never written) with
 //! a fresh instance-id and a smoke seed; the guest runs the definition's checks and imgbuild's
 //! built-in ones (cloud-init clean, host keys and machine-id made at this boot, no build
-//! leftovers) and reports each on the serial console. Results go to report.json, junit.xml
+//! leftovers; last, the guards: no private keys or credential files, identities made at this
+//! boot, no undeclared network listener) and reports each on the serial console. Results go to report.json, junit.xml
 //! (for GitLab/GitHub test reports) and serial.log, plus a screenshot for desktop images.
 
-use crate::definition::{Arch, Check, Resolved, SmokeCheck};
+use crate::definition::{Arch, Check, Listener, Resolved, SmokeCheck};
 use crate::protocol::marker;
 use crate::qemu::{self, Accel, QemuError, Vm, VmSpec};
 use crate::random_bytes;
@@ -24,6 +25,65 @@ pub const BUILTIN_CHECKS: [&str; 5] = [
     "fresh-cloud-init-state",
     "no-build-leftovers",
 ];
+
+/// The built-in checks that run last, after the definition's (so that the services its checks
+/// wait for are up): no account but the declared ones, no private keys or credential files
+/// baked in, per-instance identities made at this boot, and nothing listening beyond the
+/// loopback that nobody declared.
+pub const FINAL_CHECKS: [&str; 5] = [
+    "accounts-as-declared",
+    "no-private-keys",
+    "no-credential-files",
+    "identities-made-at-first-boot",
+    "exposure-allowlist",
+];
+
+/// Listeners every image may have without declaring them: the SSH server (every image is
+/// entered with SSH; socket-activated on Ubuntu 24.04, so no process is named) and the DHCP
+/// client's UDP port 68 (dhclient or systemd-networkd, bound while the lease is renewed).
+pub const SYSTEM_LISTENERS: [(u16, crate::definition::Protocol); 2] = [
+    (22, crate::definition::Protocol::Tcp),
+    (68, crate::definition::Protocol::Udp),
+];
+
+/// Every socket that may listen on a non-loopback address on an image of `r`: the system's
+/// ([`SYSTEM_LISTENERS`]), the enabled features', the compose stack's exposed ports and the
+/// definition's `smoke.listen`.
+pub fn allowed_listeners(r: &Resolved) -> Vec<Listener> {
+    let mut v: Vec<Listener> = SYSTEM_LISTENERS
+        .iter()
+        .map(|&(port, protocol)| Listener {
+            port,
+            protocol,
+            process: None,
+        })
+        .collect();
+    v.extend(crate::features::listeners(&r.definition));
+    if let Ok(Some(stack)) = crate::render::compose::render(r) {
+        // Published without a host_ip after `expose`: docker-proxy listens on all addresses.
+        v.extend(
+            stack
+                .published
+                .iter()
+                .filter(|p| p.host_ip.is_none())
+                .map(|p| Listener::tcp(p.port)),
+        );
+    }
+    v.extend(r.definition.smoke.listen.iter().cloned());
+    v
+}
+
+/// The accounts an image of `r` may have (the `accounts-as-declared` check): the definition's
+/// users and the launch user; only the launch user may have a password, and only when the
+/// launch gave one (a desktop password, for RDP).
+fn declared_accounts(r: &Resolved, launch: Option<&SmokeLaunch>) -> serde_json::Value {
+    let mut users: Vec<&str> = r.definition.users.iter().map(|u| u.name.as_str()).collect();
+    users.extend(launch.map(|l| l.user.as_str()));
+    json!({
+        "users": users,
+        "password": launch.map(|l| l.user.as_str()),
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SmokeError {
@@ -71,7 +131,6 @@ fn check_json(c: &Check) -> serde_json::Value {
     .expect("plain data")
 }
 
-/// The checks the guest runs: built-ins first, then the definition's.
 /// What the smoke boot of a desktop image gives the guest at launch, exactly as `imgbuild
 /// userdata` would: a user with an SSH key and a VNC password, made fresh for each smoke boot.
 #[derive(Clone, Debug)]
@@ -113,13 +172,15 @@ impl SmokeLaunch {
             user: self.user.clone(),
             ssh_keys: vec![self.ssh_key.clone()],
             sudo: false,
-            vnc_password: Some(self.vnc_password.clone()),
+            desktop_password: Some(self.vnc_password.clone()),
             shared: None,
             profiles: None,
         }
     }
 }
 
+/// The checks the guest runs: built-ins first, then the features' and the definition's, then
+/// [`FINAL_CHECKS`].
 pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Value> {
     let mut v: Vec<serde_json::Value> = BUILTIN_CHECKS
         .iter()
@@ -129,6 +190,7 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
             launch.map(|l| crate::features::LaunchUser {
                 user: &l.user,
                 ssh_key: &l.ssh_key,
+                password: Some(&l.vnc_password),
             }),
         ))
         .map(|c| serde_json::to_value(c).expect("plain data"))
@@ -144,6 +206,14 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
         v.push(serde_json::to_value(check).expect("plain data"));
     }
     v.extend(r.definition.smoke.checks.iter().map(check_json));
+    for name in FINAL_CHECKS {
+        let params = match name {
+            "exposure-allowlist" => json!({"allow": allowed_listeners(r)}),
+            "accounts-as-declared" => declared_accounts(r, launch),
+            _ => json!({}),
+        };
+        v.push(serde_json::to_value(SmokeCheck::builtin(name, params)).expect("plain data"));
+    }
     v
 }
 

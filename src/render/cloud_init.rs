@@ -153,10 +153,23 @@ pub fn layer_parts(
     }
     let sys = 0;
     parts[sys].upgrade = true;
+    // systemd-resolved answers LLMNR on 5355 (TCP and UDP) on every address by default
+    // (resolved.conf(5): LLMNR= "Defaults to yes"), and mDNS where enabled: names served to
+    // anyone on the network, which no image here wants (the smoke's exposure-allowlist fails
+    // on them). DNS is what the VMs resolve with.
+    parts[sys].files.push(write_file(&WriteFile::new(
+        "/etc/systemd/resolved.conf.d/60-imgbuild.conf",
+        "# imgbuild: no name service for the network\n[Resolve]\nLLMNR=no\nMulticastDNS=no\n",
+        "0644",
+    )));
     for (name, s) in &d.apt.sources {
-        parts[sys]
-            .apt_sources
-            .insert(name.clone(), serde_json::to_value(s).expect("plain data"));
+        // cloud-init's own fields only: the source and its embedded key (the fingerprint was
+        // checked when the definition was loaded; keyservers are refused there).
+        let mut v = json!({ "source": s.source });
+        if let Some(k) = &s.key {
+            v["key"] = json!(k);
+        }
+        parts[sys].apt_sources.insert(name.clone(), v);
     }
     parts[sys].apt_proxy = d.apt.proxy.clone();
 
@@ -407,6 +420,11 @@ pub fn document(parts: &[&LayerPart], role: Role) -> Value {
     if !packages.is_empty() {
         doc.insert("packages".into(), json!(packages));
     }
+    // Without a `users` list cloud-init makes the distribution's default user (`ubuntu` on
+    // Ubuntu's cloud images, `debian` on Debian's, with NOPASSWD sudo in
+    // /etc/sudoers.d/90-cloud-init-users: cc_users_groups, "If no users key is provided the
+    // default behavior is to create the default user"). An empty list would prevent that, but
+    // cloud-init's schema wants at least one item, so the hygiene removes that user instead.
     if !users.is_empty() {
         doc.insert("users".into(), json!(users));
     }

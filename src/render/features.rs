@@ -1,7 +1,4 @@
 //! What each feature adds to the build lives with the feature (crate::features); this
 //! module re-exports the build fragment types the renderers use.
 
-pub use crate::features::{
-    enable_units, fragments, Fragment, Step, WriteFile, DOCKER_KEY_FPR, KEYSERVER, MOZILLA_KEY_FPR,
-    NVIDIA_CTK_KEY_FPR,
-};
+pub use crate::features::{enable_units, fragments, Fragment, Step, WriteFile};

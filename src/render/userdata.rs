@@ -1,10 +1,12 @@
 //! Launch-time user-data for one user's VM of an image (`openstack server create
-//! --user-data`): the user with their SSH key, the VNC password of the desktop session, the
+//! --user-data`): the user with their SSH key, the desktop password (VNC and RDP), the
 //! /shared NFS export and the compose profiles the workspace runs. Pure: parameters in,
 //! cloud-config out (validated by the caller with the same validators as the build seed).
 
 use super::cloud_init::{secrets_env_path, to_cloud_config};
 use crate::definition::Resolved;
+use base64::Engine as _;
+use des::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
 use serde_json::{json, Value};
 
 #[derive(Clone, Debug, Default)]
@@ -12,7 +14,9 @@ pub struct LaunchParams {
     pub user: String,
     pub ssh_keys: Vec<String>,
     pub sudo: bool,
-    pub vnc_password: Option<String>,
+    /// The desktop password (VNC and RDP): hashed for the account, obfuscated the way VNC
+    /// stores it for TigerVNC; never in the user-data as given.
+    pub desktop_password: Option<String>,
     /// `SERVER:/PATH` of the NFS export for the image's shared mount.
     pub shared: Option<String>,
     /// Compose profiles to run instead of the image's default.
@@ -32,11 +36,11 @@ pub enum UserdataError {
     BadKey { line: usize },
     #[error("--ssh-key: no public key in the file")]
     NoKey,
-    #[error("{0} has a desktop: give its VNC password with --vnc-password-file")]
+    #[error("{0} has a desktop: give its password (VNC and RDP) with --desktop-password-file")]
     NeedVncPassword(String),
-    #[error("--vnc-password-file: {0}")]
+    #[error("--desktop-password-file: {0}")]
     BadVncPassword(String),
-    #[error("{0} has no desktop: --vnc-password-file does not apply")]
+    #[error("{0} has no desktop: --desktop-password-file does not apply")]
     NoDesktop(String),
     #[error("{0} has no shared mount (features.shared_mount): --shared does not apply")]
     NoSharedMount(String),
@@ -116,6 +120,41 @@ pub fn parse_keys(text: &str) -> Result<Vec<String>, UserdataError> {
     Ok(keys)
 }
 
+/// A desktop password's length: VNC's own minimum, and a bound far above what anyone types.
+pub const MIN_PASSWORD: usize = 6;
+pub const MAX_PASSWORD: usize = 72;
+
+/// The SHA-512 crypt hash (`$6$SALT$HASH`, glibc's crypt(3) and shadow(5) format) of `pw`
+/// with a fresh 16-character salt.
+pub fn hash_password(pw: &str) -> String {
+    const SALT: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let salt: String = crate::random_bytes(16)
+        .iter()
+        .map(|b| SALT[usize::from(b % 64)] as char)
+        .collect();
+    let params =
+        sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT).expect("the default rounds");
+    let hash = sha_crypt::sha512_crypt_b64(pw.as_bytes(), salt.as_bytes(), &params)
+        .expect("a 16-character salt is valid");
+    format!("$6${salt}${hash}")
+}
+
+/// A password as TigerVNC's passwd file holds it (what `vncpasswd -f` writes): its first 8
+/// bytes, zero-padded, DES-encrypted with VNC's fixed key (d3des.c's `fixedkey`, bit-mirrored
+/// like every VNC DES key). An obfuscation, not a hash: VNC needs the password back to check a
+/// login.
+pub fn obfuscated_password(password: &str) -> [u8; 8] {
+    const FIXED: [u8; 8] = [23, 82, 107, 6, 35, 78, 88, 7];
+    let key: Vec<u8> = FIXED.iter().map(|b| b.reverse_bits()).collect();
+    let cipher = des::Des::new_from_slice(&key).expect("an 8-byte DES key");
+    let mut block = [0u8; 8];
+    for (o, b) in block.iter_mut().zip(password.as_bytes()) {
+        *o = *b;
+    }
+    cipher.encrypt_block(GenericArray::from_mut_slice(&mut block));
+    block
+}
+
 pub fn render(r: &Resolved, p: &LaunchParams) -> Result<String, UserdataError> {
     Ok(to_cloud_config(
         &document(r, p)?,
@@ -155,21 +194,31 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
         user["sudo"] = json!("ALL=(ALL) NOPASSWD:ALL");
     }
     let mut doc = serde_json::Map::new();
-    doc.insert("users".into(), json!([user]));
     let mut files: Vec<Value> = Vec::new();
     let mut runcmd: Vec<Value> = Vec::new();
 
-    match (&d.features.desktop, &p.vnc_password) {
+    match (&d.features.desktop, &p.desktop_password) {
         (Some(desk), Some(pw)) => {
-            if !(6..=8).contains(&pw.chars().count()) || pw.chars().any(|c| c.is_control()) {
-                return Err(UserdataError::BadVncPassword(
-                    "VNC passwords are 6 to 8 printable characters (longer ones are cut by VNC)"
-                        .into(),
-                ));
+            let n = pw.chars().count();
+            if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) || pw.chars().any(|c| c.is_control()) {
+                return Err(UserdataError::BadVncPassword(format!(
+                    "a desktop password is {MIN_PASSWORD} to {MAX_PASSWORD} printable characters \
+                     (VNC uses its first 8, RDP all of it)"
+                )));
             }
-            // The password travels in this user-data only (it is the user's own, given at
-            // launch); in the guest it lives in /run until vncpasswd has obfuscated it.
-            files.push(json!({"path": "/run/imgbuild/vnc-password", "content": format!("{pw}\n"), "permissions": "0600"}));
+            // The account's password, for RDP (xrdp logs in through PAM): a SHA-512 crypt hash,
+            // the kind cloud-init's `passwd` takes, so the password itself is not in here.
+            user["lock_passwd"] = json!(false);
+            user["passwd"] = json!(hash_password(pw));
+            // VNC's: the form TigerVNC's passwd file holds (what `vncpasswd -f` writes), which
+            // is what VNC needs to check a login; made here, so the password is not in here.
+            let b64 = base64::engine::general_purpose::STANDARD;
+            files.push(json!({
+                "path": "/run/imgbuild/vnc-passwd",
+                "encoding": "b64",
+                "content": b64.encode(obfuscated_password(pw)),
+                "permissions": "0600",
+            }));
             files.push(json!({
                 "path": "/etc/tigervnc/vncserver.users",
                 "content": format!("# Written at launch by imgbuild userdata.\n:{}={}\n", desk.vnc_display, p.user),
@@ -178,10 +227,9 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
             let u = &p.user;
             runcmd.push(json!(["sh", "-c", format!(
                 "set -e; umask 077; install -d -o {u} -g {u} -m 0700 {home}/.config {home}/.config/tigervnc {home}/.vnc; \
-                 head -n1 /run/imgbuild/vnc-password | tr -d '\\n' | vncpasswd -f > {home}/.config/tigervnc/passwd; \
-                 cp {home}/.config/tigervnc/passwd {home}/.vnc/passwd; \
-                 chown {u}:{u} {home}/.config/tigervnc/passwd {home}/.vnc/passwd; \
-                 rm -f /run/imgbuild/vnc-password"
+                 install -o {u} -g {u} -m 0600 /run/imgbuild/vnc-passwd {home}/.config/tigervnc/passwd; \
+                 install -o {u} -g {u} -m 0600 /run/imgbuild/vnc-passwd {home}/.vnc/passwd; \
+                 rm -f /run/imgbuild/vnc-passwd"
             )]));
             runcmd.push(json!([
                 "systemctl",
@@ -194,6 +242,7 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
         (None, Some(_)) => return Err(UserdataError::NoDesktop(r.name.clone())),
         (None, None) => {}
     }
+    doc.insert("users".into(), json!([user]));
 
     if let Some(shared) = &p.shared {
         let sm = d

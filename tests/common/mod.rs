@@ -420,3 +420,31 @@ pub fn signal_and_wait(
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Runs `code` with smoke.py's functions in scope (the module is loaded, its main() is not run).
+pub fn smoke_py(code: &str) -> serde_json::Value {
+    let runner = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cloud-init/guest/smoke.py");
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    let py = if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let prog = format!(
+        "import importlib.util, json, sys\n\
+         spec = importlib.util.spec_from_file_location('smoke', {runner:?})\n\
+         m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n\
+         {code}\n"
+    );
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(prog)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json on stdout")
+}

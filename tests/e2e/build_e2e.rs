@@ -234,6 +234,11 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
         "marker-from-script",
         "stack-ports-loopback-only",
         "stack-started-offline",
+        "accounts-as-declared",
+        "no-private-keys",
+        "no-credential-files",
+        "identities-made-at-first-boot",
+        "exposure-allowlist",
     ] {
         assert_eq!(
             names.iter().filter(|n| **n == want).count(),
@@ -241,7 +246,7 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
             "check {want} reported once"
         );
     }
-    assert_eq!(names.len(), 13);
+    assert_eq!(names.len(), 17);
     assert!(report["checks"]
         .as_array()
         .unwrap()

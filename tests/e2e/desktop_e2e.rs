@@ -52,6 +52,8 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     for name in [
         "launch-user",
         "desktop-session",
+        "desktop-clean",
+        "novnc-serves-client",
         "vnc-login-and-desktop",
         "docker-active",
         "novnc-listening",
@@ -59,6 +61,11 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
         "compose-project-valid",
         "stack-ports-loopback-only",
         "no-build-leftovers",
+        "accounts-as-declared",
+        "no-private-keys",
+        "no-credential-files",
+        "identities-made-at-first-boot",
+        "exposure-allowlist",
     ] {
         assert_eq!(check(&report, name)["passed"], true, "{name}: {report:#}");
     }
@@ -66,6 +73,12 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     // password proven by the host's login.
     let lu = check(&report, "launch-user")["detail"].as_str().unwrap();
     assert!(lu.contains("smoke with the launch key"), "{lu}");
+    assert!(
+        lu.contains("unlocked with the launch's desktop password"),
+        "{lu}"
+    );
+    let clean = check(&report, "desktop-clean")["detail"].as_str().unwrap();
+    assert!(clean.contains("UDISKS_IGNORE=1"), "{clean}");
     assert!(lu.contains("docker"), "{lu}");
     let vnc = check(&report, "vnc-login-and-desktop")["detail"]
         .as_str()

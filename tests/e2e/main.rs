@@ -9,6 +9,7 @@ mod common;
 mod build_e2e;
 mod desktop_e2e;
 mod disk_full;
+mod guards_e2e;
 mod parallel_e2e;
 mod qemu_vm;
 

@@ -6,11 +6,13 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod apt_keys;
 mod base_cache;
 mod catalog;
 mod checksum;
 mod cli_help;
 mod definition_errors;
+mod desktop_clean;
 mod firstboot_secrets;
 mod fuzz_definitions;
 mod layering;
@@ -18,5 +20,6 @@ mod lima;
 mod packer_versions;
 mod pipeline_fake;
 mod roundtrip;
+mod smoke_guards;
 mod smoke_kinds;
 mod userdata;

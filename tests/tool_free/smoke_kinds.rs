@@ -43,8 +43,23 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
     let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
     let n = imgbuild::pipeline::smoke::BUILTIN_CHECKS.len();
     assert_eq!(names[..n], imgbuild::pipeline::smoke::BUILTIN_CHECKS);
-    assert_eq!(names[n..n + 2], ["launch-user", "desktop-session"]);
-    assert_eq!(checks[n]["groups"], serde_json::json!(["docker"]));
+    assert_eq!(
+        names[n..n + 4],
+        [
+            "novnc-serves-client",
+            "launch-user",
+            "desktop-session",
+            "desktop-clean"
+        ]
+    );
+    assert_eq!(checks[n + 1]["groups"], serde_json::json!(["docker"]));
+    assert!(
+        checks[n + 1]["password"]
+            .as_str()
+            .is_some_and(|p| p.len() >= 6),
+        "the launch user's check knows the desktop password: {}",
+        checks[n + 1]
+    );
     for c in &checks {
         let kind = c["kind"].as_str().expect("every check has a kind");
         assert!(CheckKind::NAMES.contains(&kind), "{c}");
@@ -55,8 +70,9 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
     }
     assert_eq!(
         checks.len(),
-        n + 2
+        n + 4
             + usize::from(names.contains(&"stack-ports-loopback-only"))
             + r.definition.smoke.checks.len()
+            + imgbuild::pipeline::smoke::FINAL_CHECKS.len()
     );
 }

@@ -31,7 +31,7 @@ fn desktop_user_data_is_valid_and_carries_the_launch_parameters() {
             "alice",
             "--ssh-key",
             d.path().join("key.pub").to_str().unwrap(),
-            "--vnc-password-file",
+            "--desktop-password-file",
             d.path().join("vnc").to_str().unwrap(),
             "--shared",
             "nfs.lab:/export/shared",
@@ -58,7 +58,24 @@ fn desktop_user_data_is_valid_and_carries_the_launch_parameters() {
     let user = &ud["users"][0];
     assert_eq!(user["name"], "alice");
     assert_eq!(user["ssh_authorized_keys"][0], KEY);
-    assert_eq!(user["lock_passwd"], true);
+    // The desktop password unlocks the account (RDP logs in through PAM), as a SHA-512 crypt
+    // hash that OpenSSL's own crypt computes again from the password and the hash's salt.
+    assert_eq!(user["lock_passwd"], false);
+    let hash = user["passwd"].as_str().unwrap();
+    let salt = hash
+        .strip_prefix("$6$")
+        .and_then(|h| h.split('$').next())
+        .unwrap_or_else(|| panic!("not a SHA-512 crypt hash: {hash}"));
+    assert_eq!(salt.len(), 16, "{hash}");
+    let again = std::process::Command::new("openssl")
+        .args(["passwd", "-6", "-salt", salt, "s3cr'$t"])
+        .output()
+        .expect("openssl runs");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), hash);
+    assert!(
+        !body.contains("s3cr'$t"),
+        "the password itself is in the user-data"
+    );
     assert!(user["groups"].as_str().unwrap().contains("docker"));
     assert_eq!(ud["mounts"][0][0], "nfs.lab:/export/shared");
     assert_eq!(ud["mounts"][0][1], "/shared");
@@ -70,9 +87,27 @@ fn desktop_user_data_is_valid_and_carries_the_launch_parameters() {
             .unwrap_or_else(|| panic!("{p}"))
             .clone()
     };
-    // The password arrives unchanged (quotes and `$` included), private, in /run only.
-    assert_eq!(file("/run/imgbuild/vnc-password")["content"], "s3cr'$t\n");
-    assert_eq!(file("/run/imgbuild/vnc-password")["permissions"], "0600");
+    // VNC's copy arrives as TigerVNC's passwd file holds it: the bytes `vncpasswd -f` makes
+    // of the same password (quotes and `$` included), private, in /run only.
+    let vnc = file("/run/imgbuild/vnc-passwd");
+    assert_eq!(vnc["encoding"], "b64");
+    assert_eq!(vnc["permissions"], "0600");
+    let want = {
+        use std::io::Write;
+        let mut c = std::process::Command::new("vncpasswd")
+            .arg("-f")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("vncpasswd (tigervnc-tools) runs");
+        c.stdin.take().unwrap().write_all(b"s3cr'$t\n").unwrap();
+        c.wait_with_output().unwrap().stdout
+    };
+    use base64::Engine as _;
+    let got = base64::engine::general_purpose::STANDARD
+        .decode(vnc["content"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(got, want, "the VNC passwd file differs from vncpasswd -f's");
     assert!(file("/etc/tigervnc/vncserver.users")["content"]
         .as_str()
         .unwrap()
@@ -82,7 +117,7 @@ fn desktop_user_data_is_valid_and_carries_the_launch_parameters() {
         .unwrap()
         .contains("COMPOSE_PROFILES=ai,search"));
     let runcmd = serde_json::to_string(&ud["runcmd"]).unwrap();
-    assert!(runcmd.contains("vncpasswd -f"), "{runcmd}");
+    assert!(runcmd.contains("/run/imgbuild/vnc-passwd"), "{runcmd}");
     assert!(runcmd.contains("tigervncserver@:1.service"));
 }
 
@@ -110,7 +145,7 @@ fn stdout_without_a_desktop_and_without_sudo() {
     assert!(ud.get("write_files").is_none() && ud.get("mounts").is_none());
 }
 
-/// `IMAGE --user USER --ssh-key KEY [--vnc-password-file VNC] EXTRA...`
+/// `IMAGE --user USER --ssh-key KEY [--desktop-password-file PW] EXTRA...`
 fn launch<'a>(
     image: &'a str,
     user: &'a str,
@@ -120,7 +155,7 @@ fn launch<'a>(
 ) -> Vec<&'a str> {
     let mut v = vec![image, "--user", user, "--ssh-key", key];
     if let Some(vnc) = vnc {
-        v.extend(["--vnc-password-file", vnc]);
+        v.extend(["--desktop-password-file", vnc]);
     }
     v.extend(extra);
     v
@@ -141,7 +176,7 @@ fn bad_launch_parameters_are_exit_2_and_write_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             launch("desktop-ai", "alice", k, None, &[]),
-            "--vnc-password-file",
+            "--desktop-password-file",
         ),
         (launch("desktop-ai", "Alice", k, Some(v), &[]), "user name"),
         (
@@ -152,7 +187,7 @@ fn bad_launch_parameters_are_exit_2_and_write_nothing() {
             launch("desktop-ai", "a", bad_key.to_str().unwrap(), Some(v), &[]),
             "line 1",
         ),
-        (launch("desktop-ai", "a", k, short.to_str(), &[]), "6 to 8"),
+        (launch("desktop-ai", "a", k, short.to_str(), &[]), "6 to 72"),
         (
             launch("desktop-ai", "a", k, Some(v), &["--profiles", "ai,serch"]),
             "did you mean `search`",

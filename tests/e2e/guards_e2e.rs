@@ -1,0 +1,127 @@
+//! The smoke's guards against what must never ship, on a mutation fixture: e2e-guards.yaml
+//! leaves a build-time sudo user, bakes a private key, a .git-credentials and a per-instance identity and starts an
+//! undeclared listener; each defect fails its own built-in check, named with the file or the
+//! port (never the secret), and nothing lands in dist/. e2e-guards-clean.yaml, the same image
+//! without the defects, passes every check.
+
+use crate::common;
+
+use common::{assert_nothing_left, e2e_cache, e2e_command, read_json, text};
+
+fn outcome<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report:#}"))
+}
+
+const GUARDS: [&str; 5] = [
+    "accounts-as-declared",
+    "no-private-keys",
+    "no-credential-files",
+    "identities-made-at-first-boot",
+    "exposure-allowlist",
+];
+
+#[test]
+fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
+    let _vm = crate::one_vm();
+    let out = tempfile::tempdir().unwrap();
+    let o = e2e_command(&[
+        "build",
+        "e2e-guards",
+        "--version",
+        "g1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .output();
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("smoke test failed"), "{stderr}");
+    for name in GUARDS {
+        assert!(stderr.contains(name), "names {name}:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("not-a-real-token"),
+        "a secret was printed:\n{stderr}"
+    );
+    assert_nothing_left(out.path(), "e2e-guards", "g1");
+    let report = read_json(&e2e_cache().join("failed/e2e-guards-g1-amd64/smoke-report.json"));
+    assert_eq!(report["passed"], false);
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, GUARDS, "{report:#}");
+    let detail = |name| {
+        outcome(&report, name)["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let accounts = detail("accounts-as-declared");
+    for want in [
+        "home /home/builder",
+        "user builder",
+        "sudo rule for builder in /etc/sudoers.d/builder",
+    ] {
+        assert!(accounts.contains(want), "{want}: {accounts}");
+    }
+    assert!(!accounts.contains("e2e"), "e2e is declared: {accounts}");
+    assert!(
+        !accounts.contains("debian"),
+        "the hygiene removes cloud-init's default user: {accounts}"
+    );
+    let keys = detail("no-private-keys");
+    assert!(keys.contains("/root/.ssh/id_ed25519"), "{keys}");
+    assert!(
+        !keys.contains(".ollama"),
+        "the identity is its own check's: {keys}"
+    );
+    // Only the planted key: programs holding a BEGIN line as a constant are no keys.
+    assert!(!keys.contains(".pyc"), "{keys}");
+    let creds = detail("no-credential-files");
+    assert!(creds.contains("/root/.git-credentials"), "{creds}");
+    assert!(!creds.contains("not-a-real-token"), "{creds}");
+    let ids = detail("identities-made-at-first-boot");
+    assert!(ids.contains("/home/e2e/.ollama/id_ed25519"), "{ids}");
+    let exposed = detail("exposure-allowlist");
+    assert!(
+        exposed.contains("8445/tcp on 0.0.0.0 by python3"),
+        "{exposed}"
+    );
+    assert!(!exposed.contains("4444/"), "4444 is declared: {exposed}");
+    assert!(
+        !exposed.contains("5355/"),
+        "systemd-resolved's LLMNR is off in every image: {exposed}"
+    );
+    assert_eq!(outcome(&report, "declared-listener-up")["passed"], true);
+}
+
+#[test]
+fn the_same_image_without_the_defects_passes_every_guard() {
+    let _vm = crate::one_vm();
+    let out = tempfile::tempdir().unwrap();
+    let o = e2e_command(&[
+        "build",
+        "e2e-guards-clean",
+        "--version",
+        "g1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .output();
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let report = read_json(&out.path().join("e2e-guards-clean/g1/smoke/report.json"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    for name in GUARDS.iter().chain(&["declared-listener-up"]) {
+        assert_eq!(outcome(&report, name)["passed"], true, "{name}: {report:#}");
+    }
+}
