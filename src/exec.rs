@@ -179,10 +179,45 @@ pub struct ProcessGroup(Option<Child>);
 impl ProcessGroup {
     /// Starts `cmd` (logged like every command) with the given stdout and stderr.
     pub fn spawn(cmd: &Cmd, stdout: Stdio, stderr: Stdio) -> Result<ProcessGroup, ExecError> {
+        let stdin = if cmd.stdin_null {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        };
+        ProcessGroup::spawn_stdin(cmd, stdin, stdout, stderr)
+    }
+
+    /// Like [`ProcessGroup::spawn`], with `input` written to the leader's stdin (then closed):
+    /// how a secret reaches a program without being on its command line or in the log.
+    pub fn spawn_with_input(
+        cmd: &Cmd,
+        input: &[u8],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<ProcessGroup, ExecError> {
+        use std::io::Write;
+        let mut piped = cmd.clone();
+        piped.stdin_null = false;
+        let mut g = ProcessGroup::spawn_stdin(&piped, Stdio::piped(), stdout, stderr)?;
+        if let Some(mut w) = g.0.as_mut().and_then(|c| c.stdin.take()) {
+            w.write_all(input).map_err(|e| cmd.io_err(e))?;
+        }
+        Ok(g)
+    }
+
+    fn spawn_stdin(
+        cmd: &Cmd,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<ProcessGroup, ExecError> {
         use std::os::unix::process::CommandExt;
         tracing::debug!(target: "exec", "{}", cmd.cmdline());
         let mut c = cmd.std();
-        c.stdout(stdout).stderr(stderr).process_group(0);
+        c.stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
         unsafe {
             c.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
@@ -265,6 +300,8 @@ pub fn install_hint(program: &str) -> Option<&'static str> {
         "packer" => "apt-get install packer",
         "mmdebstrap" => "apt-get install mmdebstrap",
         "xorriso" => "apt-get install xorriso",
+        "xvfb-run" => "apt-get install xvfb freerdp2-x11 (or `make host-tools`)",
+        "xfreerdp" => "apt-get install freerdp2-x11 (or `make host-tools`)",
         "cloud-init" => "apt-get install cloud-init",
         "check-jsonschema" => "pip install check-jsonschema (or `make host-tools`)",
         "sgdisk" => "apt-get install gdisk",

@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod qemu;
+pub mod rdp;
 pub mod render;
 pub mod vnc;
 pub mod yaml;

@@ -33,6 +33,8 @@ pub mod marker {
     pub const SMOKE_START: &str = "IMGBUILD-SMOKE-START";
     pub const SMOKE_RESULT: &str = "IMGBUILD-SMOKE-RESULT";
     pub const SMOKE_DONE: &str = "IMGBUILD-SMOKE-DONE";
+    /// The guest's `rdp-login` check is ready: the host now tries RDP logins.
+    pub const SMOKE_RDP_READY: &str = "IMGBUILD-SMOKE-RDP-READY";
     /// Not ours: the guest kernel's last words.
     pub const KERNEL_PANIC: &str = "Kernel panic";
 }

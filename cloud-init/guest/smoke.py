@@ -298,6 +298,42 @@ def builtin_desktop_clean(c):
     return True, f"seed volumes {names} hidden (UDISKS_IGNORE=1, not in {user}'s volume list); no vncconfig or password prompt among the session's {len(wins)} windows"
 
 
+SESMAN_LOG = "/var/log/xrdp-sesman.log"
+
+
+def rdp_attempts(log_text, user):
+    """What xrdp's session manager logged for `user`: (refused, granted) — its messages
+    "Username or password error for user: U" and "++ created session (access granted):
+    username U" (xrdp's sesman/scp_v0.c; the same in 0.9.21 and 0.9.24)."""
+    refused = re.search(rf"Username or password error for user: {re.escape(user)}\s*$", log_text, re.M) is not None
+    granted = re.search(rf"\+\+ (?:created|reconnected) session \(access granted\): username {re.escape(user)}\b", log_text) is not None
+    return refused, granted
+
+
+def builtin_rdp_login(c):
+    """RDP logs the launch user in with the launch's desktop password and refuses a wrong one:
+    the host tries both over RDP (FreeRDP) when this check says it is ready, and xrdp's
+    session manager log must show the refusal and the grant."""
+    user = c["user"]
+    start = os.path.getsize(SESMAN_LOG) if os.path.exists(SESMAN_LOG) else 0
+    say("IMGBUILD-SMOKE-RDP-READY")
+
+    def seen():
+        try:
+            with open(SESMAN_LOG, errors="replace") as f:
+                f.seek(start)
+                text = f.read()
+        except OSError as e:
+            return False, f"{SESMAN_LOG}: {e}"
+        refused, granted = rdp_attempts(text, user)
+        if refused and granted:
+            return True, f"xrdp refused a wrong password for {user} and granted the launch's desktop password"
+        lines = [l for l in text.splitlines() if user in l or "pam" in l.lower()][-6:]
+        return False, (f"xrdp {'refused' if refused else 'did not refuse'} the wrong password and "
+                       f"{'granted' if granted else 'did not grant'} the launch's: " + " | ".join(lines))
+    return retry(seen, seconds=int(c.get("wait", 300)))
+
+
 def builtin_stack_ports_loopback(c):
     """No published port of the compose stack listens on a non-loopback address."""
     bad = {}
@@ -554,6 +590,7 @@ BUILTIN = {
     "launch-user": builtin_launch_user,
     "desktop-session": builtin_desktop_session,
     "desktop-clean": builtin_desktop_clean,
+    "rdp-login": builtin_rdp_login,
     "stack-ports-loopback-only": builtin_stack_ports_loopback,
     "accounts-as-declared": builtin_accounts,
     "no-private-keys": builtin_no_private_keys,

@@ -367,7 +367,7 @@ impl super::Feature for Feature {
         let Some(l) = launch else {
             return vec![novnc];
         };
-        vec![
+        let mut v = vec![
             novnc,
             SmokeCheck::builtin(
                 "launch-user",
@@ -385,6 +385,15 @@ impl super::Feature for Feature {
                 "desktop-clean",
                 json!({"user": l.user, "vnc_display": desk.vnc_display}),
             ),
-        ]
+        ];
+        if desk.rdp {
+            // The host tries a wrong password and the launch's over RDP when this check asks
+            // (pipeline::smoke); xrdp's session manager must refuse one and grant the other.
+            v.push(SmokeCheck::builtin(
+                "rdp-login",
+                json!({"user": l.user, "wait": 300}),
+            ));
+        }
+        v
     }
 }

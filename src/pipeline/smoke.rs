@@ -139,6 +139,8 @@ pub struct SmokeLaunch {
     pub ssh_key: String,
     pub vnc_password: String,
     pub vnc_display: u16,
+    /// xrdp is on (the host tries RDP logins when the guest's `rdp-login` check asks).
+    pub rdp: bool,
 }
 
 impl SmokeLaunch {
@@ -164,6 +166,7 @@ impl SmokeLaunch {
             ssh_key: format!("ssh-ed25519 {key} imgbuild-smoke"),
             vnc_password,
             vnc_display: desk.vnc_display,
+            rdp: desk.rdp,
         })
     }
 
@@ -266,6 +269,35 @@ pub const MIN_DESKTOP_COLOURS: usize = 64;
 pub const DESKTOP_PAINT_TIMEOUT: Duration = Duration::from_secs(360);
 
 /// A free TCP port on 127.0.0.1 for a QEMU forward.
+/// xrdp's port in the guest.
+const RDP_PORT: u16 = 3389;
+
+/// The host's RDP logins for the guest's `rdp-login` check, in a thread while the guest
+/// waits: a wrong password first (xrdp must refuse it), then the launch's. The guest judges
+/// them from xrdp's log; what the client saw is returned for the log.
+fn rdp_logins_in_background(port: u16, l: &SmokeLaunch) -> std::thread::JoinHandle<String> {
+    let user = l.user.clone();
+    let right = l.vnc_password.clone();
+    let wrong: String = format!("{}x", crate::hex(&random_bytes(6)));
+    std::thread::spawn(move || {
+        let mut said = Vec::new();
+        for (what, pw) in [("wrong password", &wrong), ("launch password", &right)] {
+            match crate::rdp::attempt(port, &user, pw, Duration::from_secs(60)) {
+                Ok(a) => said.push(format!(
+                    "{what}: {} after {:.0} s",
+                    match a.exit {
+                        Some(c) => format!("FreeRDP exited {c}"),
+                        None => "connected, ended by the host".into(),
+                    },
+                    a.seconds
+                )),
+                Err(e) => said.push(format!("{what}: {e}")),
+            }
+        }
+        said.join("; ")
+    })
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -301,6 +333,11 @@ pub fn smoke(
             5900 + l.vnc_display,
         )),
         None => None,
+    };
+    // And its RDP port, as an RDP client would.
+    let rdp_fwd = match &launch {
+        Some(l) if l.rdp => Some((free_port().map_err(crate::IoError::at(out))?, RDP_PORT)),
+        _ => None,
     };
     let seed_dir = w.join("seed");
     std::fs::create_dir_all(&seed_dir).map_err(crate::IoError::at(&seed_dir))?;
@@ -353,13 +390,14 @@ pub fn smoke(
         serial_log: serial.clone(),
         qmp: true,
         uefi_vars,
-        hostfwd: vnc_fwd.into_iter().collect(),
+        hostfwd: vnc_fwd.into_iter().chain(rdp_fwd).collect(),
         extra_disks: Vec::new(),
     };
     let started = Instant::now();
     let mut vm = Vm::start(&spec)?;
     let mut results: Vec<CheckOutcome> = Vec::new();
     let on_line = opts.on_line;
+    let mut rdp_logins: Option<std::thread::JoinHandle<String>> = None;
     let wait = vm.wait_for_with(
         &[marker::SMOKE_DONE, marker::KERNEL_PANIC, "end Kernel panic"],
         Duration::from_secs(r.definition.smoke.timeout as u64 * 60),
@@ -367,6 +405,11 @@ pub fn smoke(
         opts.cancel,
         &mut |line| {
             on_line(line);
+            if line.contains(marker::SMOKE_RDP_READY) && rdp_logins.is_none() {
+                if let (Some(l), Some((port, _))) = (&launch, rdp_fwd) {
+                    rdp_logins = Some(rdp_logins_in_background(port, l));
+                }
+            }
             if let Some(c) = crate::protocol::smoke_result(line) {
                 // The runner writes to the console and to stdout (which cloud-init also
                 // copies to the console): the first report of a check counts.
@@ -377,6 +420,12 @@ pub fn smoke(
         },
     );
     let boot_seconds = started.elapsed().as_secs_f64();
+    if let Some(h) = rdp_logins {
+        let said = h
+            .join()
+            .unwrap_or_else(|_| "the RDP client thread panicked".into());
+        tracing::info!("smoke: RDP logins from the host: {said}");
+    }
     let mut error = None;
     match wait {
         Ok((0, _)) => {}

@@ -54,6 +54,7 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
         "desktop-session",
         "desktop-clean",
         "novnc-serves-client",
+        "rdp-login",
         "vnc-login-and-desktop",
         "docker-active",
         "novnc-listening",
@@ -76,6 +77,12 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     assert!(
         lu.contains("unlocked with the launch's desktop password"),
         "{lu}"
+    );
+    // RDP: the host offered a wrong password and the launch's; xrdp refused and granted.
+    let rdp = check(&report, "rdp-login")["detail"].as_str().unwrap();
+    assert!(
+        rdp.contains("refused a wrong password") && rdp.contains("granted the launch's"),
+        "{rdp}"
     );
     let clean = check(&report, "desktop-clean")["detail"].as_str().unwrap();
     assert!(clean.contains("UDISKS_IGNORE=1"), "{clean}");

@@ -42,3 +42,16 @@ fn the_window_list_and_unwanted_windows_are_read_from_xprop() {
         ])
     );
 }
+
+#[test]
+fn xrdp_refusals_and_grants_are_read_from_the_session_manager_log() {
+    let log = "[20261129-04:40:01] [INFO ] scp_v0s_accept: ...\n\
+               [20261129-04:40:02] [ERROR] pam_authenticate failed: Authentication failure\n\
+               [20261129-04:40:02] [INFO ] Username or password error for user: smoke\n\
+               [20261129-04:41:10] [INFO ] ++ created session (access granted): username smoke, ip 10.0.2.2:40312 - socket: 12\n\
+               [20261129-04:41:12] [INFO ] ++ created session (access granted): username smokey, ip ::1\n";
+    let v = smoke_py(&format!(
+        "print(json.dumps([m.rdp_attempts({log:?}, 'smoke'), m.rdp_attempts({log:?}, 'smok'), m.rdp_attempts('', 'smoke')]))"
+    ));
+    assert_eq!(v, json!([[true, true], [false, false], [false, false]]));
+}

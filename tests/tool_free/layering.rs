@@ -29,6 +29,7 @@ const RANKS: &[(&str, u32)] = &[
     // Effects the pipeline is made of.
     ("qemu", 5),
     ("vnc", 5),
+    ("rdp", 5),
     ("digest", 5),
     ("cache", 5),
     ("bootstrap", 6),

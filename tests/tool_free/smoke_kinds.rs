@@ -44,12 +44,13 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
     let n = imgbuild::pipeline::smoke::BUILTIN_CHECKS.len();
     assert_eq!(names[..n], imgbuild::pipeline::smoke::BUILTIN_CHECKS);
     assert_eq!(
-        names[n..n + 4],
+        names[n..n + 5],
         [
             "novnc-serves-client",
             "launch-user",
             "desktop-session",
-            "desktop-clean"
+            "desktop-clean",
+            "rdp-login"
         ]
     );
     assert_eq!(checks[n + 1]["groups"], serde_json::json!(["docker"]));
@@ -70,7 +71,7 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
     }
     assert_eq!(
         checks.len(),
-        n + 4
+        n + 5
             + usize::from(names.contains(&"stack-ports-loopback-only"))
             + r.definition.smoke.checks.len()
             + imgbuild::pipeline::smoke::FINAL_CHECKS.len()
