@@ -85,10 +85,23 @@ def sudo_rule_users(text):
 
 
 def builtin_accounts(c):
-    """Only the declared accounts: no home, login UID or sudo rule but the definition's users'
-    and the launch user's; no usable password but the launch user's given at launch (so the
-    build-time default user, `ubuntu`, and its NOPASSWD rule are gone)."""
+    """Only the declared accounts: no home, login UID or sudo rule but the definition's users',
+    the launch user's and those made at this boot (launch-time accounts); no usable password
+    but the launch user's given at launch. So the build-time default user (`ubuntu`) and its
+    NOPASSWD rule are gone, and no build step leaves a user behind."""
     allowed = set(c.get("users", [])) | {"root"}
+    # Accounts made at this boot are launch-time accounts, not baked ones: cloud-init makes
+    # the distribution's default user (`ubuntu`, `debian`) with the cloud's key pair at every
+    # first boot whose user-data names no users, as Ubuntu's and Debian's cloud images do.
+    bt = btime()
+
+    def made_now(path):
+        try:
+            return os.stat(path).st_ctime >= bt - 2
+        except OSError:
+            return False
+    launched = {p.pw_name for p in pwd.getpwall() if 1000 <= p.pw_uid < 60000 and p.pw_name not in allowed and made_now(p.pw_dir)}
+    allowed |= launched
     bad = []
     homes = sorted(os.listdir("/home")) if os.path.isdir("/home") else []
     bad += [f"home /home/{h}" for h in homes if h not in allowed and h != "lost+found"]
@@ -110,8 +123,9 @@ def builtin_accounts(c):
         return False, f"cannot read /etc/shadow: {e}"
     if bad:
         return False, "undeclared accounts or rights: " + "; ".join(bad)
-    who = ", ".join(sorted(allowed - {"root"})) or "none"
-    return True, f"accounts as declared (users: {who}); no other home, login user, sudo rule or password"
+    who = ", ".join(sorted(allowed - {"root"} - launched)) or "none"
+    now = f"; made at this boot: {', '.join(sorted(launched))}" if launched else ""
+    return True, f"accounts as declared (users: {who}{now}); no other home, login user, sudo rule or password"
 
 
 def builtin_launch_user(c):
