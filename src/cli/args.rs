@@ -63,7 +63,8 @@ pub enum Command {
     /// Check the host: tool versions, whether KVM really works, free disk in the cache.
     Doctor(DoctorArgs),
     /// Launch-time user-data for one user's VM of an image (for `openstack server create
-    /// --user-data`): user and SSH key, VNC password, /shared NFS export, compose profiles.
+    /// --user-data`): user and SSH key, desktop password (VNC, RDP), /shared NFS export, compose
+    /// profiles, the K3s cluster to join.
     /// Validated with cloud-init's schema before it is written.
     Userdata(UserdataArgs),
     /// A Lima instance YAML that boots a built artifact (location, arch, digest), with cpus,
@@ -174,10 +175,24 @@ pub struct UserdataArgs {
     /// Compose profiles the workspace runs (comma-separated), instead of the image's default.
     #[arg(long, value_delimiter = ',')]
     pub profiles: Option<Vec<String>>,
+    /// K3s images: the API server this node joins, https://HOST:PORT (a server image without
+    /// it starts a new cluster).
+    #[arg(long, value_name = "URL")]
+    pub k3s_server: Option<String>,
+    /// K3s images: a file whose first line is the cluster token (never on the command line);
+    /// it lands in a 0600 file of its own in the VM.
+    #[arg(long, value_name = "FILE")]
+    pub k3s_token_file: Option<PathBuf>,
+    /// K3s images: an extra node label KEY=VALUE (repeatable), added to the image's.
+    #[arg(long = "k3s-label", value_name = "KEY=VALUE")]
+    pub k3s_labels: Vec<String>,
+    /// K3s images: an extra node taint KEY=VALUE:EFFECT (repeatable), added to the image's.
+    #[arg(long = "k3s-taint", value_name = "KEY=VALUE:EFFECT")]
+    pub k3s_taints: Vec<String>,
     /// Do not give the user passwordless sudo.
     #[arg(long)]
     pub no_sudo: bool,
-    /// Write here instead of stdout (mode 0600: it may hold the VNC password).
+    /// Write here instead of stdout (mode 0600: it may hold a password hash or a cluster token).
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
 }

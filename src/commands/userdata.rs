@@ -4,7 +4,7 @@
 use crate::check::{self, Status, Tools};
 use crate::definition::Catalog;
 use crate::error::{Error, Result};
-use crate::render::userdata::{self, LaunchParams};
+use crate::render::userdata::{self, K3sLaunch, LaunchParams};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -13,6 +13,10 @@ pub struct Request {
     pub user: String,
     pub ssh_key: PathBuf,
     pub desktop_password_file: Option<PathBuf>,
+    pub k3s_server: Option<String>,
+    pub k3s_token_file: Option<PathBuf>,
+    pub k3s_labels: Vec<String>,
+    pub k3s_taints: Vec<String>,
     pub shared: Option<String>,
     pub profiles: Option<Vec<String>>,
     pub sudo: bool,
@@ -55,6 +59,24 @@ pub fn userdata(catalog: &Catalog, req: &Request) -> Result<Report> {
         ),
         None => None,
     };
+    let any_k3s =
+        req.k3s_server.is_some() || !req.k3s_labels.is_empty() || !req.k3s_taints.is_empty();
+    let k3s = match &req.k3s_token_file {
+        Some(p) => Some(K3sLaunch {
+            server: req.k3s_server.clone(),
+            token: read(p, "--k3s-token-file")?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            labels: req.k3s_labels.clone(),
+            taints: req.k3s_taints.clone(),
+        }),
+        None if any_k3s && r.definition.features.k3s.is_none() => {
+            return Err(userdata::UserdataError::NoK3s(r.name.clone()).into())
+        }
+        None => None,
+    };
     let text = userdata::render(
         &r,
         &LaunchParams {
@@ -62,6 +84,7 @@ pub fn userdata(catalog: &Catalog, req: &Request) -> Result<Report> {
             ssh_keys,
             sudo: req.sudo,
             desktop_password,
+            k3s,
             shared: req.shared.clone(),
             profiles: req.profiles.clone(),
         },

@@ -23,7 +23,20 @@ pub struct K3s {
     pub node_labels: Vec<String>,
     /// Node taints applied at join.
     pub node_taints: Vec<String>,
+    /// Packaged components a server does not deploy (k3s `disable`): `traefik` and
+    /// `servicelb` where MetalLB and NGINX ingress take their place (seed 003), also
+    /// `local-storage`, `metrics-server`, `coredns`.
+    pub disable: Vec<String>,
 }
+
+/// What k3s's `disable` accepts (docs.k3s.io "Managing Packaged Components").
+pub const DISABLE: [&str; 5] = [
+    "coredns",
+    "servicelb",
+    "traefik",
+    "local-storage",
+    "metrics-server",
+];
 
 impl Default for K3s {
     fn default() -> Self {
@@ -32,6 +45,7 @@ impl Default for K3s {
             version: "v1.31.4+k3s1".into(),
             node_labels: Vec::new(),
             node_taints: Vec::new(),
+            disable: Vec::new(),
         }
     }
 }
@@ -57,15 +71,21 @@ pub(super) fn fragment(k: &K3s, arch: Arch) -> Fragment {
         K3sRole::Server => "server",
         K3sRole::Agent => "agent",
     };
+    // `key+` appends to the value of earlier files instead of replacing it (docs.k3s.io
+    // "Configuration File", multiple config files), so the launch's own labels and taints
+    // (imgbuild userdata, a later drop-in) and the user's add up.
     let mut cfg = serde_json::Map::new();
     if !k.node_labels.is_empty() {
-        cfg.insert("node-label".into(), json!(k.node_labels));
+        cfg.insert("node-label+".into(), json!(k.node_labels));
     }
     if !k.node_taints.is_empty() {
-        cfg.insert("node-taint".into(), json!(k.node_taints));
+        cfg.insert("node-taint+".into(), json!(k.node_taints));
+    }
+    if !k.disable.is_empty() && k.role == K3sRole::Server {
+        cfg.insert("disable+".into(), json!(k.disable));
     }
     let cfg = format!(
-        "# imgbuild: the k3s {role} joins with the token and URL given at launch.\n{}",
+        "# imgbuild: the k3s {role} joins with the token and URL given at launch (imgbuild\n# userdata: config.yaml.d/50-launch.yaml and the token file), which also enables it.\n{}",
         if cfg.is_empty() {
             String::new()
         } else {
@@ -112,6 +132,20 @@ impl super::Feature for Feature {
         let Some(k) = &r.definition.features.k3s else {
             return;
         };
+        for (i, c) in k.disable.iter().enumerate() {
+            if !DISABLE.contains(&c.as_str()) {
+                err(
+                    &format!("features.k3s.disable[{i}]"),
+                    format!("`{c}` is not a packaged component ({})", DISABLE.join(", ")),
+                );
+            }
+        }
+        if !k.disable.is_empty() && k.role != K3sRole::Server {
+            err(
+                "features.k3s.disable",
+                "only a server deploys the packaged components (role: server)".into(),
+            );
+        }
         if !k.version.starts_with('v') || !k.version.contains("+k3s") {
             err(
                 "features.k3s.version",

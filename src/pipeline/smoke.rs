@@ -178,6 +178,7 @@ impl SmokeLaunch {
             desktop_password: Some(self.vnc_password.clone()),
             shared: None,
             profiles: None,
+            k3s: None,
         }
     }
 }

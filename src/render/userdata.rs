@@ -21,6 +21,18 @@ pub struct LaunchParams {
     pub shared: Option<String>,
     /// Compose profiles to run instead of the image's default.
     pub profiles: Option<Vec<String>>,
+    /// How a K3s image joins its cluster.
+    pub k3s: Option<K3sLaunch>,
+}
+
+/// A K3s node's launch: the server it joins (none for a cluster's first server), the
+/// cluster's token (read from a file by the caller) and extra node labels and taints.
+#[derive(Clone, Debug, Default)]
+pub struct K3sLaunch {
+    pub server: Option<String>,
+    pub token: String,
+    pub labels: Vec<String>,
+    pub taints: Vec<String>,
 }
 
 /// Bad launch parameters (exit code 2).
@@ -46,6 +58,20 @@ pub enum UserdataError {
     NoSharedMount(String),
     #[error("--shared `{0}`: expected SERVER:/PATH")]
     BadShared(String),
+    #[error("{0} has no k3s (features.k3s): --k3s-* options do not apply")]
+    NoK3s(String),
+    #[error("{0} is a K3s {1}: give the cluster token with --k3s-token-file{2}")]
+    NeedK3s(String, &'static str, &'static str),
+    #[error("--k3s-server `{0}`: expected https://HOST:PORT (the API server, e.g. https://10.0.0.10:6443)")]
+    BadK3sServer(String),
+    #[error("--k3s-token-file: {0}")]
+    BadK3sToken(String),
+    #[error("--k3s-label `{0}`: expected KEY=VALUE")]
+    BadK3sLabel(String),
+    #[error(
+        "--k3s-taint `{0}`: expected KEY=VALUE:EFFECT (NoSchedule, PreferNoSchedule or NoExecute)"
+    )]
+    BadK3sTaint(String),
     #[error("{0} has no compose stack: --profiles does not apply")]
     NoStack(String),
     #[error("--profiles: `{profile}` is not a profile of the stack ({known}){help}")]
@@ -301,6 +327,19 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
         }));
     }
 
+    match (&d.features.k3s, &p.k3s) {
+        (Some(k), Some(l)) => k3s_launch(k, l, &mut files, &mut runcmd)?,
+        (Some(k), None) => {
+            let (role, also) = match k.role {
+                crate::features::K3sRole::Agent => ("agent", " and the server with --k3s-server"),
+                crate::features::K3sRole::Server => ("server", ""),
+            };
+            return Err(UserdataError::NeedK3s(r.name.clone(), role, also));
+        }
+        (None, Some(_)) => return Err(UserdataError::NoK3s(r.name.clone())),
+        (None, None) => {}
+    }
+
     if !files.is_empty() {
         doc.insert("write_files".into(), json!(files));
     }
@@ -309,6 +348,95 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
     }
     Ok(Value::Object(doc))
 }
+
+/// The K3s node's launch configuration: a k3s config drop-in (k3s reads
+/// /etc/rancher/k3s/config.yaml.d/*.yaml in order; `key+` appends to what the image's
+/// drop-in set, docs.k3s.io "Configuration File"), the token in a 0600 file of its own
+/// (`token-file`), and the service enabled and started. The token is in no other file and on
+/// no command line.
+fn k3s_launch(
+    k: &crate::features::K3s,
+    l: &K3sLaunch,
+    files: &mut Vec<Value>,
+    runcmd: &mut Vec<Value>,
+) -> Result<(), UserdataError> {
+    use crate::features::K3sRole;
+    if let Some(s) = &l.server {
+        let ok = s.strip_prefix("https://").is_some_and(|h| {
+            let host = h.trim_end_matches('/');
+            !host.is_empty() && !host.contains('/') && !host.contains(char::is_whitespace)
+        });
+        if !ok {
+            return Err(UserdataError::BadK3sServer(s.clone()));
+        }
+    } else if k.role == K3sRole::Agent {
+        return Err(UserdataError::NeedK3s(
+            "this image".into(),
+            "agent",
+            " and the server with --k3s-server",
+        ));
+    }
+    let token = l.token.trim();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(UserdataError::BadK3sToken(
+            "the first line must be the cluster token: at least 16 characters, no spaces".into(),
+        ));
+    }
+    for label in &l.labels {
+        let ok = label.split_once('=').is_some_and(|(k, v)| {
+            !k.is_empty() && !k.contains(char::is_whitespace) && !v.contains(char::is_whitespace)
+        });
+        if !ok {
+            return Err(UserdataError::BadK3sLabel(label.clone()));
+        }
+    }
+    for taint in &l.taints {
+        let ok = taint.rsplit_once(':').is_some_and(|(kv, effect)| {
+            matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+                && kv.split('=').next().is_some_and(|k| !k.is_empty())
+                && !kv.contains(char::is_whitespace)
+        });
+        if !ok {
+            return Err(UserdataError::BadK3sTaint(taint.clone()));
+        }
+    }
+    let mut cfg = serde_json::Map::new();
+    if let Some(s) = &l.server {
+        cfg.insert("server".into(), json!(s));
+    } else {
+        // A cluster's first server: embedded etcd, so that more servers can join it.
+        cfg.insert("cluster-init".into(), json!(true));
+    }
+    cfg.insert("token-file".into(), json!(K3S_TOKEN_FILE));
+    if !l.labels.is_empty() {
+        cfg.insert("node-label+".into(), json!(l.labels));
+    }
+    if !l.taints.is_empty() {
+        cfg.insert("node-taint+".into(), json!(l.taints));
+    }
+    files.push(json!({
+        "path": K3S_TOKEN_FILE,
+        "content": format!("{token}\n"),
+        "permissions": "0600",
+    }));
+    files.push(json!({
+        "path": "/etc/rancher/k3s/config.yaml.d/50-launch.yaml",
+        "content": format!(
+            "# Written at launch by imgbuild userdata.\n{}",
+            crate::yaml::to_string(&Value::Object(cfg))
+        ),
+        "permissions": "0600",
+    }));
+    let unit = match k.role {
+        K3sRole::Server => "k3s.service",
+        K3sRole::Agent => "k3s-agent.service",
+    };
+    runcmd.push(json!(["systemctl", "enable", "--now", "--no-block", unit]));
+    Ok(())
+}
+
+/// Where the launch puts the cluster token (k3s's `token-file`).
+pub const K3S_TOKEN_FILE: &str = "/etc/rancher/k3s/cluster-token";
 
 #[cfg(test)]
 mod tests {

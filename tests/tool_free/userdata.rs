@@ -215,3 +215,182 @@ fn bad_launch_parameters_are_exit_2_and_write_nothing() {
         assert!(!out.exists(), "{args:?} wrote a file");
     }
 }
+
+/// `imgbuild userdata` for `image` with a token file and `extra` options, validated by the
+/// command itself (cloud-init's schema and the 24.04 JSON schema).
+fn k3s_userdata(image: &str, extra: &[&str]) -> (std::process::Output, tempfile::TempDir) {
+    let d = inputs();
+    std::fs::write(
+        d.path().join("token"),
+        "K10-cluster-token-not-real-0123456789\n",
+    )
+    .unwrap();
+    let mut args = vec![
+        "--json".to_string(),
+        "userdata".into(),
+        image.into(),
+        "--user".into(),
+        "ops".into(),
+        "--ssh-key".into(),
+        d.path().join("key.pub").to_str().unwrap().into(),
+        "--k3s-token-file".into(),
+        d.path().join("token").to_str().unwrap().into(),
+        "-o".into(),
+        d.path().join("ud").to_str().unwrap().into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (imgbuild(&repo(), &args), d)
+}
+
+#[test]
+fn k3s_nodes_join_with_a_token_file_and_add_their_labels_and_taints() {
+    let (o, d) = k3s_userdata(
+        "k3s-node",
+        &[
+            "--k3s-server",
+            "https://10.0.0.10:6443",
+            "--k3s-label",
+            "topology.kubernetes.io/zone=rack1",
+            "--k3s-taint",
+            "gpu=true:NoSchedule",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for v in report["validators"].as_array().unwrap() {
+        assert_eq!(v["status"], "passed", "{v}");
+    }
+    let body = std::fs::read_to_string(d.path().join("ud")).unwrap();
+    let ud = python_yaml(&d.path().join("ud"));
+    let files = ud["write_files"].as_array().unwrap();
+    let token = "K10-cluster-token-not-real-0123456789";
+    // The token is in exactly one place: its own 0600 file.
+    let holders: Vec<&serde_json::Value> = files
+        .iter()
+        .filter(|f| f["content"].as_str().unwrap_or_default().contains(token))
+        .collect();
+    assert_eq!(holders.len(), 1, "{body}");
+    assert_eq!(holders[0]["path"], "/etc/rancher/k3s/cluster-token");
+    assert_eq!(holders[0]["permissions"], "0600");
+    assert_eq!(
+        body.matches(token).count(),
+        1,
+        "the token appears elsewhere"
+    );
+    let cfg = files
+        .iter()
+        .find(|f| f["path"] == "/etc/rancher/k3s/config.yaml.d/50-launch.yaml")
+        .expect("the launch drop-in");
+    assert_eq!(cfg["permissions"], "0600");
+    // As k3s reads it (YAML).
+    let cfg_file = d.path().join("50-launch.yaml");
+    std::fs::write(&cfg_file, cfg["content"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        python_yaml(&cfg_file),
+        serde_json::json!({
+            "server": "https://10.0.0.10:6443",
+            "token-file": "/etc/rancher/k3s/cluster-token",
+            "node-label+": ["topology.kubernetes.io/zone=rack1"],
+            "node-taint+": ["gpu=true:NoSchedule"],
+        })
+    );
+    let runcmd = serde_json::to_string(&ud["runcmd"]).unwrap();
+    assert!(runcmd.contains("k3s-agent.service"), "{runcmd}");
+    assert!(!runcmd.contains(token));
+
+    // A server without --k3s-server starts a new cluster.
+    let (o, d) = k3s_userdata("k3s-server", &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let ud = python_yaml(&d.path().join("ud"));
+    let cfg = ud["write_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/rancher/k3s/config.yaml.d/50-launch.yaml")
+        .expect("the launch drop-in");
+    let cfg_file = d.path().join("50-launch.yaml");
+    std::fs::write(&cfg_file, cfg["content"].as_str().unwrap()).unwrap();
+    let cfg = python_yaml(&cfg_file);
+    assert_eq!(cfg["cluster-init"], true, "{cfg}");
+    assert!(cfg.get("server").is_none(), "{cfg}");
+    assert!(serde_json::to_string(&ud["runcmd"])
+        .unwrap()
+        .contains("\"k3s.service\""));
+}
+
+#[test]
+fn bad_k3s_launch_parameters_are_exit_2_and_write_nothing() {
+    for (image, extra, expect) in [
+        ("k3s-node", vec![], "--k3s-server"),
+        (
+            "k3s-node",
+            vec!["--k3s-server", "http://10.0.0.10:6443"],
+            "https://HOST:PORT",
+        ),
+        (
+            "k3s-node",
+            vec!["--k3s-server", "https://s:6443", "--k3s-label", "nolabel"],
+            "KEY=VALUE",
+        ),
+        (
+            "k3s-node",
+            vec![
+                "--k3s-server",
+                "https://s:6443",
+                "--k3s-taint",
+                "gpu=true:Sometimes",
+            ],
+            "NoSchedule",
+        ),
+        ("kolla-node", vec![], "no k3s"),
+    ] {
+        let (o, d) = k3s_userdata(image, &extra);
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{image} {extra:?}: {stderr}");
+        assert!(stderr.contains(expect), "{expect}: {stderr}");
+        assert!(!d.path().join("ud").exists());
+    }
+    // A k3s image needs the token.
+    let d = inputs();
+    let o = imgbuild(
+        &repo(),
+        &[
+            "userdata",
+            "k3s-node",
+            "--user",
+            "ops",
+            "--ssh-key",
+            d.path().join("key.pub").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--k3s-token-file"), "{}", text(&o).1);
+}
+
+#[test]
+fn the_k3s_images_drop_in_appends_labels_and_taints() {
+    let out = tempfile::tempdir().unwrap();
+    let o = imgbuild(
+        &repo(),
+        &[
+            "render",
+            "k3s-server",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let seed = std::fs::read_to_string(out.path().join("amd64/seed/user-data")).unwrap()
+        + &std::fs::read_dir(out.path().join("amd64/seed/layers"))
+            .map(|d| {
+                d.map(|e| std::fs::read_to_string(e.unwrap().path().join("user-data")).unwrap())
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+    assert!(
+        seed.contains("node-taint+:"),
+        "the image's taints replace the user's"
+    );
+    assert!(!seed.contains("node-taint:"), "a replacing node-taint key");
+}
