@@ -312,6 +312,25 @@ def builtin_desktop_clean(c):
     return True, f"seed volumes {names} hidden (UDISKS_IGNORE=1, not in {user}'s volume list); no vncconfig or password prompt among the session's {len(wins)} windows"
 
 
+def builtin_drbd_module(c):
+    """The DRBD kernel module is the major version LINSTOR needs (9): the in-tree module is
+    8.4, and `drbdadm --version` passes with the userland alone. Loaded, it must have its
+    usermode helper disabled."""
+    p = subprocess.run(["modinfo", "-F", "version", "drbd"], capture_output=True, text=True)
+    version = p.stdout.strip()
+    if p.returncode != 0 or not version:
+        return False, f"no drbd kernel module: {(p.stderr or p.stdout).strip()[-300:]}"
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) != int(c.get("major", 9)):
+        return False, f"the drbd kernel module is {version}, not {c.get('major', 9)}.x"
+    helper = "/sys/module/drbd/parameters/usermode_helper"
+    if os.path.exists(helper):
+        h = open(helper).read().strip()
+        if h != "disabled":
+            return False, f"drbd {version} is loaded with usermode_helper={h}, not disabled"
+    return True, f"drbd kernel module {version}"
+
+
 SESMAN_LOG = "/var/log/xrdp-sesman.log"
 
 
@@ -605,6 +624,7 @@ BUILTIN = {
     "desktop-session": builtin_desktop_session,
     "desktop-clean": builtin_desktop_clean,
     "rdp-login": builtin_rdp_login,
+    "drbd-9-module": builtin_drbd_module,
     "stack-ports-loopback-only": builtin_stack_ports_loopback,
     "accounts-as-declared": builtin_accounts,
     "no-private-keys": builtin_no_private_keys,

@@ -13,6 +13,7 @@ mod checksum;
 mod cli_help;
 mod definition_errors;
 mod desktop_clean;
+mod drbd;
 mod firstboot_secrets;
 mod fuzz_definitions;
 mod layering;
