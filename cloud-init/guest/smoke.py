@@ -316,7 +316,10 @@ def builtin_drbd_module(c):
     """The DRBD kernel module is the major version LINSTOR needs (9): the in-tree module is
     8.4, and `drbdadm --version` passes with the userland alone. Loaded, it must have its
     usermode helper disabled."""
-    p = subprocess.run(["modinfo", "-F", "version", "drbd"], capture_output=True, text=True)
+    try:
+        p = subprocess.run(["modinfo", "-F", "version", "drbd"], capture_output=True, text=True)
+    except OSError as e:
+        return False, f"modinfo: {e}"
     version = p.stdout.strip()
     if p.returncode != 0 or not version:
         return False, f"no drbd kernel module: {(p.stderr or p.stdout).strip()[-300:]}"
@@ -329,6 +332,33 @@ def builtin_drbd_module(c):
         if h != "disabled":
             return False, f"drbd {version} is loaded with usermode_helper={h}, not disabled"
     return True, f"drbd kernel module {version}"
+
+
+def builtin_nvidia_driver(c):
+    """The NVIDIA driver as far as a VM without a GPU can prove it: a kernel module for the
+    running kernel (`nvidia`, Debian's `nvidia-current`), nouveau not loaded, and with the
+    container toolkit its CLI. Loading the module and nvidia-smi need a GPU: not checked."""
+    kver = os.uname().release
+    found = None
+    for name in ("nvidia", "nvidia-current"):
+        try:
+            p = subprocess.run(["modinfo", "-k", kver, "-F", "version", name], capture_output=True, text=True)
+        except OSError as e:
+            return False, f"modinfo: {e}"
+        if p.returncode == 0 and p.stdout.strip():
+            found = f"{name} {p.stdout.strip()}"
+            break
+    if not found:
+        return False, f"no NVIDIA kernel module for the running kernel {kver}"
+    if os.path.exists("/sys/module/nouveau"):
+        return False, "nouveau is loaded (the blacklist did not take)"
+    said = f"module {found} for {kver}, nouveau not loaded"
+    if c.get("toolkit"):
+        p = subprocess.run(["nvidia-ctk", "--version"], capture_output=True, text=True)
+        if p.returncode != 0:
+            return False, f"nvidia-ctk does not run: {(p.stderr or p.stdout).strip()[-200:]}"
+        said += f", {p.stdout.strip().splitlines()[0] if p.stdout.strip() else 'nvidia-ctk'}"
+    return True, said + " (no GPU here: loading the driver and nvidia-smi are not checked)"
 
 
 SESMAN_LOG = "/var/log/xrdp-sesman.log"
@@ -625,6 +655,7 @@ BUILTIN = {
     "desktop-clean": builtin_desktop_clean,
     "rdp-login": builtin_rdp_login,
     "drbd-9-module": builtin_drbd_module,
+    "nvidia-driver-installed": builtin_nvidia_driver,
     "stack-ports-loopback-only": builtin_stack_ports_loopback,
     "accounts-as-declared": builtin_accounts,
     "no-private-keys": builtin_no_private_keys,

@@ -27,6 +27,10 @@ pub struct K3s {
     /// `servicelb` where MetalLB and NGINX ingress take their place (seed 003), also
     /// `local-storage`, `metrics-server`, `coredns`.
     pub disable: Vec<String>,
+    /// The containerd runtime pods get without a `runtimeClassName` (k3s `default-runtime`):
+    /// `nvidia` on GPU nodes, so that pods reach the GPU without naming the runtime class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_runtime: Option<String>,
 }
 
 /// What k3s's `disable` accepts (docs.k3s.io "Managing Packaged Components").
@@ -46,6 +50,7 @@ impl Default for K3s {
             node_labels: Vec::new(),
             node_taints: Vec::new(),
             disable: Vec::new(),
+            default_runtime: None,
         }
     }
 }
@@ -80,6 +85,9 @@ pub(super) fn fragment(k: &K3s, arch: Arch) -> Fragment {
     }
     if !k.node_taints.is_empty() {
         cfg.insert("node-taint+".into(), json!(k.node_taints));
+    }
+    if let Some(rt) = &k.default_runtime {
+        cfg.insert("default-runtime".into(), json!(rt));
     }
     if !k.disable.is_empty() && k.role == K3sRole::Server {
         cfg.insert("disable+".into(), json!(k.disable));
@@ -145,6 +153,20 @@ impl super::Feature for Feature {
                 "features.k3s.disable",
                 "only a server deploys the packaged components (role: server)".into(),
             );
+        }
+        if let Some(rt) = &k.default_runtime {
+            if rt == "nvidia"
+                && r.definition
+                    .features
+                    .nvidia
+                    .as_ref()
+                    .is_none_or(|n| !n.container_toolkit)
+            {
+                err(
+                    "features.k3s.default_runtime",
+                    "`nvidia` needs features.nvidia with container_toolkit (it registers the runtime with k3s's containerd)".into(),
+                );
+            }
         }
         if !k.version.starts_with('v') || !k.version.contains("+k3s") {
             err(

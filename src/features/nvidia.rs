@@ -1,7 +1,7 @@
 //! NVIDIA: the driver, nouveau off, the container toolkit.
 
 use super::*;
-use crate::definition::{Arch, Definition, Resolved};
+use crate::definition::{Arch, Definition, Resolved, SmokeCheck};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -116,6 +116,18 @@ impl super::Feature for Feature {
     }
     fn fragment(&self, d: &Definition, arch: Arch) -> Option<Fragment> {
         d.features.nvidia.as_ref().map(|s| fragment(d, s, arch))
+    }
+    /// What a VM without a GPU can prove: the driver's kernel module is there for the kernel
+    /// that booted (Debian's is named nvidia-current), nouveau stays out, and the container
+    /// toolkit's CLI runs. Loading the module and `nvidia-smi` need a GPU; the check says so.
+    fn smoke_checks(&self, d: &Definition, _launch: Option<&LaunchUser>) -> Vec<SmokeCheck> {
+        let Some(n) = &d.features.nvidia else {
+            return Vec::new();
+        };
+        vec![SmokeCheck::builtin(
+            "nvidia-driver-installed",
+            json!({"toolkit": n.container_toolkit}),
+        )]
     }
     fn validate(&self, r: &Resolved, err: &mut dyn FnMut(&str, String)) {
         let d = &r.definition;

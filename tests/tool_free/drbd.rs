@@ -103,3 +103,60 @@ fn walk(dir: &std::path::Path) -> String {
     }
     s
 }
+
+#[test]
+fn the_gpu_node_defaults_to_the_nvidia_runtime_and_checks_what_needs_no_gpu() {
+    let r = imgbuild::definition::Catalog::new(repo().join("images"))
+        .load_checked("k3s-node-gpu")
+        .unwrap();
+    let checks = imgbuild::pipeline::smoke::checks(&r, None);
+    let nv = checks
+        .iter()
+        .find(|c| c["name"] == "nvidia-driver-installed")
+        .expect("a driver check");
+    assert_eq!(nv["toolkit"], true);
+    let out = tempfile::tempdir().unwrap();
+    let o = imgbuild(
+        &repo(),
+        &[
+            "render",
+            "k3s-node-gpu",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(walk(out.path()).contains("default-runtime: nvidia"));
+    // With the module installed (a fake modinfo knows it) the check passes and says what a
+    // VM without a GPU did not prove; without it, it fails.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in [
+        (
+            "modinfo",
+            "#!/bin/sh\n[ \"$5\" = nvidia ] && echo 580.95.05 && exit 0\nexit 1\n",
+        ),
+        ("nomodinfo", "#!/bin/sh\nexit 1\n"),
+    ] {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("modinfo"), body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(sub.join("modinfo"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    let run = |sub: &str| {
+        smoke_py(&format!(
+            "import os\nos.environ['PATH'] = {d:?} + ':' + os.environ['PATH']\n\
+             print(json.dumps(m.builtin_nvidia_driver({{'toolkit': False}})))",
+            d = dir.path().join(sub).to_str().unwrap()
+        ))
+    };
+    let v = run("modinfo");
+    assert_eq!(v[0], true, "{v}");
+    assert!(
+        v[1].as_str().unwrap().contains("nvidia 580.95.05")
+            && v[1].as_str().unwrap().contains("not checked"),
+        "{v}"
+    );
+    assert_eq!(run("nomodinfo")[0], false);
+}
