@@ -232,24 +232,28 @@ def seed_volumes_listed(gio_mount_list):
     return out
 
 
-def window_list(xprop_root):
-    """Window ids in `xprop -root _NET_CLIENT_LIST`; None when the property is missing (no
-    EWMH window manager on the display)."""
-    if "_NET_CLIENT_LIST(WINDOW)" not in xprop_root:
-        return None
-    return re.findall(r"0x[0-9a-fA-F]+", xprop_root.split("#", 1)[-1])
+def tree_windows(xwininfo_tree):
+    """Every window in `xwininfo -root -tree` output with its name and WM_CLASS, as
+    (id, name, instance, class): the session's windows whether or not a window manager
+    lists them (an iconified vncconfig, a dialog)."""
+    out = []
+    for line in xwininfo_tree.splitlines():
+        m = re.match(r'\s*(0x[0-9a-fA-F]+) (?:"(.*)"|\(has no name\)): \((?:"([^"]*)" "([^"]*)")?\)', line)
+        if m:
+            out.append((m.group(1), m.group(2) or "", m.group(3) or "", m.group(4) or ""))
+    return out
 
 
-def unwanted_windows(xprop_windows):
-    """The windows a workspace user should never find open at login, among `xprop -id W
-    WM_CLASS WM_NAME` outputs: vncconfig's, and a polkit agent's password prompt (a session
-    that asks for an administrator's password at login is broken)."""
+def unwanted_windows(windows):
+    """The windows a workspace user should never find at login: vncconfig's, and a polkit
+    agent's password prompt (a session that asks for an administrator's password at login is
+    broken)."""
     bad = []
-    for w, props in xprop_windows.items():
-        if re.search(r'WM_CLASS\(STRING\) = .*"[Vv]ncconfig"', props) or "VNC config" in props:
+    for w, name, inst, cls in windows:
+        if cls.lower() == "vncconfig" or inst.lower().endswith("vncconfig") or name == "VNC config":
             bad.append(f"{w} (vncconfig)")
-        elif re.search(r'WM_CLASS\(STRING\) = .*[Pp]olkit', props) or re.search(r'WM_NAME\([A-Z0-9_]+\) = "Authenticate"', props):
-            bad.append(f"{w} (polkit password prompt)")
+        elif "polkit" in (inst + cls).lower() or name == "Authenticate":
+            bad.append(f"{w} (polkit password prompt: {name or inst})")
     return bad
 
 
@@ -300,16 +304,23 @@ def builtin_desktop_clean(c):
     listed = seed_volumes_listed(vols.stdout)
     if listed:
         return False, f"the desktop lists cloud-init seed volumes: {', '.join(listed)}"
-    root = as_user(user, env, ["xprop", "-root", "_NET_CLIENT_LIST"])
-    wins = window_list(root.stdout) if root.returncode == 0 else None
-    if wins is None:
-        return False, f"no window list on display :{display}: {(root.stdout + root.stderr).strip()[-300:]}"
-    props = {w: as_user(user, env, ["xprop", "-id", w, "WM_CLASS", "WM_NAME"]).stdout for w in wins}
-    bad = unwanted_windows(props)
+    # The session's windows, once XFCE's panel and desktop are among them (so that what is
+    # looked at is the session as the user sees it, not one still starting).
+    def session_windows():
+        t = as_user(user, env, ["xwininfo", "-root", "-tree"])
+        wins = tree_windows(t.stdout) if t.returncode == 0 else []
+        classes = " ".join(f"{i} {c}" for _, _, i, c in wins).lower()
+        if "xfce4-panel" in classes and "xfdesktop" in classes:
+            return True, wins
+        return False, f"XFCE's panel and desktop are not among the windows of :{display} ({t.stderr.strip()[-200:] or len(wins)})"
+    ok, wins = retry(session_windows, seconds=int(c.get("wait", 180)))
+    if not ok:
+        return False, wins
+    bad = unwanted_windows(wins)
     if bad:
-        return False, f"unwanted windows in the session's task list: {', '.join(bad)}"
+        return False, f"unwanted windows in the session: {', '.join(bad)}"
     names = ", ".join(d for d, _ in seeds)
-    return True, f"seed volumes {names} hidden (UDISKS_IGNORE=1, not in {user}'s volume list); no vncconfig or password prompt among the session's {len(wins)} windows"
+    return True, f"seed volumes {names} hidden (UDISKS_IGNORE=1, not in {user}'s volume list); no vncconfig or password prompt among the session's {len(wins)} windows (panel and desktop up)"
 
 
 def builtin_drbd_module(c):
@@ -365,10 +376,11 @@ SESMAN_LOG = "/var/log/xrdp-sesman.log"
 
 
 def rdp_attempts(log_text, user):
-    """What xrdp's session manager logged for `user`: (refused, granted) — its messages
-    "Username or password error for user: U" and "++ created session (access granted):
-    username U" (xrdp's sesman/scp_v0.c; the same in 0.9.21 and 0.9.24)."""
-    refused = re.search(rf"Username or password error for user: {re.escape(user)}\s*$", log_text, re.M) is not None
+    """What xrdp's session manager logged for `user`: (refused, granted). Refused: "AUTHFAIL:
+    user=U ip=..." (Debian 12's xrdp 0.9.21, seen in the twin's smoke) or "Username or
+    password error for user: U" (its older sesman/scp_v0.c); granted: "++ created session
+    (access granted): username U" (or "reconnected")."""
+    refused = re.search(rf"(?:Username or password error for user: {re.escape(user)}\s*$|AUTHFAIL: user={re.escape(user)} )", log_text, re.M) is not None
     granted = re.search(rf"\+\+ (?:created|reconnected) session \(access granted\): username {re.escape(user)}\b", log_text) is not None
     return refused, granted
 

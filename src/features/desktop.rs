@@ -69,7 +69,7 @@ pub(super) fn fragment(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
         "python3-pip",
         "python3-venv",
         "pipx",
-        // xprop and gio: the smoke's desktop-clean check reads the session's window list and
+        // xwininfo and gio: the smoke's desktop-clean check reads the session's windows and
         // volume list with them (and users use them too).
         "x11-utils",
         "libglib2.0-bin",

@@ -22,23 +22,32 @@ fn seed_volumes_in_the_session_volume_list_are_found_and_no_other() {
 }
 
 #[test]
-fn the_window_list_and_unwanted_windows_are_read_from_xprop() {
-    let v = smoke_py(
-        "print(json.dumps([m.window_list('_NET_CLIENT_LIST(WINDOW): window id # 0x1a00003, 0x1e00004'), \
-         m.window_list('_NET_CLIENT_LIST:  not found.')]))",
-    );
-    assert_eq!(v, json!([["0x1a00003", "0x1e00004"], null]));
-    let v = smoke_py(
-        "print(json.dumps(m.unwanted_windows({\
-         '0x1a00003': 'WM_CLASS(STRING) = \"vncconfig\", \"Vncconfig\"\\nWM_NAME(STRING) = \"VNC config\"\\n', \
-         '0x1c00005': 'WM_CLASS(STRING) = \"polkit-gnome-authentication-agent-1\", \"Polkit-gnome-authentication-agent-1\"\\nWM_NAME(UTF8_STRING) = \"Authenticate\"\\n', \
-         '0x1e00004': 'WM_CLASS(STRING) = \"xfce4-terminal\", \"Xfce4-terminal\"\\nWM_NAME(UTF8_STRING) = \"Terminal\"\\n'})))",
-    );
+fn unwanted_windows_are_found_in_the_session_window_tree() {
+    // `xwininfo -root -tree` as X.Org's xwininfo prints it: id, name, (instance class).
+    let tree = r#"
+xwininfo: Window id: 0x3c3 (the root window) (has no name)
+
+  Root window id: 0x3c3 (the root window) (has no name)
+  Parent window id: 0x0 (none)
+     5 children:
+     0x1a00003 "VNC config": ("vncconfig" "Vncconfig")  300x200+0+0  +0+0
+     0x1c00005 "Authenticate": ("polkit-gnome-authentication-agent-1" "Polkit-gnome-authentication-agent-1")  400x200+0+0  +0+0
+     0x1e00004 "Terminal - smoke@vm": ("xfce4-terminal" "Xfce4-terminal")  600x400+0+0  +0+0
+        1 child:
+        0x1e00005 (has no name): ()  1x1+-1+-1  +-1+-1
+     0x2000003 "xfce4-panel": ("xfce4-panel" "Xfce4-panel")  1280x26+0+0  +0+0
+"#;
+    let v = smoke_py(&format!(
+        "w = m.tree_windows({tree:?})\nprint(json.dumps([len(w), m.unwanted_windows(w)]))"
+    ));
     assert_eq!(
         v,
         json!([
-            "0x1a00003 (vncconfig)",
-            "0x1c00005 (polkit password prompt)"
+            5,
+            [
+                "0x1a00003 (vncconfig)",
+                "0x1c00005 (polkit password prompt: Authenticate)"
+            ]
         ])
     );
 }
@@ -47,7 +56,7 @@ fn the_window_list_and_unwanted_windows_are_read_from_xprop() {
 fn xrdp_refusals_and_grants_are_read_from_the_session_manager_log() {
     let log = "[20261129-04:40:01] [INFO ] scp_v0s_accept: ...\n\
                [20261129-04:40:02] [ERROR] pam_authenticate failed: Authentication failure\n\
-               [20261129-04:40:02] [INFO ] Username or password error for user: smoke\n\
+               [20261129-04:40:02] [INFO ] AUTHFAIL: user=smoke ip=::ffff:10.0.2.2 time=1795927206\n\
                [20261129-04:41:10] [INFO ] ++ created session (access granted): username smoke, ip 10.0.2.2:40312 - socket: 12\n\
                [20261129-04:41:12] [INFO ] ++ created session (access granted): username smokey, ip ::1\n";
     let v = smoke_py(&format!(
