@@ -55,6 +55,7 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
         "desktop-clean",
         "novnc-serves-client",
         "rdp-login",
+        "nvidia-driver-installed",
         "vnc-login-and-desktop",
         "docker-active",
         "novnc-listening",
