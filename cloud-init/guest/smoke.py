@@ -244,16 +244,27 @@ def tree_windows(xwininfo_tree):
     return out
 
 
-def unwanted_windows(windows):
-    """The windows a workspace user should never find at login: vncconfig's, and a polkit
-    agent's password prompt (a session that asks for an administrator's password at login is
-    broken)."""
+def unwanted_kind(name, inst, cls):
+    """What a window is if a workspace user should never find it at login: vncconfig's, or a
+    polkit agent's password prompt (a session that asks for an administrator's password at
+    login is broken)."""
+    if cls.lower() == "vncconfig" or inst.lower().endswith("vncconfig") or name == "VNC config":
+        return "vncconfig"
+    if name == "Authenticate" or ("polkit" in (inst + cls).lower() and name not in ("", inst)):
+        return f"polkit password prompt: {name}"
+    return None
+
+
+def unwanted_windows(windows, managed):
+    """Of `windows` (tree_windows), those of an unwanted kind that the window manager manages
+    (`managed`: ids with a WM_STATE, Normal or Iconic: what the task list shows). Windows
+    never mapped, such as `vncconfig -nowin`'s selection window or the polkit agent's group
+    leader, are no one's to see."""
     bad = []
     for w, name, inst, cls in windows:
-        if cls.lower() == "vncconfig" or inst.lower().endswith("vncconfig") or name == "VNC config":
-            bad.append(f"{w} (vncconfig)")
-        elif "polkit" in (inst + cls).lower() or name == "Authenticate":
-            bad.append(f"{w} (polkit password prompt: {name or inst})")
+        kind = unwanted_kind(name, inst, cls)
+        if kind and w in managed:
+            bad.append(f"{w} ({kind})")
     return bad
 
 
@@ -316,7 +327,13 @@ def builtin_desktop_clean(c):
     ok, wins = retry(session_windows, seconds=int(c.get("wait", 180)))
     if not ok:
         return False, wins
-    bad = unwanted_windows(wins)
+    managed = set()
+    for w, name, inst, cls in wins:
+        if unwanted_kind(name, inst, cls):
+            st = as_user(user, env, ["xprop", "-id", w, "WM_STATE"]).stdout
+            if re.search(r"window state: (Normal|Iconic)", st):
+                managed.add(w)
+    bad = unwanted_windows(wins, managed)
     if bad:
         return False, f"unwanted windows in the session: {', '.join(bad)}"
     names = ", ".join(d for d, _ in seeds)

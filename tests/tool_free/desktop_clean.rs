@@ -29,25 +29,31 @@ xwininfo: Window id: 0x3c3 (the root window) (has no name)
 
   Root window id: 0x3c3 (the root window) (has no name)
   Parent window id: 0x0 (none)
-     5 children:
+     7 children:
      0x1a00003 "VNC config": ("vncconfig" "Vncconfig")  300x200+0+0  +0+0
      0x1c00005 "Authenticate": ("polkit-gnome-authentication-agent-1" "Polkit-gnome-authentication-agent-1")  400x200+0+0  +0+0
      0x1e00004 "Terminal - smoke@vm": ("xfce4-terminal" "Xfce4-terminal")  600x400+0+0  +0+0
         1 child:
         0x1e00005 (has no name): ()  1x1+-1+-1  +-1+-1
      0x2000003 "xfce4-panel": ("xfce4-panel" "Xfce4-panel")  1280x26+0+0  +0+0
+     0x2000001 "polkit-gnome-authentication-agent-1": ("polkit-gnome-authentication-agent-1" "Polkit-gnome-authentication-agent-1")  10x10+10+10  +10+10
+     0x200007 "vncconfig": ("vncconfig" "Vncconfig")  1x1+0+0  +0+0
 "#;
+    // Managed (in the task list): the iconified vncconfig and the prompt. Never mapped:
+    // `vncconfig -nowin`'s selection window and the polkit agent's group leader.
     let v = smoke_py(&format!(
-        "w = m.tree_windows({tree:?})\nprint(json.dumps([len(w), m.unwanted_windows(w)]))"
+        "w = m.tree_windows({tree:?})\n\
+         print(json.dumps([len(w), m.unwanted_windows(w, {{'0x1a00003', '0x1c00005', '0x1e00004'}}), m.unwanted_windows(w, {{'0x1e00004'}})]))"
     ));
     assert_eq!(
         v,
         json!([
-            5,
+            7,
             [
                 "0x1a00003 (vncconfig)",
                 "0x1c00005 (polkit password prompt: Authenticate)"
-            ]
+            ],
+            []
         ])
     );
 }
