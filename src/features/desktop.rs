@@ -397,3 +397,48 @@ impl super::Feature for Feature {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zed_is_verified_per_arch_and_checked_as_root_with_zed_allow_root() {
+        let z = Zed {
+            version: "1.12.0".into(),
+            sha256: Some("a".repeat(64)),
+            sha256_arm64: Some("b".repeat(64)),
+        };
+        for (arch, asset, h) in [
+            (Arch::Amd64, "zed-linux-x86_64.tar.gz", "a"),
+            (Arch::Arm64, "zed-linux-aarch64.tar.gz", "b"),
+        ] {
+            let mut fr = Fragment::default();
+            zed(&mut fr, &z, arch);
+            let s = &fr.steps[0].script;
+            assert!(
+                s.contains(&format!(
+                    "echo '{}  /tmp/{asset}' | sha256sum -c -",
+                    h.repeat(64)
+                )),
+                "{s}"
+            );
+            assert!(
+                s.contains("ZED_ALLOW_ROOT=true /opt/zed.app/bin/zed --version"),
+                "{s}"
+            );
+            assert!(s.contains("/v1.12.0/"), "{s}");
+        }
+        // Without the digest for an arch the step stops instead of installing unverified.
+        let mut fr = Fragment::default();
+        zed(
+            &mut fr,
+            &Zed {
+                sha256_arm64: None,
+                ..z
+            },
+            Arch::Arm64,
+        );
+        assert!(fr.steps[0].script.contains("exit 1"));
+    }
+}

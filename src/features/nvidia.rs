@@ -161,3 +161,66 @@ impl super::Feature for Feature {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ubuntu() -> Definition {
+        let mut d = Definition::default();
+        d.os.distro = "ubuntu".into();
+        d.os.codename = "noble".into();
+        d
+    }
+
+    #[test]
+    fn ubuntu_gets_canonicals_prebuilt_signed_modules_on_one_branch() {
+        let n = Nvidia::default();
+        assert_eq!(n.driver_branch, "580");
+        let fr = fragment(&ubuntu(), &n, Arch::Amd64);
+        let nv: Vec<&str> = fr
+            .packages
+            .iter()
+            .map(String::as_str)
+            .filter(|p| p.contains("nvidia"))
+            .collect();
+        assert_eq!(
+            nv,
+            [
+                "linux-modules-nvidia-580-server-generic",
+                "nvidia-headless-no-dkms-580-server",
+                "nvidia-utils-580-server",
+                "nvidia-container-toolkit"
+            ]
+        );
+        let step = &fr
+            .steps
+            .iter()
+            .find(|s| s.name == "20-nvidia")
+            .unwrap()
+            .script;
+        assert!(step.contains("modinfo -k"), "{step}");
+        assert!(step.find("modinfo").unwrap() < step.find("update-initramfs").unwrap());
+    }
+
+    #[test]
+    fn debian_keeps_its_own_driver_and_no_module_check_of_ubuntus() {
+        let mut d = ubuntu();
+        d.os.distro = "debian".into();
+        let n = Nvidia {
+            source: NvidiaSource::Debian,
+            container_toolkit: false,
+            ..Nvidia::default()
+        };
+        let fr = fragment(&d, &n, Arch::Amd64);
+        assert!(fr.packages.contains(&"nvidia-driver".to_string()));
+        assert!(!fr.packages.iter().any(|p| p.contains("no-dkms")));
+        let step = &fr
+            .steps
+            .iter()
+            .find(|s| s.name == "20-nvidia")
+            .unwrap()
+            .script;
+        assert!(!step.contains("modinfo"), "{step}");
+    }
+}
