@@ -25,19 +25,25 @@ const GUARDS: [&str; 5] = [
     "exposure-allowlist",
 ];
 
-#[test]
-fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
+/// Builds `image` as version g1 into a fresh output folder (one VM).
+fn build(image: &str) -> (std::process::Output, tempfile::TempDir) {
     let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let o = e2e_command(&[
         "build",
-        "e2e-guards",
+        image,
         "--version",
         "g1",
         "--out",
         out.path().to_str().unwrap(),
     ])
     .output();
+    (o, out)
+}
+
+#[test]
+fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
+    let (o, out) = build("e2e-guards");
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("smoke test failed"), "{stderr}");
@@ -106,17 +112,7 @@ fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
 
 #[test]
 fn the_same_image_without_the_defects_passes_every_guard() {
-    let _vm = crate::one_vm();
-    let out = tempfile::tempdir().unwrap();
-    let o = e2e_command(&[
-        "build",
-        "e2e-guards-clean",
-        "--version",
-        "g1",
-        "--out",
-        out.path().to_str().unwrap(),
-    ])
-    .output();
+    let (o, out) = build("e2e-guards-clean");
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     let report = read_json(&out.path().join("e2e-guards-clean/g1/smoke/report.json"));
