@@ -357,7 +357,7 @@ impl super::Feature for Feature {
             name: "novnc-serves-client".into(),
             kind: crate::definition::CheckKind::Command {
                 command: format!(
-                    "curl -fsS --max-time 20 http://127.0.0.1:{}/",
+                    "curl -fsS --max-time 20 http://127.0.0.1:{}/ | grep -o '<title>noVNC</title>'",
                     desk.novnc_port
                 ),
                 expect_exit: None,

@@ -44,8 +44,9 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
     let n = imgbuild::pipeline::smoke::BUILTIN_CHECKS.len();
     assert_eq!(names[..n], imgbuild::pipeline::smoke::BUILTIN_CHECKS);
     assert_eq!(
-        names[n..n + 5],
+        names[n..n + 6],
         [
+            "nvidia-driver-installed",
             "novnc-serves-client",
             "launch-user",
             "desktop-session",
@@ -53,13 +54,13 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
             "rdp-login"
         ]
     );
-    assert_eq!(checks[n + 1]["groups"], serde_json::json!(["docker"]));
+    assert_eq!(checks[n + 2]["groups"], serde_json::json!(["docker"]));
     assert!(
-        checks[n + 1]["password"]
+        checks[n + 2]["password"]
             .as_str()
             .is_some_and(|p| p.len() >= 6),
         "the launch user's check knows the desktop password: {}",
-        checks[n + 1]
+        checks[n + 2]
     );
     for c in &checks {
         let kind = c["kind"].as_str().expect("every check has a kind");
@@ -71,7 +72,7 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
     }
     assert_eq!(
         checks.len(),
-        n + 5
+        n + 6
             + usize::from(names.contains(&"stack-ports-loopback-only"))
             + r.definition.smoke.checks.len()
             + imgbuild::pipeline::smoke::FINAL_CHECKS.len()
