@@ -17,7 +17,7 @@ pub enum K3sRole {
 #[serde(deny_unknown_fields, default)]
 pub struct K3s {
     pub role: K3sRole,
-    /// A k3s release, e.g. "v1.31.4+k3s1".
+    /// A k3s release, e.g. "v1.34.2+k3s1" (a supported minor; v1.31 is past its end of life).
     pub version: String,
     /// Node labels applied at join.
     pub node_labels: Vec<String>,
@@ -27,6 +27,14 @@ pub struct K3s {
     /// `servicelb` where MetalLB and NGINX ingress take their place (seed 003), also
     /// `local-storage`, `metrics-server`, `coredns`.
     pub disable: Vec<String>,
+    /// A site mirror with the release's files (binary, airgap images archive, sha256sum-ARCH.txt,
+    /// install.sh) under one URL, instead of GitHub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    /// sha256 pins by release file name (`k3s`, `k3s-arm64`, `k3s-airgap-images-amd64.tar.zst`,
+    /// ...), checked besides the release's own checksum file.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sha256: std::collections::BTreeMap<String, String>,
     /// The containerd runtime pods get without a `runtimeClassName` (k3s `default-runtime`):
     /// `nvidia` on GPU nodes, so that pods reach the GPU without naming the runtime class.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,10 +54,12 @@ impl Default for K3s {
     fn default() -> Self {
         K3s {
             role: K3sRole::Agent,
-            version: "v1.31.4+k3s1".into(),
+            version: "v1.34.2+k3s1".into(),
             node_labels: Vec::new(),
             node_taints: Vec::new(),
             disable: Vec::new(),
+            mirror: None,
+            sha256: Default::default(),
             default_runtime: None,
         }
     }
@@ -68,10 +78,6 @@ pub(super) fn fragment(k: &K3s, arch: Arch) -> Fragment {
         "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\nfs.inotify.max_user_instances = 1024\n",
         "0644",
     ));
-    let suffix = match arch {
-        Arch::Amd64 => "",
-        Arch::Arm64 => "-arm64",
-    };
     let role = match k.role {
         K3sRole::Server => "server",
         K3sRole::Agent => "agent",
@@ -110,17 +116,67 @@ pub(super) fn fragment(k: &K3s, arch: Arch) -> Fragment {
         format!("K3S_ROLE={role}\nK3S_VERSION={}\n", k.version),
         "0644",
     ));
-    let url = format!(
-        "https://github.com/k3s-io/k3s/releases/download/{}/k3s{suffix}",
-        k.version.replace('+', "%2B")
-    );
-    fr.step(
-        "40-k3s",
-        format!(
-            "curl -fsSL --retry 3 -o /usr/local/bin/k3s {url}\nchmod 0755 /usr/local/bin/k3s\ncurl -fsSL --retry 3 -o /usr/local/lib/imgbuild-k3s-install.sh https://get.k3s.io\nINSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_SKIP_START=true INSTALL_K3S_SKIP_ENABLE=true INSTALL_K3S_EXEC={role} sh /usr/local/lib/imgbuild-k3s-install.sh\nrm -f /usr/local/lib/imgbuild-k3s-install.sh\n"
-        ),
-    );
+    fr.step("40-k3s", install_step(k, arch, role));
     fr
+}
+
+/// Where a release's files are: GitHub's release downloads, or a site mirror holding the same
+/// files (`k3s[-arm64]`, `k3s-airgap-images-<arch>.tar.zst`, `sha256sum-<arch>.txt`,
+/// `install.sh`) under one URL.
+fn release_base(k: &K3s) -> String {
+    match &k.mirror {
+        Some(m) => m.trim_end_matches('/').to_string(),
+        None => format!(
+            "https://github.com/k3s-io/k3s/releases/download/{}",
+            k.version.replace('+', "%2B")
+        ),
+    }
+}
+
+/// Air-gapped and verified, as docs.k3s.io "Air-Gap Install" lays it out: the binary, the
+/// images archive in /var/lib/rancher/k3s/agent/images/ (k3s imports it at start: no pull of
+/// its system images), both checked against the release's own `sha256sum-<arch>.txt` (as
+/// k3s's install.sh checks its download) and against the definition's pins when given, and
+/// install.sh from the release's tag (not get.k3s.io's moving one) run with the download
+/// skipped.
+fn install_step(k: &K3s, arch: Arch, role: &str) -> String {
+    let (bin, a) = match arch {
+        Arch::Amd64 => ("k3s", "amd64"),
+        Arch::Arm64 => ("k3s-arm64", "arm64"),
+    };
+    let base = release_base(k);
+    let install = match &k.mirror {
+        Some(_) => format!("{base}/install.sh"),
+        None => format!(
+            "https://raw.githubusercontent.com/k3s-io/k3s/{}/install.sh",
+            k.version.replace('+', "%2B")
+        ),
+    };
+    let airgap = format!("k3s-airgap-images-{a}.tar.zst");
+    let mut pins = String::new();
+    for (file, pin) in [
+        (bin, k.sha256.get(bin)),
+        (airgap.as_str(), k.sha256.get(&airgap)),
+    ] {
+        if let Some(h) = pin {
+            pins.push_str(&format!("echo '{h}  {file}' | sha256sum -c -\n"));
+        }
+    }
+    format!(
+        "d=$(mktemp -d)\ncd \"$d\"\n\
+         for f in sha256sum-{a}.txt {bin} {airgap}; do curl -fsSL --retry 3 -o \"$f\" \"{base}/$f\"; done\n\
+         grep -E ' ({bin}|{airgap})$' sha256sum-{a}.txt | sha256sum -c -\n\
+         [ \"$(grep -cE ' ({bin}|{airgap})$' sha256sum-{a}.txt)\" = 2 ]\n\
+         {pins}\
+         install -m 0755 {bin} /usr/local/bin/k3s\n\
+         install -d /var/lib/rancher/k3s/agent/images\n\
+         install -m 0644 {airgap} /var/lib/rancher/k3s/agent/images/{airgap}\n\
+         curl -fsSL --retry 3 -o install.sh {install}\n\
+         INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_SKIP_START=true INSTALL_K3S_SKIP_ENABLE=true INSTALL_K3S_EXEC={role} sh install.sh\n\
+         cd / && rm -rf \"$d\"\n\
+         /usr/local/bin/k3s --version | grep -F '{v}'\n",
+        v = k.version,
+    )
 }
 
 /// The `k3s` feature.
@@ -153,6 +209,31 @@ impl super::Feature for Feature {
                 "features.k3s.disable",
                 "only a server deploys the packaged components (role: server)".into(),
             );
+        }
+        for (file, h) in &k.sha256 {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                err(
+                    &format!("features.k3s.sha256.{file}"),
+                    "must be 64 hex digits".into(),
+                );
+            }
+            let known = file == "k3s"
+                || file == "k3s-arm64"
+                || (file.starts_with("k3s-airgap-images-") && file.ends_with(".tar.zst"));
+            if !known {
+                err(
+                    &format!("features.k3s.sha256.{file}"),
+                    "not a file the build downloads (k3s, k3s-arm64, k3s-airgap-images-ARCH.tar.zst)".into(),
+                );
+            }
+        }
+        if let Some(m) = &k.mirror {
+            if !(m.starts_with("https://") || m.starts_with("http://")) {
+                err(
+                    "features.k3s.mirror",
+                    format!("`{m}` is not an http(s) URL"),
+                );
+            }
         }
         if let Some(rt) = &k.default_runtime {
             if rt == "nvidia"

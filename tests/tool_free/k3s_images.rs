@@ -1,4 +1,5 @@
-//! DRBD for the K3s storage images: the smoke's `drbd-9-module` check, run by the guest
+//! The K3s images: every one verifies what it downloads and bakes the airgap images; DRBD for
+//! the storage images: the smoke's `drbd-9-module` check, run by the guest
 //! runner (cloud-init/guest/smoke.py) against a fake `modinfo` first on PATH, fails on the
 //! kernel's own 8.4 module and passes on 9.x; the images render the module options and
 //! refuse an unproven arch.
@@ -159,4 +160,116 @@ fn the_gpu_node_defaults_to_the_nvidia_runtime_and_checks_what_needs_no_gpu() {
         "{v}"
     );
     assert_eq!(run("nomodinfo")[0], false);
+}
+
+#[test]
+fn every_k3s_image_verifies_what_it_downloads_and_bakes_the_airgap_images() {
+    let list = imgbuild(&repo(), &["--json", "list"]);
+    let images: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let mut seen = 0;
+    for img in images.as_array().unwrap() {
+        let name = img["name"].as_str().unwrap();
+        let r = imgbuild::definition::Catalog::new(repo().join("images"))
+            .load_checked(name)
+            .unwrap();
+        let Some(k) = &r.definition.features.k3s else {
+            continue;
+        };
+        seen += 1;
+        for arch in img["arch"].as_array().unwrap() {
+            let arch = arch.as_str().unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let o = imgbuild(
+                &repo(),
+                &[
+                    "render",
+                    name,
+                    "--arch",
+                    arch,
+                    "--out",
+                    out.path().to_str().unwrap(),
+                ],
+            );
+            assert!(o.status.success(), "{name}: {}", text(&o).1);
+            let all = walk(out.path());
+            let (bin, airgap) = match arch {
+                "amd64" => ("k3s", "k3s-airgap-images-amd64.tar.zst"),
+                _ => ("k3s-arm64", "k3s-airgap-images-arm64.tar.zst"),
+            };
+            for want in [
+                format!("grep -E ' ({bin}|{airgap})$' sha256sum-{arch}.txt | sha256sum -c -"),
+                format!("/var/lib/rancher/k3s/agent/images/{airgap}"),
+                format!(
+                    "https://raw.githubusercontent.com/k3s-io/k3s/{}/install.sh",
+                    k.version.replace('+', "%2B")
+                ),
+                format!("grep -F '{}'", k.version),
+            ] {
+                assert!(all.contains(&want), "{name} {arch}: {want}");
+            }
+            assert!(
+                !all.contains("get.k3s.io"),
+                "{name}: an unpinned install.sh"
+            );
+        }
+        // A supported minor (v1.31 reached its end of life).
+        let minor: u32 = k
+            .version
+            .trim_start_matches("v1.")
+            .split('.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(minor >= 33, "{name}: {}", k.version);
+    }
+    assert!(seen >= 4, "the catalog's K3s images");
+}
+
+#[test]
+fn a_site_mirror_and_pinned_digests_replace_github_and_bad_pins_are_refused() {
+    let h = "ab".repeat(32);
+    let dir = catalog(&[(
+        "img",
+        &format!(
+            "{MINIMAL}features:\n  k3s:\n    mirror: https://mirror.site/k3s/v1.34.2/\n    sha256:\n      k3s: {h}\n      k3s-airgap-images-amd64.tar.zst: {h}\n"
+        ),
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    let o = imgbuild(
+        dir.path(),
+        &["render", "img", "--out", out.path().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let all = walk(out.path());
+    assert!(
+        all.contains("\"https://mirror.site/k3s/v1.34.2/$f\""),
+        "files from the mirror"
+    );
+    assert!(all.contains("https://mirror.site/k3s/v1.34.2/install.sh"));
+    assert!(
+        !all.contains("https://github.com") && !all.contains("githubusercontent"),
+        "nothing from GitHub with a mirror"
+    );
+    assert!(all.contains(&format!("echo '{h}  k3s' | sha256sum -c -")));
+    assert!(all.contains(&format!(
+        "echo '{h}  k3s-airgap-images-amd64.tar.zst' | sha256sum -c -"
+    )));
+    let dir = catalog(&[(
+        "img",
+        &format!(
+            "{MINIMAL}features:\n  k3s:\n    sha256:\n      k3s: nothex\n      k3s.exe: {h}\n"
+        ),
+    )]);
+    let o = imgbuild(dir.path(), &["show", "img"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("features.k3s.sha256.k3s") && stderr.contains("64 hex digits"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("not a file the build downloads"),
+        "{stderr}"
+    );
 }
