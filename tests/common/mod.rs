@@ -181,14 +181,18 @@ base:
       suite: bookworm
 ";
 
-pub fn python_yaml(file: &Path) -> serde_json::Value {
+/// The project venv's python3 (PyYAML, check-jsonschema), or the host's.
+pub fn python() -> PathBuf {
     let venv_py = repo().join(".venv/bin/python3");
-    let py = if venv_py.exists() {
+    if venv_py.exists() {
         venv_py
     } else {
         PathBuf::from("python3")
-    };
-    let out = Command::new(py)
+    }
+}
+
+pub fn python_yaml(file: &Path) -> serde_json::Value {
+    let out = Command::new(python())
         .args(["-c", "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1], encoding='utf-8'))))"])
         .arg(file)
         .output()
@@ -423,20 +427,14 @@ pub fn signal_and_wait(
 
 /// Runs `code` with smoke.py's functions in scope (the module is loaded, its main() is not run).
 pub fn smoke_py(code: &str) -> serde_json::Value {
-    let runner = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cloud-init/guest/smoke.py");
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
-    let py = if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    };
+    let runner = repo().join("cloud-init/guest/smoke.py");
     let prog = format!(
         "import importlib.util, json, sys\n\
          spec = importlib.util.spec_from_file_location('smoke', {runner:?})\n\
          m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n\
          {code}\n"
     );
-    let out = std::process::Command::new(py)
+    let out = Command::new(python())
         .arg("-c")
         .arg(prog)
         .output()
