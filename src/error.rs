@@ -49,7 +49,10 @@ impl Error {
 
 fn render_is_usage(r: &RenderError) -> u8 {
     match r {
-        RenderError::Definition(_) | RenderError::ArchNotListed { .. } => 2,
+        // A compose project or secrets.yaml that is not as imgbuild needs it is bad input too.
+        RenderError::Definition(_)
+        | RenderError::ArchNotListed { .. }
+        | RenderError::Compose { .. } => 2,
         _ => 1,
     }
 }

@@ -362,6 +362,39 @@ def builtin_drbd_module(c):
     return True, f"drbd kernel module {version}"
 
 
+BUILD_ONLY = ("dkms", "nvidia-kernel-dkms", "linux-headers-*", "linux-kbuild-*")
+TOOLCHAIN = ("gcc", "g++", "make", "build-essential")
+
+
+def installed(patterns):
+    p = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Package}\n", *patterns],
+                       capture_output=True, text=True)
+    return sorted(l.split()[1] for l in p.stdout.splitlines() if l[1:2] == "i" and len(l.split()) == 2)
+
+
+def dkms_left_behind(kver):
+    """Debian's DKMS-built module kept, its builders gone (the nvidia step packages the module
+    as imgbuild-nvidia-kernel and purges DKMS, the headers and what only they pulled in)."""
+    p = subprocess.run(["modinfo", "-k", kver, "-F", "filename", "nvidia-current"], capture_output=True, text=True)
+    path = p.stdout.strip()
+    owner = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True).stdout.split(":")[0]
+    if owner != "imgbuild-nvidia-kernel":
+        return False, f"the module {path or 'nvidia-current'} is not the packaged one (owner: {owner or 'none'})"
+    left = installed(BUILD_ONLY)
+    if left:
+        return False, f"build-only packages left in the image: {', '.join(left)}"
+    if os.path.exists("/var/lib/dkms"):
+        return False, "/var/lib/dkms is still there"
+    sim = subprocess.run(["apt-get", "-s", "autoremove"], capture_output=True, text=True,
+                         env={**os.environ, "LC_ALL": "C"})
+    orphans = [l.split()[1] for l in sim.stdout.splitlines() if l.startswith("Remv ")]
+    if sim.returncode != 0 or orphans:
+        return False, f"packages nothing needs any more: {', '.join(orphans) or sim.stderr.strip()[-200:]}"
+    kept = installed(TOOLCHAIN)
+    return True, (f"packaged by imgbuild-nvidia-kernel, no DKMS, headers or orphans"
+                  + (f" (toolchain a declared package still needs: {', '.join(kept)})" if kept else ", no toolchain"))
+
+
 def builtin_nvidia_driver(c):
     """The NVIDIA driver as far as a VM without a GPU can prove it: a kernel module for the
     running kernel (`nvidia`, Debian's `nvidia-current`), nouveau not loaded, and with the
@@ -381,6 +414,11 @@ def builtin_nvidia_driver(c):
     if os.path.exists("/sys/module/nouveau"):
         return False, "nouveau is loaded (the blacklist did not take)"
     said = f"module {found} for {kver}, nouveau not loaded"
+    if c.get("dkms_free"):
+        ok, why = dkms_left_behind(kver)
+        if not ok:
+            return False, why
+        said += f", {why}"
     if c.get("toolkit"):
         p = subprocess.run(["nvidia-ctk", "--version"], capture_output=True, text=True)
         if p.returncode != 0:
@@ -436,6 +474,64 @@ def builtin_stack_ports_loopback(c):
     if bad:
         return False, f"stack ports listening beyond the loopback: {bad}"
     return True, f"none of the stack's {len(c.get('ports', []))} published ports listens beyond the loopback"
+
+
+def compose_ps_states(text):
+    """`docker compose ps --all --format json`: one JSON object per line (Compose >= 2.21) or
+    one array (older) -> {service: (state, health)}."""
+    text = text.strip()
+    if not text:
+        return {}
+    rows = json.loads(text) if text.startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    return {r.get("Service", r.get("Name", "?")): ((r.get("State") or "").lower(), (r.get("Health") or "").lower())
+            for r in rows}
+
+
+def stack_verdict(states, services):
+    """(done, ok, detail): a service that is unhealthy or has exited fails at once; the wait is
+    over when every service is running and healthy."""
+    bad, waiting = [], []
+    for s in services:
+        state, health = states.get(s, ("not created", ""))
+        if health == "unhealthy" or state in ("exited", "dead"):
+            bad.append(f"{s}: {state}{', ' + health if health else ''}")
+        elif state != "running" or health != "healthy":
+            waiting.append(f"{s}: {state}{', ' + health if health else ''}")
+    if bad:
+        return True, False, bad
+    if waiting:
+        return False, False, waiting
+    return True, True, []
+
+
+def builtin_stack_healthy(c):
+    """Every service of the stack that runs at this boot with a baked-in image becomes healthy
+    (its own healthcheck), or the check names it with its last log lines."""
+    import shlex
+    argv = shlex.split(c["compose"])
+    services = c["services"]
+    deadline = time.time() + int(c.get("timeout", 900))
+    while True:
+        p = subprocess.run(argv + ["ps", "--all", "--format", "json"], capture_output=True, text=True)
+        try:
+            states = compose_ps_states(p.stdout) if p.returncode == 0 else {}
+        except ValueError:
+            states = {}
+        done, ok, detail = stack_verdict(states, services)
+        if ok:
+            return True, f"{len(services)} services healthy: {', '.join(services)}"
+        if done or time.time() > deadline:
+            break
+        time.sleep(5)
+    if not done:
+        detail = [f"{d} after {int(c.get('timeout', 900))} s" for d in detail]
+    logs = []
+    for d in detail:
+        svc = d.split(":", 1)[0]
+        lp = subprocess.run(argv + ["logs", "--no-color", "--tail", "5", svc], capture_output=True, text=True)
+        tail = " | ".join(l.strip() for l in (lp.stdout + lp.stderr).strip().splitlines()[-5:])
+        logs.append(f"{d} (last log lines: {tail or 'none'})")
+    return False, "not healthy: " + "; ".join(logs)
 
 
 # --- Exposure: every socket listening beyond the loopback must be declared. ---
@@ -686,6 +782,7 @@ BUILTIN = {
     "drbd-9-module": builtin_drbd_module,
     "nvidia-driver-installed": builtin_nvidia_driver,
     "stack-ports-loopback-only": builtin_stack_ports_loopback,
+    "stack-healthy": builtin_stack_healthy,
     "accounts-as-declared": builtin_accounts,
     "no-private-keys": builtin_no_private_keys,
     "no-credential-files": builtin_no_credential_files,

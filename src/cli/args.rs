@@ -302,6 +302,10 @@ pub struct SmokeArgs {
     /// Where report.json, junit.xml, serial.log (and screenshot.png) go.
     #[arg(short = 'o', long = "out", default_value = "smoke")]
     pub out: PathBuf,
+    /// Boot with these compose profiles (comma-separated) instead of the image's default, as
+    /// `imgbuild userdata --profiles` would; the health wait covers their baked-in services.
+    #[arg(long, value_delimiter = ',')]
+    pub profiles: Option<Vec<String>>,
 }
 
 #[derive(Args, Debug)]

@@ -79,6 +79,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 image: a.image.clone(),
                 arch: a.arch,
                 out: a.out.clone(),
+                profiles: a.profiles.clone(),
                 quiet: cli.quiet,
             };
             let report = commands::smoke::smoke(&catalog, &req, &*cancel_flag()?)?;

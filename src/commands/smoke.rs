@@ -13,6 +13,8 @@ pub struct Request {
     pub arch: Option<Arch>,
     /// Where report.json, junit.xml, serial.log (and screenshot.png) go.
     pub out: PathBuf,
+    /// Compose profiles to boot with instead of the image's default.
+    pub profiles: Option<Vec<String>>,
     pub quiet: bool,
 }
 
@@ -39,6 +41,7 @@ pub fn smoke(catalog: &Catalog, req: &Request, cancel: &AtomicBool) -> Result<Sm
             SmokeOptions {
                 accel: accel.accel,
                 out_dir: &req.out,
+                profiles: req.profiles.as_deref(),
                 cancel,
                 on_line: &mut on_line,
             },

@@ -90,6 +90,9 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
              done\n",
         );
     }
+    if n.source == NvidiaSource::Debian {
+        script.push_str(DEBIAN_KEEP_MODULE_DROP_DKMS);
+    }
     script.push_str("update-initramfs -u\n");
     if n.container_toolkit && d.features.docker.is_some() {
         script.push_str("nvidia-ctk runtime configure --runtime=docker\n");
@@ -97,6 +100,66 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
     fr.step("20-nvidia", script);
     fr
 }
+
+/// Debian builds its driver's kernel module with DKMS (`nvidia-kernel-dkms`, which depends on
+/// `dkms`, and `dkms` on gcc, make, dpkg-dev and patch, recommending the kernel headers:
+/// Debian bookworm's Packages for non-free `nvidia-kernel-dkms` 535.261.03-1 and main `dkms`
+/// 3.0.10-8+deb12u1). The image keeps the module DKMS built and none of what built it: the
+/// modules are packaged as `imgbuild-nvidia-kernel`, which provides `nvidia-kernel-VERSION` (the
+/// alternative that `nvidia-driver` accepts for `nvidia-kernel-dkms`) and depends on what
+/// `nvidia-kernel-dkms` depends on but `dkms` (GSP firmware, `nvidia-kernel-support`'s modprobe
+/// aliases), and on the kernels it was built for; then DKMS, the headers and what only they
+/// pulled in are purged. What stays of a compiler is what a declared package still needs
+/// (bookworm's `python3-pip` recommends `build-essential`). The price: a new kernel from a later
+/// upgrade gets no module (no DKMS to build one); rebuild the image, as for any kernel change.
+/// The modules go to `updates/imgbuild-nvidia`, not DKMS's `updates/dkms`, which `dkms remove`
+/// empties when `nvidia-kernel-dkms` is purged.
+const DEBIAN_KEEP_MODULE_DROP_DKMS: &str = r#"v=$(dpkg-query -W -f='${Version}' nvidia-kernel-dkms)
+up=${v%%-*}
+pkg=/var/tmp/imgbuild-nvidia-kernel
+rm -rf "$pkg" "$pkg.deb"
+mkdir -p "$pkg/DEBIAN"
+kdeps=""
+for k in /lib/modules/*; do
+  k=${k##*/}
+  [ -e "/boot/vmlinuz-$k" ] || continue
+  built=$(ls -d /var/lib/dkms/nvidia-current/"$up"/"$k"/*/module 2>/dev/null | head -n1)
+  if [ -z "$built" ] || ! ls "$built"/*.ko* >/dev/null 2>&1; then
+    echo "DKMS built no NVIDIA module for kernel $k" >&2
+    exit 1
+  fi
+  mkdir -p "$pkg/lib/modules/$k/updates/imgbuild-nvidia"
+  cp -a "$built"/*.ko* "$pkg/lib/modules/$k/updates/imgbuild-nvidia/"
+  kdeps="$kdeps, linux-image-$k"
+done
+[ -n "$kdeps" ] || { echo "no kernel in /boot to keep an NVIDIA module for" >&2; exit 1; }
+deps=$(dpkg-query -W -f='${Depends}' nvidia-kernel-dkms | tr ',' '\n' | sed 's/^ *//' | grep -v '^dkms\( \|$\)' | paste -sd, - | sed 's/,/, /g')
+cat >"$pkg/DEBIAN/control" <<CONTROL
+Package: imgbuild-nvidia-kernel
+Version: $v
+Architecture: $(dpkg --print-architecture)
+Maintainer: imgbuild <root@localhost>
+Section: non-free/kernel
+Priority: optional
+Provides: nvidia-kernel-$up
+Depends: $deps$kdeps
+Description: NVIDIA kernel modules $up, built by DKMS when the image was built
+ Packaged by imgbuild so that the image keeps the module without DKMS and its compiler.
+CONTROL
+printf '#!/bin/sh\nset -e\nfor k in /lib/modules/*; do [ -e "/boot/vmlinuz-${k##*/}" ] && depmod -a "${k##*/}"; done\nexit 0\n' >"$pkg/DEBIAN/postinst"
+chmod 0755 "$pkg/DEBIAN/postinst"
+dpkg-deb --root-owner-group --build "$pkg" "$pkg.deb"
+dpkg -i "$pkg.deb"
+rm -rf "$pkg" "$pkg.deb"
+build_only=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' nvidia-kernel-dkms dkms 'linux-headers-*' 'linux-kbuild-*' 2>/dev/null | awk '$1 ~ /^.i/ {print $2}')
+apt-get purge -y $build_only
+apt-get autoremove --purge -y
+rm -rf /var/lib/dkms
+for k in /lib/modules/*; do
+  [ -e "/boot/vmlinuz-${k##*/}" ] || continue
+  modinfo -k "${k##*/}" -F filename nvidia-current | grep -q /updates/imgbuild-nvidia/ || { echo "the kept NVIDIA module is not the one kernel ${k##*/} loads" >&2; exit 1; }
+done
+"#;
 
 /// The `nvidia` feature.
 pub struct Feature;
@@ -126,7 +189,7 @@ impl super::Feature for Feature {
         };
         vec![SmokeCheck::builtin(
             "nvidia-driver-installed",
-            json!({"toolkit": n.container_toolkit}),
+            json!({"toolkit": n.container_toolkit, "dkms_free": n.source == NvidiaSource::Debian}),
         )]
     }
     fn validate(&self, r: &Resolved, err: &mut dyn FnMut(&str, String)) {
@@ -221,6 +284,14 @@ mod tests {
             .find(|s| s.name == "20-nvidia")
             .unwrap()
             .script;
-        assert!(!step.contains("modinfo"), "{step}");
+        assert!(!step.contains("modinfo -k \"${k##*/}\" nvidia >"), "{step}");
+        // The DKMS-built module is kept as a package that stands in for nvidia-kernel-dkms,
+        // and DKMS with what built the module is purged before the initramfs is remade.
+        assert!(step.contains("Provides: nvidia-kernel-$up"), "{step}");
+        assert!(step.contains("grep -v '^dkms"), "{step}");
+        let purge = step.find("apt-get purge -y $build_only").unwrap();
+        assert!(step.find("dpkg -i").unwrap() < purge);
+        assert!(purge < step.find("autoremove --purge").unwrap());
+        assert!(purge < step.find("update-initramfs").unwrap());
     }
 }

@@ -186,6 +186,15 @@ impl SmokeLaunch {
 /// The checks the guest runs: built-ins first, then the features' and the definition's, then
 /// [`FINAL_CHECKS`].
 pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Value> {
+    checks_with_profiles(r, launch, None)
+}
+
+/// [`checks`] for a boot with these compose profiles instead of the image's.
+pub fn checks_with_profiles(
+    r: &Resolved,
+    launch: Option<&SmokeLaunch>,
+    profiles: Option<&[String]>,
+) -> Vec<serde_json::Value> {
     let mut v: Vec<serde_json::Value> = BUILTIN_CHECKS
         .iter()
         .map(|b| SmokeCheck::builtin(b, json!({})))
@@ -208,6 +217,9 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
             .collect();
         let check = SmokeCheck::builtin("stack-ports-loopback-only", json!({"ports": ports}));
         v.push(serde_json::to_value(check).expect("plain data"));
+        if let Some(check) = stack_healthy(r, &stack, profiles) {
+            v.push(serde_json::to_value(check).expect("plain data"));
+        }
     }
     v.extend(r.definition.smoke.checks.iter().map(check_json));
     for name in FINAL_CHECKS {
@@ -221,22 +233,58 @@ pub fn checks(r: &Resolved, launch: Option<&SmokeLaunch>) -> Vec<serde_json::Val
     v
 }
 
+/// How long the smoke waits for a baked-in stack to become healthy: first starts run
+/// migrations (GitLab's reconfigure takes minutes even with KVM).
+pub const STACK_HEALTHY_TIMEOUT_S: u64 = 900;
+
+/// `stack-healthy`: the services that run at boot (the definition's profiles) and whose images
+/// are baked in (`prepull`) all reach `healthy`. Services whose images would come from a
+/// registry at first start are left out: a smoke boot has no registry to rely on.
+fn stack_healthy(
+    r: &Resolved,
+    stack: &crate::render::compose::ComposeProject,
+    profiles: Option<&[String]>,
+) -> Option<SmokeCheck> {
+    let cs = r.definition.features.compose_stack.as_ref()?;
+    let baked: Vec<String> = stack
+        .services_for(profiles.unwrap_or(&cs.profiles))
+        .filter(|s| s.profiles.is_empty() || s.profiles.iter().any(|p| cs.prepull.contains(p)))
+        .map(|s| s.service.clone())
+        .collect();
+    if cs.prepull.is_empty() || baked.is_empty() {
+        return None;
+    }
+    Some(SmokeCheck::builtin(
+        "stack-healthy",
+        json!({
+            "compose": crate::render::cloud_init::compose_command(stack),
+            "services": baked,
+            "timeout": STACK_HEALTHY_TIMEOUT_S,
+        }),
+    ))
+}
+
 /// The smoke seed's user-data (pure but for the launch's random values): for a desktop image
 /// the launch-time user-data of `launch`, then the smoke runner.
 pub fn user_data(
     r: &Resolved,
     instance_id: &str,
     launch: Option<&SmokeLaunch>,
+    profiles: Option<&[String]>,
 ) -> Result<String, UserdataError> {
-    let checks = serde_json::to_string_pretty(&checks(r, launch)).expect("json");
+    let checks =
+        serde_json::to_string_pretty(&checks_with_profiles(r, launch, profiles)).expect("json");
     let mut doc = match launch {
         Some(l) => userdata::document(r, &l.params())?,
         None => json!({}),
     };
-    let files = [
+    let mut files = vec![
         json!({"path": "/run/imgbuild-smoke/checks.json", "content": checks, "permissions": "0600"}),
         json!({"path": "/run/imgbuild-smoke/smoke.py", "content": RUNNER, "permissions": "0700"}),
     ];
+    if let Some(p) = profiles {
+        files.push(userdata::profiles_file(r, p)?);
+    }
     let run = json!([
         "env",
         format!("IMGBUILD_SMOKE_INSTANCE={instance_id}"),
@@ -257,6 +305,8 @@ pub fn user_data(
 pub struct SmokeOptions<'a> {
     pub accel: Accel,
     pub out_dir: &'a Path,
+    /// Compose profiles to boot with instead of the image's default (`None`: the image's).
+    pub profiles: Option<&'a [String]>,
     pub cancel: &'a AtomicBool,
     pub on_line: &'a mut dyn FnMut(&str),
 }
@@ -343,7 +393,10 @@ pub fn smoke(
     let seed_dir = w.join("seed");
     std::fs::create_dir_all(&seed_dir).map_err(crate::IoError::at(&seed_dir))?;
     let files = [
-        ("user-data", user_data(r, &instance, launch.as_ref())?),
+        (
+            "user-data",
+            user_data(r, &instance, launch.as_ref(), opts.profiles)?,
+        ),
         (
             "meta-data",
             crate::yaml::to_string(
@@ -654,6 +707,7 @@ pub fn stage(
             SmokeOptions {
                 accel,
                 out_dir: &smoke_dir,
+                profiles: None,
                 cancel,
                 on_line: &mut on_line,
             },

@@ -570,16 +570,11 @@ fn stack_unit_and_prepull(
     let name = &c.name;
     let dir = format!("/opt/imgbuild/{name}");
     let var = format!("/var/lib/imgbuild/{name}");
-    let mut env_files = format!("--env-file {dir}/settings.env");
     let mut requires = String::from(docker::SERVICE);
     if c.secrets_spec.is_some() {
-        env_files.push_str(&format!(" --env-file {}", secrets_env_path(name)));
         requires.push_str(&format!(" imgbuild-secrets-{name}.service"));
     }
-    let compose = format!(
-        "{} --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml",
-        docker::COMPOSE
-    );
+    let compose = compose_command(c);
     let unit = format!("imgbuild-stack-{name}.service");
     files.push(WriteFile::new(
         format!("/etc/systemd/system/{unit}"),
@@ -626,6 +621,21 @@ fn stack_unit_and_prepull(
             list = list.join(" "),
         ),
     });
+}
+
+/// The `docker compose` command line of an image's stack (project, folder, env files, file):
+/// the unit runs `up` with it, the smoke `ps` and `logs`.
+pub fn compose_command(c: &ComposeProject) -> String {
+    let name = &c.name;
+    let dir = format!("/opt/imgbuild/{name}");
+    let mut env_files = format!("--env-file {dir}/settings.env");
+    if c.secrets_spec.is_some() {
+        env_files.push_str(&format!(" --env-file {}", secrets_env_path(name)));
+    }
+    format!(
+        "{} --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml",
+        docker::COMPOSE
+    )
 }
 
 /// Where an instance keeps its generated secrets for compose project `name` (mode 0600).

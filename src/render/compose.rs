@@ -25,7 +25,8 @@ pub struct ComposeProject {
     /// Host ports the services publish (after `expose`), for the smoke check that none of them
     /// listens beyond the loopback unless exposed.
     pub published: Vec<Published>,
-    /// Each service's image and profiles, for pre-pulling at build time.
+    /// Each service's image, profiles, memory limit and whether it has a healthcheck: for
+    /// pre-pulling at build time, the memory fit and the smoke's health wait.
     pub images: Vec<ServiceImage>,
 }
 
@@ -38,13 +39,100 @@ pub struct Published {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+pub struct ProfileMemory {
+    pub profile: String,
+    pub bytes: u64,
+    /// Services of the profile without a `mem_limit` (they may take all the VM has).
+    pub unlimited: Vec<String>,
+}
+
+/// Memory the VM keeps for itself besides the stack (MiB): the OS, Docker's daemon and the page
+/// cache's working minimum; a desktop adds Xvnc, XFCE and a browser with a few tabs (Firefox
+/// alone is 0.5–1 GiB resident).
+pub const SYSTEM_RESERVE_MIB: u64 = 768;
+pub const DESKTOP_RESERVE_MIB: u64 = 1536;
+
+/// A compose byte value (`mem_limit`): a number of bytes or a number with b, k/kb, m/mb, g/gb
+/// (binary units, as the compose spec's "byte value" and Docker read them).
+pub fn parse_bytes(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let s = v.as_str()?.trim().to_ascii_lowercase();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return None,
+    };
+    Some((num * mult as f64) as u64)
+}
+
+fn has_healthcheck(svc: &Value) -> bool {
+    let Some(h) = svc.get("healthcheck") else {
+        return false;
+    };
+    if h.get("disable").and_then(Value::as_bool) == Some(true) {
+        return false;
+    }
+    match h.get("test") {
+        Some(Value::Array(a)) => a.first().and_then(Value::as_str) != Some("NONE") && !a.is_empty(),
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        _ => false,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceImage {
     pub service: String,
     pub image: String,
     pub profiles: Vec<String>,
+    /// `mem_limit` in bytes (`None`: no limit set).
+    pub mem_limit: Option<u64>,
+    /// A `healthcheck` with a test that is not `NONE` and not disabled.
+    pub healthcheck: bool,
 }
 
 impl ComposeProject {
+    /// The services that run when `profiles` are active (services without profiles always run).
+    pub fn services_for<'a>(
+        &'a self,
+        profiles: &'a [String],
+    ) -> impl Iterator<Item = &'a ServiceImage> {
+        self.images
+            .iter()
+            .filter(|si| si.profiles.is_empty() || si.profiles.iter().any(|p| profiles.contains(p)))
+    }
+
+    /// Each profile's memory: the sum of the `mem_limit`s of the services it starts (with the
+    /// services that have no profile), and the services that have no limit.
+    pub fn profile_memory(&self) -> Vec<ProfileMemory> {
+        self.profiles
+            .iter()
+            .map(|p| {
+                let one = [p.clone()];
+                let mut m = ProfileMemory {
+                    profile: p.clone(),
+                    bytes: 0,
+                    unlimited: Vec::new(),
+                };
+                for si in self.services_for(&one) {
+                    match si.mem_limit {
+                        Some(b) => m.bytes += b,
+                        None => m.unlimited.push(si.service.clone()),
+                    }
+                }
+                m
+            })
+            .collect()
+    }
+
     /// The distinct images of the services in any of `profiles` (services without profiles
     /// always start, so they are always included).
     pub fn images_for(&self, profiles: &[String]) -> Vec<String> {
@@ -256,9 +344,19 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
     for (name, svc) in services.iter() {
         published.extend(published_ports(name, svc));
         if let Some(image) = svc.get("image").and_then(Value::as_str) {
+            let mem_limit = match svc.get("mem_limit") {
+                None => None,
+                Some(v) => Some(parse_bytes(v).ok_or_else(|| {
+                    bad(format!(
+                        "services.{name}.mem_limit: `{v}` is not a byte value like 512m or 2g"
+                    ))
+                })?),
+            };
             images.push(ServiceImage {
                 service: name.clone(),
                 image: image.to_string(),
+                mem_limit,
+                healthcheck: has_healthcheck(svc),
                 profiles: svc
                     .get("profiles")
                     .and_then(Value::as_array)
@@ -268,6 +366,19 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
                     .collect(),
             });
         }
+    }
+    if let Some(si) = images.iter().find(|si| !si.healthcheck) {
+        return Err(bad(format!(
+            "services.{}.healthcheck: every service needs one (the smoke waits for `healthy`, \
+             `depends_on` can wait for it); none or `test: [NONE]` here",
+            si.service
+        )));
+    }
+    if let Some(si) = images.iter().find(|si| si.mem_limit.is_none()) {
+        return Err(bad(format!(
+            "services.{}.mem_limit: every service needs one, so that each profile can be shown to fit the VM",
+            si.service
+        )));
     }
     let mut settings = String::from("# Non-secret settings of the stack (rendered by imgbuild).\n");
     settings.push_str(&format!("COMPOSE_PROFILES={}\n", cs.profiles.join(",")));
@@ -280,7 +391,7 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
         crate::yaml::to_string(&doc)
     );
     let secrets = dir.join("secrets.yaml");
-    Ok(Some(ComposeProject {
+    let project = ComposeProject {
         name: dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -296,11 +407,83 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
         services: names,
         published,
         images,
-    }))
+    };
+    check_fit(r, cs, &project, &main)?;
+    Ok(Some(project))
 }
 
-/// Checks secrets.yaml (`NAME: {bytes: N, encoding: hex|base64url}`) and turns it into the
-/// generator's JSON. A name must be an env variable name; 16 to 128 bytes of randomness.
+/// The memory a profile (and the default profiles together) asks for, plus what the VM keeps
+/// for itself ([`SYSTEM_RESERVE_MIB`], a desktop's [`DESKTOP_RESERVE_MIB`]), must fit the
+/// image's `publish.min_ram`: a flavor the image accepts can run any one profile, and the
+/// default ones together, without the kernel's OOM killer choosing among the services.
+pub fn fit_budget_mib(r: &Resolved) -> Option<u64> {
+    let min_ram = u64::from(r.definition.publish.min_ram?);
+    let reserve = SYSTEM_RESERVE_MIB
+        + if r.definition.features.desktop.is_some() {
+            DESKTOP_RESERVE_MIB
+        } else {
+            0
+        };
+    Some(min_ram.saturating_sub(reserve))
+}
+
+fn check_fit(
+    r: &Resolved,
+    cs: &ComposeStack,
+    p: &ComposeProject,
+    main: &Path,
+) -> Result<(), RenderError> {
+    let Some(budget) = fit_budget_mib(r) else {
+        return Ok(());
+    };
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    let mut sets: Vec<(String, Vec<String>)> = p
+        .profiles
+        .iter()
+        .map(|x| (format!("profile `{x}`"), vec![x.clone()]))
+        .collect();
+    if cs.profiles.len() > 1 {
+        sets.push((
+            format!("the default profiles {}", cs.profiles.join(", ")),
+            cs.profiles.clone(),
+        ));
+    }
+    for (what, set) in sets {
+        let services: Vec<&ServiceImage> = p.services_for(&set).collect();
+        let asked: u64 = services.iter().filter_map(|s| s.mem_limit).sum();
+        if mib(asked) > budget {
+            let loc = r.locate("publish.min_ram");
+            let mut parts: Vec<String> = services
+                .iter()
+                .map(|s| format!("{} {} MiB", s.service, mib(s.mem_limit.unwrap_or(0))))
+                .collect();
+            parts.sort();
+            return Err(RenderError::Definition(crate::definition::Diagnostic {
+                file: loc.file,
+                line: loc.pos.line,
+                col: loc.pos.col,
+                field: "publish.min_ram".into(),
+                message: format!(
+                    "{what} of {} asks for {} MiB ({}), more than the {budget} MiB that min_ram {} leaves \
+                     after the system{} reserve",
+                    main.display(),
+                    mib(asked),
+                    parts.join(", "),
+                    r.definition.publish.min_ram.unwrap_or(0),
+                    if r.definition.features.desktop.is_some() { " and desktop" } else { "" },
+                ),
+                help: Some("raise min_ram, lower the services' mem_limit, or split the profile".into()),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Checks secrets.yaml and turns it into the generator's JSON. Each entry is either random,
+/// `NAME: {bytes: N, encoding: hex|base64url}` (16 to 128 bytes), or a JWT signed with one of
+/// the random ones, `NAME: {jwt: {secret: OTHER, role: R, issuer: I, valid_days: D}}` (HS256,
+/// as Supabase's anon and service-role keys are: supabase/supabase `docker/.env.example`).
+/// A name must be an env variable name.
 fn secrets_spec(path: &Path) -> Result<String, RenderError> {
     let bad = |message: String| RenderError::Compose {
         path: path.to_path_buf(),
@@ -309,18 +492,74 @@ fn secrets_spec(path: &Path) -> Result<String, RenderError> {
     let doc = parse(path)?;
     let map = doc
         .as_object()
-        .ok_or_else(|| bad("must map secret names to {bytes, encoding}".into()))?;
-    let mut out = Map::new();
-    for (name, spec) in map {
-        let valid_name = name
-            .chars()
+        .ok_or_else(|| bad("must map secret names to {bytes, encoding} or {jwt: {...}}".into()))?;
+    let env_name = |name: &str| {
+        name.chars()
             .next()
             .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
             && name
                 .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-        if !valid_name {
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    };
+    let unknown = |name: &str, spec: &Value, known: &[&str]| -> Result<(), RenderError> {
+        match spec
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+        {
+            Some(extra) => Err(bad(format!(
+                "{name}: unknown setting `{extra}` ({})",
+                known.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    };
+    let mut out = Map::new();
+    for (name, spec) in map {
+        if !env_name(name) {
             return Err(bad(format!("`{name}` is not an environment variable name")));
+        }
+        if let Some(jwt) = spec.get("jwt") {
+            unknown(name, spec, &["jwt"])?;
+            unknown(
+                &format!("{name}.jwt"),
+                jwt,
+                &["secret", "role", "issuer", "valid_days"],
+            )?;
+            let secret = jwt.get("secret").and_then(Value::as_str).unwrap_or("");
+            let signer = map.get(secret).filter(|s| s.get("jwt").is_none());
+            if signer
+                .and_then(|s| s.get("bytes"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                < 32
+            {
+                return Err(bad(format!(
+                    "{name}.jwt.secret: `{secret}` must be a random secret of this file with at least 32 bytes (HS256)"
+                )));
+            }
+            let role = jwt.get("role").and_then(Value::as_str).unwrap_or("");
+            if role.is_empty() || !role.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                return Err(bad(format!(
+                    "{name}.jwt.role: `{role}` is not a role name like anon"
+                )));
+            }
+            let days = jwt
+                .get("valid_days")
+                .map_or(Some(1825), Value::as_u64)
+                .unwrap_or(0);
+            if !(1..=3650).contains(&days) {
+                return Err(bad(format!("{name}.jwt.valid_days: 1 to 3650")));
+            }
+            out.insert(
+                name.clone(),
+                serde_json::json!({"jwt": {
+                    "secret": secret,
+                    "role": role,
+                    "issuer": jwt.get("issuer").and_then(Value::as_str).unwrap_or("supabase"),
+                    "valid_days": days,
+                }}),
+            );
+            continue;
         }
         let bytes = spec.get("bytes").and_then(Value::as_u64).unwrap_or(0);
         if !(16..=128).contains(&bytes) {
@@ -335,14 +574,7 @@ fn secrets_spec(path: &Path) -> Result<String, RenderError> {
                 "{name}.encoding: `{encoding}` is not hex or base64url"
             )));
         }
-        if let Some(extra) = spec
-            .as_object()
-            .and_then(|o| o.keys().find(|k| *k != "bytes" && *k != "encoding"))
-        {
-            return Err(bad(format!(
-                "{name}: unknown setting `{extra}` (bytes, encoding)"
-            )));
-        }
+        unknown(name, spec, &["bytes", "encoding"])?;
         out.insert(
             name.clone(),
             serde_json::json!({"bytes": bytes, "encoding": encoding}),

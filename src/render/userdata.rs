@@ -297,34 +297,7 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
     }
 
     if let Some(profiles) = &p.profiles {
-        let stack = super::compose::render(r)
-            .ok()
-            .flatten()
-            .ok_or_else(|| UserdataError::NoStack(r.name.clone()))?;
-        for pr in profiles {
-            if !stack.profiles.contains(pr) {
-                return Err(UserdataError::UnknownProfile {
-                    profile: pr.clone(),
-                    known: stack.profiles.join(", "),
-                    help: crate::definition::diagnostic::did_you_mean(
-                        pr,
-                        stack.profiles.iter().map(String::as_str),
-                    )
-                    .map(|h| format!("; {h}"))
-                    .unwrap_or_default(),
-                });
-            }
-        }
-        let dir = secrets_env_path(&stack.name);
-        let dir = dir
-            .rsplit_once('/')
-            .map(|(d, _)| d)
-            .unwrap_or("/var/lib/imgbuild");
-        files.push(json!({
-            "path": format!("{dir}/launch.env"),
-            "content": format!("# Chosen at launch (imgbuild userdata --profiles).\nCOMPOSE_PROFILES={}\n", profiles.join(",")),
-            "permissions": "0644",
-        }));
+        files.push(profiles_file(r, profiles)?);
     }
 
     match (&d.features.k3s, &p.k3s) {
@@ -437,6 +410,39 @@ fn k3s_launch(
 
 /// Where the launch puts the cluster token (k3s's `token-file`).
 pub const K3S_TOKEN_FILE: &str = "/etc/rancher/k3s/cluster-token";
+
+/// The launch's choice of compose profiles (`launch.env` beside the stack's secrets, which the
+/// stack's unit reads after the image's settings.env), each checked against the stack's.
+pub fn profiles_file(r: &Resolved, profiles: &[String]) -> Result<Value, UserdataError> {
+    let stack = super::compose::render(r)
+        .ok()
+        .flatten()
+        .ok_or_else(|| UserdataError::NoStack(r.name.clone()))?;
+    for pr in profiles {
+        if !stack.profiles.contains(pr) {
+            return Err(UserdataError::UnknownProfile {
+                profile: pr.clone(),
+                known: stack.profiles.join(", "),
+                help: crate::definition::diagnostic::did_you_mean(
+                    pr,
+                    stack.profiles.iter().map(String::as_str),
+                )
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default(),
+            });
+        }
+    }
+    let dir = secrets_env_path(&stack.name);
+    let dir = dir
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .unwrap_or("/var/lib/imgbuild");
+    Ok(json!({
+        "path": format!("{dir}/launch.env"),
+        "content": format!("# Chosen at launch (imgbuild userdata --profiles).\nCOMPOSE_PROFILES={}\n", profiles.join(",")),
+        "permissions": "0644",
+    }))
+}
 
 #[cfg(test)]
 mod tests {

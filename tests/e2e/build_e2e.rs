@@ -243,6 +243,7 @@ fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
         "marker-from-script",
         "stack-ports-loopback-only",
         "stack-started-offline",
+        "stack-healthy",
         "accounts-as-declared",
         "no-private-keys",
         "no-credential-files",
@@ -552,6 +553,36 @@ fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
         coreutils("sha256sum", &artifact),
         "smoke must not write the artifact"
     );
+    assert!(qemu_processes("e2e-p1-amd64").is_empty());
+
+    // The health wait fails as it should: booted with the `sick` profile too (baked in, never
+    // healthy), the smoke fails `stack-healthy` naming that service and its state, not probe.
+    let o = run(&[
+        "--json",
+        "smoke",
+        artifact.to_str().unwrap(),
+        "--image",
+        "e2e",
+        "--profiles",
+        "probe,sick",
+        "-o",
+        out.path().join("smoke-sick").to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let failed: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "only the health wait fails: {failed:?}");
+    assert_eq!(failed[0]["name"], "stack-healthy");
+    let detail = failed[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("sick: running, unhealthy"), "{detail}");
+    assert!(!detail.contains("probe:"), "{detail}");
+    assert!(stderr.contains("stack-healthy"), "{stderr}");
     assert!(qemu_processes("e2e-p1-amd64").is_empty());
 }
 

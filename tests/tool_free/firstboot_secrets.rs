@@ -85,8 +85,19 @@ fn first_boot_makes_private_per_instance_secrets_and_keeps_them() {
     let first = env(&a);
     let spec_map = spec.as_object().unwrap();
     assert_eq!(first.len(), spec_map.len());
+    let mut jwts = 0;
     for (name, s) in spec_map {
         let v = &first[name];
+        if let Some(j) = s.get("jwt") {
+            let secret = &first[j["secret"].as_str().unwrap()];
+            let claims = verify_jwt(v, secret, j["issuer"].as_str().unwrap());
+            assert_eq!(claims["role"], j["role"], "{name}");
+            let days = (claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap()) / 86400;
+            assert_eq!(days, j["valid_days"].as_i64().unwrap(), "{name}");
+            assert!(!said.contains(v.as_str()), "a secret value was printed");
+            jwts += 1;
+            continue;
+        }
         let bytes = s["bytes"].as_u64().unwrap() as usize;
         match s["encoding"].as_str().unwrap() {
             "hex" => {
@@ -103,6 +114,10 @@ fn first_boot_makes_private_per_instance_secrets_and_keeps_them() {
         }
         assert!(!said.contains(v.as_str()), "a secret value was printed");
     }
+    // Supabase's anon and service-role keys are JWTs of the instance's JWT secret.
+    assert_eq!(jwts, 2, "{spec_text}");
+    assert_eq!(spec["SUPABASE_ANON_KEY"]["jwt"]["role"], "anon");
+    assert_eq!(spec["SUPABASE_SERVICE_KEY"]["jwt"]["role"], "service_role");
     let distinct: std::collections::HashSet<_> = first.values().collect();
     assert_eq!(distinct.len(), first.len(), "every secret is its own");
 
@@ -124,6 +139,27 @@ fn first_boot_makes_private_per_instance_secrets_and_keeps_them() {
             assert_eq!(&again[k], v);
         }
     }
+    // A JWT secret changed by hand: the kept tokens no longer verify and are signed again.
+    let changed: String = std::fs::read_to_string(&a)
+        .unwrap()
+        .lines()
+        .map(|l| match l.strip_prefix("SUPABASE_JWT_SECRET=") {
+            Some(_) => format!("SUPABASE_JWT_SECRET={}\n", "ab".repeat(32)),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&a, changed).unwrap();
+    run(&a);
+    let resigned = env(&a);
+    assert_ne!(resigned["SUPABASE_ANON_KEY"], first["SUPABASE_ANON_KEY"]);
+    let claims = verify_jwt(
+        &resigned["SUPABASE_SERVICE_KEY"],
+        &"ab".repeat(32),
+        "supabase",
+    );
+    assert_eq!(claims["role"], "service_role");
+    assert_eq!(resigned["N8N_ENCRYPTION_KEY"], again["N8N_ENCRYPTION_KEY"]);
+
     // Another instance gets other values.
     let b = t.path().join("b/secrets.env");
     run(&b);
@@ -143,6 +179,37 @@ fn first_boot_makes_private_per_instance_secrets_and_keeps_them() {
     }
 }
 
+/// The token's claims as PyJWT (a JWT library, requirements-dev.txt) reads them after checking
+/// its HS256 signature with `secret`, its issuer and its expiry; panics if any fails.
+fn verify_jwt(token: &str, secret: &str, issuer: &str) -> serde_json::Value {
+    let o = Command::new(python())
+        .args([
+            "-c",
+            "import json,sys,jwt; print(json.dumps(jwt.decode(sys.argv[1], sys.argv[2], algorithms=['HS256'], issuer=sys.argv[3])))",
+            token,
+            secret,
+            issuer,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn a_jwt_signed_with_another_secret_does_not_verify() {
+    // The check above cannot pass by accident: PyJWT refuses a token of another secret.
+    let o = Command::new(python())
+        .args([
+            "-c",
+            "import sys,jwt; jwt.decode(jwt.encode({'role':'anon','iss':'supabase'}, 'a'*64, algorithm='HS256'), 'b'*64, algorithms=['HS256'], issuer='supabase')",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("InvalidSignatureError"));
+}
+
 #[test]
 fn a_malformed_secrets_spec_is_a_clear_error() {
     let dir = catalog(&[(
@@ -153,7 +220,7 @@ fn a_malformed_secrets_spec_is_a_clear_error() {
     std::fs::create_dir_all(&proj).unwrap();
     std::fs::write(
         proj.join("compose.yaml"),
-        "services:\n  app:\n    image: busybox:1.36\n    profiles: [app]\n    environment:\n      K: ${APP_KEY:?x}\n",
+        "services:\n  app:\n    image: busybox:1.36\n    profiles: [app]\n    mem_limit: 64m\n    healthcheck: {test: [CMD, true]}\n    environment:\n      K: ${APP_KEY:?x}\n",
     )
     .unwrap();
     for (body, needle) in [
@@ -161,6 +228,22 @@ fn a_malformed_secrets_spec_is_a_clear_error() {
         ("app_key: {bytes: 32}\n", "not an environment variable name"),
         ("APP_KEY: {bytes: 32, encoding: rot13}\n", "rot13"),
         ("APP_KEY: {bytes: 32, lenght: 3}\n", "lenght"),
+        (
+            "APP_KEY: {jwt: {secret: NOPE, role: anon}}\n",
+            "must be a random secret",
+        ),
+        (
+            "S: {bytes: 16}\nAPP_KEY: {jwt: {secret: S, role: anon}}\n",
+            "at least 32 bytes",
+        ),
+        (
+            "S: {bytes: 32}\nAPP_KEY: {jwt: {secret: S, role: Anon}}\n",
+            "not a role name",
+        ),
+        (
+            "S: {bytes: 32}\nAPP_KEY: {jwt: {secret: S, role: anon, exp: 3}}\n",
+            "`exp`",
+        ),
     ] {
         std::fs::write(proj.join("secrets.yaml"), body).unwrap();
         let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);

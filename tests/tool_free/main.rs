@@ -11,6 +11,7 @@ mod base_cache;
 mod catalog;
 mod checksum;
 mod cli_help;
+mod compose_stack;
 mod definition_errors;
 mod desktop_clean;
 mod firstboot_secrets;

@@ -85,7 +85,7 @@ fn rendered() -> tempfile::TempDir {
     std::fs::create_dir_all(dir.path().join("compose/rt")).unwrap();
     std::fs::write(
         dir.path().join("compose/rt/compose.yaml"),
-        "services:\n  app:\n    image: busybox:1.36\n    profiles: [ai]\n    ports: [\"127.0.0.1:8080:80\"]\n",
+        "services:\n  app:\n    image: busybox:1.36\n    profiles: [ai]\n    ports: [\"127.0.0.1:8080:80\"]\n    mem_limit: 64m\n    healthcheck: {test: [CMD, \"true\"]}\n",
     )
     .unwrap();
     let out = imgbuild(

@@ -1,0 +1,231 @@
+//! The compose stacks as images carry them: every profile of every catalog image fits the
+//! image's `min_ram` beside what the VM keeps for itself (computed here from the rendered
+//! compose.yaml, not from imgbuild's own sum), every service has a healthcheck, a profile that
+//! does not fit is a clear error, and the guest's health wait judges `docker compose ps` as it
+//! should.
+
+use crate::common;
+use common::*;
+use serde_json::{json, Value};
+
+/// Bytes of a compose byte value as Docker reads it (binary units).
+fn bytes(v: &Value) -> u64 {
+    if let Some(n) = v.as_u64() {
+        return n;
+    }
+    let s = v.as_str().unwrap().to_ascii_lowercase();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().unwrap();
+    let m = match unit {
+        "" | "b" => 1u64,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        u => panic!("unit {u}"),
+    };
+    (n * m as f64) as u64
+}
+
+/// The images with a compose stack, each rendered: (image, min_ram MiB, desktop?, compose).
+fn rendered_stacks() -> Vec<(String, u64, bool, Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo().join("images")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let o = imgbuild(&repo(), &["show", &name, "--json"]);
+        assert!(o.status.success(), "{name}: {}", text(&o).1);
+        let d: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let d = d.get("definition").unwrap_or(&d).clone();
+        if d["features"]["compose_stack"].is_null() {
+            continue;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let o = imgbuild(
+            &repo(),
+            &["render", &name, "-o", t.path().to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{name}: {}", text(&o).1);
+        let arch = d["arch"][0].as_str().unwrap().to_string();
+        let compose = walkdir::WalkDir::new(t.path().join(&arch).join("compose"))
+            .into_iter()
+            .flatten()
+            .find(|e| e.file_name() == "compose.yaml")
+            .unwrap_or_else(|| panic!("{name}: no rendered compose.yaml"));
+        out.push((
+            name,
+            d["publish"]["min_ram"]
+                .as_u64()
+                .expect("an image with a stack states min_ram"),
+            !d["features"]["desktop"].is_null(),
+            python_yaml(compose.path()),
+        ));
+    }
+    out
+}
+
+#[test]
+fn every_profile_of_every_image_fits_its_min_ram_and_every_service_has_a_healthcheck() {
+    let stacks = rendered_stacks();
+    assert!(
+        stacks.iter().any(|s| s.0 == "desktop-ai")
+            && stacks.iter().any(|s| s.0 == "debian12-desktop-ai"),
+        "{:?}",
+        stacks.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    for (image, min_ram, desktop, compose) in &stacks {
+        let services = compose["services"].as_object().unwrap();
+        let mut profiles: Vec<&str> = services
+            .values()
+            .flat_map(|s| s["profiles"].as_array().into_iter().flatten())
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        profiles.sort();
+        profiles.dedup();
+        let reserve = imgbuild::render::compose::SYSTEM_RESERVE_MIB
+            + if *desktop {
+                imgbuild::render::compose::DESKTOP_RESERVE_MIB
+            } else {
+                0
+            };
+        for p in &profiles {
+            let mut sum = 0u64;
+            for (name, s) in services {
+                let runs = match s["profiles"].as_array() {
+                    None => true,
+                    Some(ps) => ps.iter().any(|x| x == p),
+                };
+                if runs {
+                    let limit = s
+                        .get("mem_limit")
+                        .unwrap_or_else(|| panic!("{image}: {name} has no mem_limit"));
+                    sum += bytes(limit);
+                }
+            }
+            let mib = sum.div_ceil(1 << 20);
+            assert!(
+                mib + reserve <= *min_ram,
+                "{image}: profile {p} needs {mib} MiB + {reserve} MiB reserve > min_ram {min_ram}"
+            );
+        }
+        for (name, s) in services {
+            let test = &s["healthcheck"]["test"];
+            assert!(
+                !test.is_null() && test[0] != "NONE" && s["healthcheck"]["disable"] != true,
+                "{image}: service {name} has no healthcheck"
+            );
+        }
+    }
+    // The flagship's default profile is `ai` and it carries Ollama and Open WebUI.
+    let (_, _, _, flagship) = stacks.iter().find(|s| s.0 == "desktop-ai").unwrap();
+    for s in ["ollama", "open-webui", "qdrant"] {
+        assert_eq!(flagship["services"][s]["profiles"], json!(["ai"]), "{s}");
+    }
+    // Langfuse is a group of its own: one failed pull there cannot hold Ollama back.
+    assert_eq!(
+        flagship["services"]["langfuse-web"]["profiles"],
+        json!(["langfuse"])
+    );
+}
+
+const STACK: &str = "features:\n  docker: {source: distro}\n  compose_stack:\n    project: ../proj\n    profiles: [small]\n";
+
+fn stack_catalog(compose: &str, min_ram: u32) -> tempfile::TempDir {
+    let dir = catalog(&[(
+        "stack",
+        &format!("{MINIMAL}{STACK}publish:\n  min_ram: {min_ram}\n"),
+    )]);
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("compose.yaml"), compose).unwrap();
+    dir
+}
+
+const TWO_PROFILES: &str = concat!(
+    "services:\n",
+    "  a:\n    image: busybox:1.36\n    profiles: [small]\n    mem_limit: 256m\n",
+    "    healthcheck: {test: [CMD, 'true']}\n",
+    "  b:\n    image: busybox:1.36\n    profiles: [big]\n    mem_limit: 1.5g\n",
+    "    healthcheck: {test: [CMD, 'true']}\n",
+);
+
+#[test]
+fn a_profile_that_does_not_fit_min_ram_is_refused_naming_it() {
+    // 2048 MiB - 768 reserve = 1280 MiB: `small` fits, `big` (1536 MiB) does not.
+    let dir = stack_catalog(TWO_PROFILES, 2048);
+    let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("stack.yaml")
+            && err.contains("publish.min_ram")
+            && err.contains("profile `big`")
+            && err.contains("b 1536 MiB")
+            && err.contains("1280 MiB"),
+        "{err}"
+    );
+    let dir = stack_catalog(TWO_PROFILES, 2560);
+    let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+}
+
+#[test]
+fn a_service_without_healthcheck_or_memory_limit_is_refused() {
+    for (compose, needle) in [
+        (
+            "services:\n  a:\n    image: busybox:1.36\n    profiles: [small]\n    mem_limit: 64m\n",
+            "services.a.healthcheck",
+        ),
+        (
+            "services:\n  a:\n    image: busybox:1.36\n    profiles: [small]\n    mem_limit: 64m\n    healthcheck: {test: [NONE]}\n",
+            "services.a.healthcheck",
+        ),
+        (
+            "services:\n  a:\n    image: busybox:1.36\n    profiles: [small]\n    healthcheck: {test: [CMD, 'true']}\n",
+            "services.a.mem_limit",
+        ),
+        (
+            "services:\n  a:\n    image: busybox:1.36\n    profiles: [small]\n    mem_limit: lots\n    healthcheck: {test: [CMD, 'true']}\n",
+            "not a byte value",
+        ),
+    ] {
+        let dir = stack_catalog(compose, 4096);
+        let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{compose}: {err}");
+        assert!(err.contains("compose.yaml") && err.contains(needle), "{compose}: {err}");
+    }
+}
+
+#[test]
+fn the_health_wait_passes_on_healthy_services_and_names_the_sick_one() {
+    // Both of Compose's `ps --format json` shapes: an array (before 2.21) and one object a line.
+    let v = smoke_py(
+        "ndjson = '{\"Service\":\"a\",\"State\":\"running\",\"Health\":\"healthy\"}\\n{\"Service\":\"b\",\"State\":\"running\",\"Health\":\"starting\"}\\n'\n\
+         arr = '[{\"Service\":\"a\",\"State\":\"running\",\"Health\":\"healthy\"},{\"Service\":\"b\",\"State\":\"exited\",\"Health\":\"\"}]'\n\
+         print(json.dumps([m.compose_ps_states(ndjson), m.compose_ps_states(arr), m.compose_ps_states('')]))",
+    );
+    assert_eq!(
+        v[0],
+        json!({"a": ["running", "healthy"], "b": ["running", "starting"]})
+    );
+    assert_eq!(v[1]["b"], json!(["exited", ""]));
+    assert_eq!(v[2], json!({}));
+    let v = smoke_py(
+        "h = ('running', 'healthy')\n\
+         print(json.dumps([\n\
+           m.stack_verdict({'a': h, 'b': h}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('running', 'starting')}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('running', 'unhealthy')}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('exited', '')}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('running', '')}, ['a', 'b']),\n\
+         ]))",
+    );
+    assert_eq!(v[0], json!([true, true, []]));
+    assert_eq!(v[1], json!([false, false, ["b: running, starting"]]));
+    assert_eq!(v[2], json!([false, false, ["b: not created"]]));
+    assert_eq!(v[3], json!([true, false, ["b: running, unhealthy"]]));
+    assert_eq!(v[4], json!([true, false, ["b: exited"]]));
+    // Running without a health status never counts as healthy.
+    assert_eq!(v[5][1], false);
+}
