@@ -534,6 +534,48 @@ def builtin_stack_healthy(c):
     return False, "not healthy: " + "; ".join(logs)
 
 
+def start_page_services(text):
+    return re.findall(r'<tr data-service="([^"]+)">', text)
+
+
+def builtin_stack_start_page(c):
+    """The stack's start page lists exactly the booted profiles' services on the stack's host;
+    the launch user reads their own 0600 copy of the first-login passwords without sudo."""
+    page = c["page"]
+    for _ in range(60):
+        if os.path.exists(page):
+            break
+        time.sleep(2)
+    else:
+        return False, f"no start page at {page} (the stack unit's ExecStartPre writes it)"
+    text = open(page).read()
+    listed = start_page_services(text)
+    if sorted(listed) != sorted(c["expect"]):
+        return False, f"the page lists {sorted(listed)}, the booted profiles run {sorted(c['expect'])}"
+    if c["expect"] and f"http://{c['host']}:" not in text:
+        return False, f"the page's links are not on {c['host']}"
+    user, cred = c["user"], c["credentials"]
+    try:
+        st = os.stat(cred)
+    except FileNotFoundError:
+        return False, f"{user} has no {cred}"
+    owner = pwd.getpwuid(st.st_uid).pw_name
+    if owner != user or stat.S_IMODE(st.st_mode) != 0o600:
+        return False, f"{cred} is {owner}'s with mode {stat.S_IMODE(st.st_mode):o}, not {user}'s 0600"
+    p = subprocess.run(["runuser", "-u", user, "--", "cat", cred], capture_output=True, text=True)
+    if p.returncode != 0:
+        return False, f"{user} cannot read {cred}: {p.stderr.strip()[-200:]}"
+    theirs = dict(l.split("=", 1) for l in p.stdout.splitlines() if l and not l.startswith("#") and "=" in l)
+    instance = dict(l.split("=", 1) for l in open(c["secrets_env"]).read().splitlines() if l and not l.startswith("#") and "=" in l)
+    wrong = [n for n in c["secrets"] if not theirs.get(n) or theirs.get(n) != instance.get(n)]
+    if wrong:
+        return False, f"{cred} lacks or differs from the instance's {', '.join(wrong)}"
+    if any(v and v in text for v in instance.values()):
+        return False, "a secret value is on the start page"
+    return True, (f"{len(listed)} services on the page ({', '.join(listed)}); {user} reads "
+                  f"{len(c['secrets'])} first-login passwords from {cred} (0600)")
+
+
 # --- Exposure: every socket listening beyond the loopback must be declared. ---
 
 def _addr(hexaddr, v6):
@@ -783,6 +825,7 @@ BUILTIN = {
     "nvidia-driver-installed": builtin_nvidia_driver,
     "stack-ports-loopback-only": builtin_stack_ports_loopback,
     "stack-healthy": builtin_stack_healthy,
+    "stack-start-page": builtin_stack_start_page,
     "accounts-as-declared": builtin_accounts,
     "no-private-keys": builtin_no_private_keys,
     "no-credential-files": builtin_no_credential_files,

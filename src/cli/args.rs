@@ -175,6 +175,10 @@ pub struct UserdataArgs {
     /// Compose profiles the workspace runs (comma-separated), instead of the image's default.
     #[arg(long, value_delimiter = ',')]
     pub profiles: Option<Vec<String>>,
+    /// The host name or address users reach the stack's services at (their own links and the
+    /// start page use it), instead of the image's `compose_stack.host`.
+    #[arg(long, value_name = "HOST")]
+    pub stack_host: Option<String>,
     /// K3s images: the API server this node joins, https://HOST:PORT (a server image without
     /// it starts a new cluster).
     #[arg(long, value_name = "URL")]

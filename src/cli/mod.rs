@@ -117,6 +117,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 k3s_taints: a.k3s_taints.clone(),
                 shared: a.shared.clone(),
                 profiles: a.profiles.clone(),
+                stack_host: a.stack_host.clone(),
                 sudo: !a.no_sudo,
                 out: a.out.clone(),
             },

@@ -19,6 +19,7 @@ pub struct Request {
     pub k3s_taints: Vec<String>,
     pub shared: Option<String>,
     pub profiles: Option<Vec<String>>,
+    pub stack_host: Option<String>,
     pub sudo: bool,
     /// Write here (mode 0600) instead of returning the text only.
     pub out: Option<PathBuf>,
@@ -87,6 +88,7 @@ pub fn userdata(catalog: &Catalog, req: &Request) -> Result<Report> {
             k3s,
             shared: req.shared.clone(),
             profiles: req.profiles.clone(),
+            stack_host: req.stack_host.clone(),
         },
     )?;
     // Validate before anything is written: our own output failing is a bug (exit 1).

@@ -17,6 +17,9 @@ pub struct ComposeStack {
     pub environment: IndexMap<String, IndexMap<String, String>>,
     /// Pull the images of these profiles at build time, for an offline first start.
     pub prepull: Vec<String>,
+    /// The host name users reach the services at (STACK_HOST in settings.env; services that
+    /// make links to themselves take it from there); a launch can set another.
+    pub host: String,
 }
 
 impl Default for ComposeStack {
@@ -27,6 +30,7 @@ impl Default for ComposeStack {
             expose: Vec::new(),
             environment: IndexMap::new(),
             prepull: Vec::new(),
+            host: "localhost".into(),
         }
     }
 }
@@ -76,6 +80,12 @@ impl super::Feature for Feature {
                     .enumerate()
                     .map(|(i, p)| (format!("features.compose_stack.prepull[{i}]"), p)),
             );
+        if !valid_host(&cs.host) {
+            err(
+                "features.compose_stack.host",
+                format!("`{}` is not a host name or IP address", cs.host),
+            );
+        }
         for (field, p) in all {
             if p.is_empty()
                 || !p
@@ -86,4 +96,17 @@ impl super::Feature for Feature {
             }
         }
     }
+}
+
+/// A DNS name or an IPv4 address (what a URL's host may be without brackets).
+pub fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }

@@ -178,6 +178,7 @@ impl SmokeLaunch {
             desktop_password: Some(self.vnc_password.clone()),
             shared: None,
             profiles: None,
+            stack_host: None,
             k3s: None,
         }
     }
@@ -218,6 +219,9 @@ pub fn checks_with_profiles(
         let check = SmokeCheck::builtin("stack-ports-loopback-only", json!({"ports": ports}));
         v.push(serde_json::to_value(check).expect("plain data"));
         if let Some(check) = stack_healthy(r, &stack, profiles) {
+            v.push(serde_json::to_value(check).expect("plain data"));
+        }
+        if let Some(check) = launch.and_then(|l| stack_start_page(r, &stack, l, profiles)) {
             v.push(serde_json::to_value(check).expect("plain data"));
         }
     }
@@ -264,6 +268,49 @@ fn stack_healthy(
     ))
 }
 
+/// `stack-start-page`: the page lists exactly the services of the booted profiles, on the
+/// stack's host, and the launch user reads their own copy of the first-login passwords
+/// (0600, theirs, equal to the instance's secrets) without sudo.
+fn stack_start_page(
+    r: &Resolved,
+    stack: &crate::render::compose::ComposeProject,
+    l: &SmokeLaunch,
+    profiles: Option<&[String]>,
+) -> Option<SmokeCheck> {
+    use crate::render::compose::Login;
+    let cs = r.definition.features.compose_stack.as_ref()?;
+    if stack.start.is_empty() {
+        return None;
+    }
+    let booted = profiles.unwrap_or(&cs.profiles);
+    let expect: Vec<&str> = stack
+        .start
+        .iter()
+        .filter(|e| e.profiles.is_empty() || e.profiles.iter().any(|p| booted.contains(p)))
+        .map(|e| e.service.as_str())
+        .collect();
+    let secrets: Vec<&str> = stack
+        .start
+        .iter()
+        .filter_map(|e| match &e.login {
+            Login::Secret { secret, .. } => Some(secret.as_str()),
+            Login::Text(_) => None,
+        })
+        .collect();
+    Some(SmokeCheck::builtin(
+        "stack-start-page",
+        json!({
+            "page": crate::render::cloud_init::start_page_path(&stack.name),
+            "expect": expect,
+            "host": cs.host,
+            "user": l.user,
+            "credentials": format!("/home/{}/.config/imgbuild/{}-credentials.env", l.user, stack.name),
+            "secrets_env": crate::render::cloud_init::secrets_env_path(&stack.name),
+            "secrets": secrets,
+        }),
+    ))
+}
+
 /// The smoke seed's user-data (pure but for the launch's random values): for a desktop image
 /// the launch-time user-data of `launch`, then the smoke runner.
 pub fn user_data(
@@ -283,7 +330,7 @@ pub fn user_data(
         json!({"path": "/run/imgbuild-smoke/smoke.py", "content": RUNNER, "permissions": "0700"}),
     ];
     if let Some(p) = profiles {
-        files.push(userdata::profiles_file(r, p)?);
+        files.push(userdata::launch_env_file(r, Some(p), None)?);
     }
     let run = json!([
         "env",

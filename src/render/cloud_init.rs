@@ -16,6 +16,7 @@ pub const PROVISION: &str = include_str!("../../cloud-init/guest/provision");
 pub const HYGIENE: &str = include_str!("../../cloud-init/guest/hygiene");
 pub const PREPULL: &str = include_str!("../../cloud-init/guest/prepull");
 pub const FIRSTBOOT_SECRETS: &str = include_str!("../../cloud-init/guest/firstboot-secrets");
+pub const START_PAGE: &str = include_str!("../../cloud-init/guest/start-page");
 pub const HYGIENE_UNIT: &str = include_str!("../../cloud-init/guest/imgbuild-hygiene.service");
 
 use crate::protocol::marker;
@@ -313,6 +314,35 @@ pub fn layer_parts(
                 ),
             });
         }
+        if !c.start.is_empty() {
+            files.push(WriteFile::new(
+                start_services_path(&c.name),
+                start_services_json(c),
+                "0644",
+            ));
+            files.push(WriteFile::new(
+                format!("{LIB}/start-page"),
+                START_PAGE,
+                "0755",
+            ));
+            if d.features.desktop.is_some() {
+                // The desktop browser's home page (Firefox enterprise policies: /etc/firefox/
+                // policies/policies.json on Linux, mozilla/policy-templates README; Debian's
+                // firefox-esr reads its own app name's folder).
+                let policy = serde_json::to_string_pretty(&json!({"policies": {"Homepage": {
+                    "URL": format!("file://{}", start_page_path(&c.name)),
+                    "StartPage": "homepage",
+                }}}))
+                .expect("json");
+                for app in ["firefox", "firefox-esr"] {
+                    files.push(WriteFile::new(
+                        format!("/etc/{app}/policies/policies.json"),
+                        format!("{policy}\n"),
+                        "0644",
+                    ));
+                }
+            }
+        }
         if let Some(cs) = &d.features.compose_stack {
             stack_unit_and_prepull(c, cs, &mut files, &mut steps);
         }
@@ -575,6 +605,16 @@ fn stack_unit_and_prepull(
         requires.push_str(&format!(" imgbuild-secrets-{name}.service"));
     }
     let compose = compose_command(c);
+    // The start page for the profiles this boot runs (a failure there does not stop the stack).
+    let start_page = if c.start.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "ExecStartPre=-{LIB}/start-page page {} {}\n",
+            start_services_path(name),
+            start_page_path(name)
+        )
+    };
     let unit = format!("imgbuild-stack-{name}.service");
     files.push(WriteFile::new(
         format!("/etc/systemd/system/{unit}"),
@@ -591,6 +631,7 @@ fn stack_unit_and_prepull(
              Type=exec\n\
              EnvironmentFile={dir}/settings.env\n\
              EnvironmentFile=-{var}/launch.env\n\
+             {start_page}\
              ExecStart={compose} up --remove-orphans\n\
              ExecStop={compose} stop\n\
              Restart=on-failure\n\
@@ -636,6 +677,21 @@ pub fn compose_command(c: &ComposeProject) -> String {
         "{} --project-name {name} --project-directory {dir} {env_files} --file {dir}/compose.yaml",
         docker::COMPOSE
     )
+}
+
+/// The start page's service list in the image (rendered from the services' `x-imgbuild`).
+pub fn start_services_path(name: &str) -> String {
+    format!("/opt/imgbuild/{name}/services.json")
+}
+
+/// The start page an instance writes each time its stack starts.
+pub fn start_page_path(name: &str) -> String {
+    format!("/var/lib/imgbuild/{name}/start.html")
+}
+
+pub fn start_services_json(c: &ComposeProject) -> String {
+    serde_json::to_string_pretty(&json!({"stack": c.name, "entries": c.start})).expect("json")
+        + "\n"
 }
 
 /// Where an instance keeps its generated secrets for compose project `name` (mode 0600).

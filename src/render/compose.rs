@@ -28,6 +28,29 @@ pub struct ComposeProject {
     /// Each service's image, profiles, memory limit and whether it has a healthcheck: for
     /// pre-pulling at build time, the memory fit and the smoke's health wait.
     pub images: Vec<ServiceImage>,
+    /// The services the start page lists (those with `x-imgbuild.title`), in file order.
+    pub start: Vec<StartEntry>,
+}
+
+/// A service on the stack's start page: `x-imgbuild: {title, path, login}` in compose.yaml.
+/// `login` is a sentence (how the first login works) or `{user, secret}`: the account and the
+/// first-boot secret (a secrets.yaml name) that is its password.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StartEntry {
+    pub service: String,
+    pub title: String,
+    /// The published host port the page links to.
+    pub port: u16,
+    pub path: String,
+    pub profiles: Vec<String>,
+    pub login: Login,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Login {
+    Text(String),
+    Secret { user: String, secret: String },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -380,8 +403,10 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
             si.service
         )));
     }
+    let start = start_entries(services, &published, &main)?;
     let mut settings = String::from("# Non-secret settings of the stack (rendered by imgbuild).\n");
     settings.push_str(&format!("COMPOSE_PROFILES={}\n", cs.profiles.join(",")));
+    settings.push_str(&format!("STACK_HOST={}\n", cs.host));
     if let Some(sm) = &r.definition.features.shared_mount {
         settings.push_str(&format!("OLLAMA_MODELS_DIR={}/ollama\n", sm.model_cache));
     }
@@ -391,22 +416,41 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
         crate::yaml::to_string(&doc)
     );
     let secrets = dir.join("secrets.yaml");
+    let secrets_spec = if secrets.is_file() {
+        Some(secrets_spec(&secrets)?)
+    } else {
+        None
+    };
+    for e in &start {
+        if let Login::Secret { secret, .. } = &e.login {
+            let known = secrets_spec
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                .is_some_and(|v| v.get(secret).is_some());
+            if !known {
+                return Err(RenderError::Compose {
+                    path: main.clone(),
+                    message: format!(
+                        "services.{}.x-imgbuild.login.secret: `{secret}` is not in secrets.yaml",
+                        e.service
+                    ),
+                });
+            }
+        }
+    }
     let project = ComposeProject {
         name: dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "stack".into()),
         compose_yaml,
-        secrets_spec: if secrets.is_file() {
-            Some(secrets_spec(&secrets)?)
-        } else {
-            None
-        },
+        secrets_spec,
         settings_env: settings,
         profiles,
         services: names,
         published,
         images,
+        start,
     };
     check_fit(r, cs, &project, &main)?;
     Ok(Some(project))
@@ -477,6 +521,88 @@ fn check_fit(
         }
     }
     Ok(())
+}
+
+/// The start page's entries from the services' `x-imgbuild` (see [`StartEntry`]).
+fn start_entries(
+    services: &Map<String, Value>,
+    published: &[Published],
+    main: &Path,
+) -> Result<Vec<StartEntry>, RenderError> {
+    let bad = |svc: &str, message: String| RenderError::Compose {
+        path: main.to_path_buf(),
+        message: format!("services.{svc}.x-imgbuild{message}"),
+    };
+    let mut out = Vec::new();
+    for (name, svc) in services {
+        let Some(x) = svc.get("x-imgbuild") else {
+            continue;
+        };
+        let Some(o) = x.as_object() else {
+            return Err(bad(name, ": a map of title, path, login".into()));
+        };
+        if let Some(k) = o
+            .keys()
+            .find(|k| !["title", "path", "login"].contains(&k.as_str()))
+        {
+            return Err(bad(
+                name,
+                format!(": unknown setting `{k}` (title, path, login)"),
+            ));
+        }
+        let title = o.get("title").and_then(Value::as_str).unwrap_or("");
+        if title.is_empty() {
+            return Err(bad(name, ".title: the name the start page shows".into()));
+        }
+        let path = o.get("path").and_then(Value::as_str).unwrap_or("/");
+        if !path.starts_with('/') {
+            return Err(bad(name, format!(".path: `{path}` must start with /")));
+        }
+        let login = match o.get("login") {
+            Some(Value::String(s)) if !s.is_empty() => Login::Text(s.clone()),
+            Some(Value::Object(l))
+                if l.len() == 2
+                    && l.get("user").and_then(Value::as_str).is_some()
+                    && l.get("secret").and_then(Value::as_str).is_some() =>
+            {
+                Login::Secret {
+                    user: l["user"].as_str().unwrap_or_default().into(),
+                    secret: l["secret"].as_str().unwrap_or_default().into(),
+                }
+            }
+            _ => {
+                return Err(bad(
+                    name,
+                    ".login: a sentence, or {user, secret} naming a secrets.yaml entry".into(),
+                ))
+            }
+        };
+        let Some(port) = published
+            .iter()
+            .find(|p| &p.service == name)
+            .map(|p| p.port)
+        else {
+            return Err(bad(
+                name,
+                ": the service publishes no port to link to".into(),
+            ));
+        };
+        out.push(StartEntry {
+            service: name.clone(),
+            title: title.into(),
+            port,
+            path: path.into(),
+            profiles: svc
+                .get("profiles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect(),
+            login,
+        });
+    }
+    Ok(out)
 }
 
 /// Checks secrets.yaml and turns it into the generator's JSON. Each entry is either random,

@@ -21,6 +21,8 @@ pub struct LaunchParams {
     pub shared: Option<String>,
     /// Compose profiles to run instead of the image's default.
     pub profiles: Option<Vec<String>>,
+    /// The host name users reach the stack's services at, instead of the image's.
+    pub stack_host: Option<String>,
     /// How a K3s image joins its cluster.
     pub k3s: Option<K3sLaunch>,
 }
@@ -72,6 +74,8 @@ pub enum UserdataError {
         "--k3s-taint `{0}`: expected KEY=VALUE:EFFECT (NoSchedule, PreferNoSchedule or NoExecute)"
     )]
     BadK3sTaint(String),
+    #[error("--stack-host `{0}` is not a host name or IP address")]
+    StackHost(String),
     #[error("{0} has no compose stack: --profiles does not apply")]
     NoStack(String),
     #[error("--profiles: `{profile}` is not a profile of the stack ({known}){help}")]
@@ -296,8 +300,30 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
         );
     }
 
-    if let Some(profiles) = &p.profiles {
-        files.push(profiles_file(r, profiles)?);
+    if p.profiles.is_some() || p.stack_host.is_some() {
+        files.push(launch_env_file(
+            r,
+            p.profiles.as_deref(),
+            p.stack_host.as_deref(),
+        )?);
+    }
+    // The launch user's own copy of the stack's first-login passwords (made once the
+    // instance's secrets exist; the secrets unit is started here in case it has not run yet).
+    if let Some(stack) = super::compose::render(r).ok().flatten() {
+        let logins = stack
+            .start
+            .iter()
+            .any(|e| matches!(e.login, super::compose::Login::Secret { .. }));
+        if logins && stack.secrets_spec.is_some() {
+            runcmd.push(json!(["sh", "-c", format!(
+                "systemctl start imgbuild-secrets-{name}.service && {lib}/start-page credentials {services} {secrets} {user}",
+                name = stack.name,
+                lib = super::cloud_init::LIB,
+                services = super::cloud_init::start_services_path(&stack.name),
+                secrets = secrets_env_path(&stack.name),
+                user = p.user,
+            )]));
+        }
     }
 
     match (&d.features.k3s, &p.k3s) {
@@ -411,26 +437,41 @@ fn k3s_launch(
 /// Where the launch puts the cluster token (k3s's `token-file`).
 pub const K3S_TOKEN_FILE: &str = "/etc/rancher/k3s/cluster-token";
 
-/// The launch's choice of compose profiles (`launch.env` beside the stack's secrets, which the
-/// stack's unit reads after the image's settings.env), each checked against the stack's.
-pub fn profiles_file(r: &Resolved, profiles: &[String]) -> Result<Value, UserdataError> {
+/// The launch's choices for the stack (`launch.env` beside its secrets, read by the stack's
+/// unit after the image's settings.env): compose profiles, each checked against the stack's,
+/// and the host name its services are reached at.
+pub fn launch_env_file(
+    r: &Resolved,
+    profiles: Option<&[String]>,
+    host: Option<&str>,
+) -> Result<Value, UserdataError> {
     let stack = super::compose::render(r)
         .ok()
         .flatten()
         .ok_or_else(|| UserdataError::NoStack(r.name.clone()))?;
-    for pr in profiles {
-        if !stack.profiles.contains(pr) {
-            return Err(UserdataError::UnknownProfile {
-                profile: pr.clone(),
-                known: stack.profiles.join(", "),
-                help: crate::definition::diagnostic::did_you_mean(
-                    pr,
-                    stack.profiles.iter().map(String::as_str),
-                )
-                .map(|h| format!("; {h}"))
-                .unwrap_or_default(),
-            });
+    let mut content = String::from("# Chosen at launch (imgbuild userdata).\n");
+    if let Some(profiles) = profiles {
+        for pr in profiles {
+            if !stack.profiles.contains(pr) {
+                return Err(UserdataError::UnknownProfile {
+                    profile: pr.clone(),
+                    known: stack.profiles.join(", "),
+                    help: crate::definition::diagnostic::did_you_mean(
+                        pr,
+                        stack.profiles.iter().map(String::as_str),
+                    )
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default(),
+                });
+            }
         }
+        content.push_str(&format!("COMPOSE_PROFILES={}\n", profiles.join(",")));
+    }
+    if let Some(h) = host {
+        if !crate::features::compose_stack::valid_host(h) {
+            return Err(UserdataError::StackHost(h.into()));
+        }
+        content.push_str(&format!("STACK_HOST={h}\n"));
     }
     let dir = secrets_env_path(&stack.name);
     let dir = dir
@@ -439,7 +480,7 @@ pub fn profiles_file(r: &Resolved, profiles: &[String]) -> Result<Value, Userdat
         .unwrap_or("/var/lib/imgbuild");
     Ok(json!({
         "path": format!("{dir}/launch.env"),
-        "content": format!("# Chosen at launch (imgbuild userdata --profiles).\nCOMPOSE_PROFILES={}\n", profiles.join(",")),
+        "content": content,
         "permissions": "0644",
     }))
 }

@@ -62,6 +62,7 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
         "stack-secrets-made-at-first-boot",
         "compose-project-valid",
         "stack-ports-loopback-only",
+        "stack-start-page",
         "no-build-leftovers",
         "accounts-as-declared",
         "no-private-keys",
@@ -71,6 +72,18 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     ] {
         assert_eq!(check(&report, name)["passed"], true, "{name}: {report:#}");
     }
+    // The start page lists the default `ai` profile's services, and the launch user reads the
+    // stack's first-login passwords from their own file.
+    let sp = check(&report, "stack-start-page")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        sp.contains("4 services on the page")
+            && sp.contains("open-webui")
+            && !sp.contains("gitlab"),
+        "{sp}"
+    );
+    assert!(sp.contains("reads 4 first-login passwords"), "{sp}");
     // The launch user-data's user, key and VNC password: checked in the guest, and the VNC
     // password proven by the host's login.
     let lu = check(&report, "launch-user")["detail"].as_str().unwrap();

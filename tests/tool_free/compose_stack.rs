@@ -229,3 +229,175 @@ fn the_health_wait_passes_on_healthy_services_and_names_the_sick_one() {
     // Running without a health status never counts as healthy.
     assert_eq!(v[5][1], false);
 }
+
+/// The flagship's start page list and its page generator, from the rendered user-data.
+fn flagship_start_page() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let o = imgbuild(
+        &repo(),
+        &["render", "desktop-ai", "-o", t.path().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let ud = python_yaml(&t.path().join("amd64/seed/user-data"));
+    let file = |p: &str| {
+        ud["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("{p} is not in user-data"))["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let services = t.path().join("services.json");
+    std::fs::write(&services, file("/opt/imgbuild/ai-stack/services.json")).unwrap();
+    let script = t.path().join("start-page");
+    std::fs::write(&script, file("/usr/local/lib/imgbuild/start-page")).unwrap();
+    // The stack unit writes the page before each start; Firefox opens it.
+    let unit = file("/etc/systemd/system/imgbuild-stack-ai-stack.service");
+    assert!(unit.contains("ExecStartPre=-/usr/local/lib/imgbuild/start-page page /opt/imgbuild/ai-stack/services.json /var/lib/imgbuild/ai-stack/start.html"), "{unit}");
+    let policy: Value = serde_json::from_str(&file("/etc/firefox/policies/policies.json")).unwrap();
+    assert_eq!(
+        policy["policies"]["Homepage"]["URL"],
+        "file:///var/lib/imgbuild/ai-stack/start.html"
+    );
+    (t, services, script)
+}
+
+fn run_page(
+    script: &std::path::Path,
+    services: &std::path::Path,
+    profiles: &str,
+    host: Option<&str>,
+) -> String {
+    let out = services.with_file_name(format!("start-{profiles}.html"));
+    let mut c = std::process::Command::new("python3");
+    c.arg(script)
+        .arg("page")
+        .arg(services)
+        .arg(&out)
+        .env("COMPOSE_PROFILES", profiles);
+    match host {
+        Some(h) => c.env("STACK_HOST", h),
+        None => c.env_remove("STACK_HOST"),
+    };
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out).unwrap()
+}
+
+fn listed(page: &str) -> Vec<String> {
+    page.split("<tr data-service=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_start_page_lists_exactly_the_enabled_services_on_the_stacks_host() {
+    let (_t, services, script) = flagship_start_page();
+    let page = run_page(&script, &services, "ai", None);
+    assert_eq!(listed(&page), ["ollama", "qdrant", "open-webui", "searxng"]);
+    assert!(page.contains("http://localhost:3000/"), "{page}");
+    assert!(page.contains("http://localhost:6333/dashboard"), "{page}");
+    let page = run_page(&script, &services, "ai,gitlab", Some("ws7.lab.example"));
+    assert_eq!(
+        listed(&page),
+        ["ollama", "qdrant", "open-webui", "gitlab", "searxng"]
+    );
+    assert!(page.contains("http://ws7.lab.example:8929/"), "{page}");
+    assert!(!page.contains("localhost:"), "{page}");
+    // Where a password is, never the password: GitLab's root password is named, with its file.
+    assert!(page.contains("<code>GITLAB_ROOT_PASSWORD</code> in <code>~/.config/imgbuild/ai-stack-credentials.env</code>"), "{page}");
+    assert!(listed(&run_page(&script, &services, "", None)).is_empty());
+}
+
+#[test]
+fn the_launch_user_gets_a_private_copy_of_the_first_login_passwords() {
+    let (t, services, script) = flagship_start_page();
+    let secrets = t.path().join("secrets.env");
+    std::fs::write(&secrets, "GITLAB_ROOT_PASSWORD=g1\nFLOWISE_PASSWORD=f1\nN8N_ENCRYPTION_KEY=n1\nQDRANT_API_KEY=q1\nOPENPROJECT_ADMIN_PASSWORD=o1\n").unwrap();
+    let home = t.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    // The current user stands in for the launch user; the script finds the home in the
+    // password database, so a wrapper points only pw_dir at a temporary folder.
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_string();
+    let wrapper = format!(
+        "import pwd, runpy, sys\nreal = pwd.getpwnam\n\
+         def fake(n):\n    p = real(n)\n    return type('P', (), {{'pw_dir': {home:?}, 'pw_uid': p.pw_uid, 'pw_gid': p.pw_gid}})()\n\
+         pwd.getpwnam = fake\nsys.argv = [{script:?}, 'credentials', {services:?}, {secrets:?}, {me:?}]\n\
+         runpy.run_path({script:?}, run_name='__main__')\n",
+        home = home.to_str().unwrap(),
+        script = script.to_str().unwrap(),
+        services = services.to_str().unwrap(),
+        secrets = secrets.to_str().unwrap(),
+    );
+    let o = std::process::Command::new("python3")
+        .args(["-c", &wrapper])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !said.contains("g1") && said.contains("GITLAB_ROOT_PASSWORD"),
+        "{said}"
+    );
+    let cred = home.join(".config/imgbuild/ai-stack-credentials.env");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cred).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(home.join(".config/imgbuild"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    let body = std::fs::read_to_string(&cred).unwrap();
+    for line in [
+        "QDRANT_API_KEY=q1",
+        "FLOWISE_PASSWORD=f1",
+        "OPENPROJECT_ADMIN_PASSWORD=o1",
+        "GITLAB_ROOT_PASSWORD=g1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line}: {body}");
+    }
+    // Only first-login passwords: no other secret of the stack.
+    assert!(!body.contains("N8N_ENCRYPTION_KEY"), "{body}");
+}
+
+#[test]
+fn a_start_page_entry_must_name_a_known_secret_and_a_published_port() {
+    for (svc, needle) in [
+        (
+            "  a:\n    image: busybox:1.36\n    profiles: [small]\n    ports: [\"127.0.0.1:8080:80\"]\n    x-imgbuild: {title: A, login: {user: u, secret: NOPE}}\n",
+            "x-imgbuild.login.secret: `NOPE` is not in secrets.yaml",
+        ),
+        (
+            "  a:\n    image: busybox:1.36\n    profiles: [small]\n    x-imgbuild: {title: A, login: none}\n",
+            "publishes no port",
+        ),
+        (
+            "  a:\n    image: busybox:1.36\n    profiles: [small]\n    ports: [\"127.0.0.1:8080:80\"]\n    x-imgbuild: {title: A, login: {user: u}}\n",
+            "x-imgbuild.login: a sentence",
+        ),
+    ] {
+        let compose = format!(
+            "services:\n{}    mem_limit: 64m\n    healthcheck: {{test: [CMD, 'true']}}\n",
+            svc
+        );
+        let dir = stack_catalog(&compose, 4096);
+        let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+}

@@ -62,6 +62,10 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
         "the launch user's check knows the desktop password: {}",
         checks[n + 2]
     );
+    // The stack's start page is checked for the launch user (desktop-ai has no baked-in
+    // profile, so no health wait).
+    assert!(names.contains(&"stack-start-page"), "{names:?}");
+    assert!(!names.contains(&"stack-healthy"), "{names:?}");
     for c in &checks {
         let kind = c["kind"].as_str().expect("every check has a kind");
         assert!(CheckKind::NAMES.contains(&kind), "{c}");
@@ -74,6 +78,7 @@ fn the_smoke_checks_of_a_desktop_image_come_from_imgbuild_its_features_and_its_d
         checks.len(),
         n + 6
             + usize::from(names.contains(&"stack-ports-loopback-only"))
+            + usize::from(names.contains(&"stack-start-page"))
             + r.definition.smoke.checks.len()
             + imgbuild::pipeline::smoke::FINAL_CHECKS.len()
     );

@@ -37,6 +37,8 @@ fn desktop_user_data_is_valid_and_carries_the_launch_parameters() {
             "nfs.lab:/export/shared",
             "--profiles",
             "ai,search",
+            "--stack-host",
+            "ws7.lab.example",
             "-o",
             out.to_str().unwrap(),
         ],
@@ -115,8 +117,13 @@ fn desktop_user_data_is_valid_and_carries_the_launch_parameters() {
     assert!(file("/var/lib/imgbuild/ai-stack/launch.env")["content"]
         .as_str()
         .unwrap()
-        .contains("COMPOSE_PROFILES=ai,search"));
+        .contains("COMPOSE_PROFILES=ai,search\nSTACK_HOST=ws7.lab.example\n"));
     let runcmd = serde_json::to_string(&ud["runcmd"]).unwrap();
+    // The launch user's own copy of the stack's first-login passwords, once the secrets exist.
+    assert!(
+        runcmd.contains("systemctl start imgbuild-secrets-ai-stack.service && /usr/local/lib/imgbuild/start-page credentials /opt/imgbuild/ai-stack/services.json /var/lib/imgbuild/ai-stack/secrets.env alice"),
+        "{runcmd}"
+    );
     assert!(runcmd.contains("/run/imgbuild/vnc-passwd"), "{runcmd}");
     assert!(runcmd.contains("tigervncserver@:1.service"));
 }
@@ -195,6 +202,10 @@ fn bad_launch_parameters_are_exit_2_and_write_nothing() {
         (
             launch("desktop-ai", "a", k, Some(v), &["--shared", "just-a-host"]),
             "SERVER:/PATH",
+        ),
+        (
+            launch("desktop-ai", "a", k, Some(v), &["--stack-host", "http://x"]),
+            "--stack-host",
         ),
         (
             launch("kolla-node", "a", k, None, &["--shared", "h:/x"]),
