@@ -290,3 +290,12 @@ pub fn indent(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A compose image's tag asked of its registry ([`crate::registry::resolve`]).
+pub fn registry_status(http: &crate::http::Http, image: &str) -> Status {
+    match crate::registry::resolve(http, image) {
+        crate::registry::Resolution::Exists(_) => Status::Passed,
+        crate::registry::Resolution::Missing(why) => Status::Failed(why),
+        crate::registry::Resolution::NotRun(why) => Status::NotRun(why),
+    }
+}

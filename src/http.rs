@@ -357,6 +357,29 @@ impl Http {
         body: Option<(&str, &[u8])>,
         ok: &[u16],
     ) -> Result<Response, HttpError> {
+        self.run_with(method, url, token, &[], body, ok)
+    }
+
+    /// A GET with the caller's own headers (an `Accept` of theirs replaces the JSON one) and
+    /// no OpenStack token: for other APIs, such as container registries.
+    pub fn get_with(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        ok: &[u16],
+    ) -> Result<Response, HttpError> {
+        self.run_with("GET", url, None, headers, None, ok)
+    }
+
+    fn run_with(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+        ok: &[u16],
+    ) -> Result<Response, HttpError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -364,11 +387,19 @@ impl Http {
             let mut req = ureq::http::Request::builder()
                 .method(method)
                 .uri(url)
-                .header("Accept", "application/json")
                 .header(
                     "User-Agent",
                     concat!("imgbuild/", env!("CARGO_PKG_VERSION")),
                 );
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+            {
+                req = req.header("Accept", "application/json");
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
             if let Some(t) = token {
                 req = req.header("X-Auth-Token", t);
             }

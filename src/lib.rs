@@ -24,6 +24,7 @@ pub mod progress;
 pub mod protocol;
 pub mod qemu;
 pub mod rdp;
+pub mod registry;
 pub mod render;
 pub mod vnc;
 pub mod yaml;

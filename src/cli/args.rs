@@ -361,4 +361,8 @@ pub struct ValidateArgs {
     /// Keep the rendered files here instead of a temporary folder.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// Also ask each compose stack image's registry whether its tag exists (the OCI
+    /// distribution API, anonymous pull tokens); an unreachable registry is "not run".
+    #[arg(long)]
+    pub online: bool,
 }

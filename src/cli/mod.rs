@@ -35,6 +35,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 all: a.all,
                 strict: a.strict,
                 keep: a.keep.clone(),
+                online: a.online,
             };
             let report = commands::validate::validate(&catalog, &req, &mut |name, res| {
                 out.validate_line(name, res, a.strict)

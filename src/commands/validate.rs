@@ -16,6 +16,8 @@ pub struct Request {
     pub strict: bool,
     /// Keep the rendered files here instead of a temporary folder.
     pub keep: Option<PathBuf>,
+    /// Resolve the compose stacks' images against their registries.
+    pub online: bool,
 }
 
 /// What a run found; an `Err` is returned only after the whole report is made.
@@ -71,6 +73,21 @@ pub fn validate(
     let root = req.keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let mut definition_errors: Vec<String> = Vec::new();
     let mut results = Vec::new();
+    let mut resolved: std::collections::BTreeMap<String, Status> = Default::default();
+    let mut unreachable: std::collections::BTreeMap<String, String> = Default::default();
+    let http = if req.online {
+        let mut h = crate::http::Http::new(
+            &crate::http::TlsOptions {
+                verify: true,
+                ..Default::default()
+            },
+            std::time::Duration::from_secs(20),
+        )?;
+        h.retries = 1;
+        Some(h)
+    } else {
+        None
+    };
     for name in &names {
         let r = match catalog.load_checked(name) {
             Ok(r) => r,
@@ -86,7 +103,11 @@ pub fn validate(
         for arch in r.definition.arch.clone() {
             let rendered = match crate::render::render(&r, arch, RenderOptions { packer: target }) {
                 Ok(x) => x,
-                Err(e @ (RenderError::Definition(_) | RenderError::ArchNotListed { .. })) => {
+                Err(
+                    e @ (RenderError::Definition(_)
+                    | RenderError::ArchNotListed { .. }
+                    | RenderError::Compose { .. }),
+                ) => {
                     definition_errors.push(e.to_string());
                     continue;
                 }
@@ -97,6 +118,36 @@ pub fn validate(
             for res in check::run(&rendered, &dir, &tools) {
                 on_result(name, Some(&res));
                 results.push(res);
+            }
+            // Each stack image once per run, however many images and arches carry it.
+            if let (Some(http), Some(stack)) = (&http, &rendered.compose) {
+                for image in stack.images_for(&stack.profiles) {
+                    let registry = crate::registry::parse(&image).map(|r| r.registry);
+                    let status = match registry.as_ref().and_then(|r| unreachable.get(r)) {
+                        // A registry that could not be reached is not asked again.
+                        Some(why) => Status::NotRun(why.clone()),
+                        None => resolved
+                            .entry(image.clone())
+                            .or_insert_with(|| check::registry_status(http, &image))
+                            .clone(),
+                    };
+                    if let (Status::NotRun(why), Some(r)) = (&status, registry) {
+                        if why.contains(" unreachable: ") {
+                            unreachable.entry(r.clone()).or_insert_with(|| {
+                                format!("{r} unreachable (see the first image of it)")
+                            });
+                        }
+                    }
+                    let res = CheckResult {
+                        image: name.clone(),
+                        arch: arch.as_str().into(),
+                        validator: "registry",
+                        file: image,
+                        status,
+                    };
+                    on_result(name, Some(&res));
+                    results.push(res);
+                }
             }
         }
     }
@@ -112,7 +163,7 @@ pub fn validate(
         .filter(|r| matches!(r.status, Status::NotRun(_)))
         .count();
     if not_run > 0 && !req.strict {
-        tracing::warn!("{not_run} validator run(s) did not happen because a tool is missing; --strict makes that a failure");
+        tracing::warn!("{not_run} validator run(s) did not happen (a tool is missing or a registry unreachable); --strict makes that a failure");
     }
     Ok(Report {
         results,

@@ -401,3 +401,106 @@ fn a_start_page_entry_must_name_a_known_secret_and_a_published_port() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+/// A registry on 127.0.0.1 that speaks the distribution API's manifest GET behind the token
+/// flow (401 with a Bearer challenge, an anonymous token for the pull scope); it knows
+/// `team/app:1` only, and refuses a token asked for another scope.
+const FAKE_REGISTRY: &str = r#"
+import http.server, json, sys, urllib.parse
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        u = urllib.parse.urlparse(self.path)
+        port = self.server.server_address[1]
+        if u.path == "/token":
+            q = urllib.parse.parse_qs(u.query)
+            if q.get("service") != ["fake"] or q.get("scope") != ["repository:team/app:pull"]:
+                self.send_response(403); self.end_headers(); return
+            body = json.dumps({"token": "t-pull"}).encode()
+            self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers(); self.wfile.write(body); return
+        if not u.path.startswith("/v2/team/app/manifests/"):
+            self.send_response(404); self.end_headers(); return
+        if self.headers.get("Authorization") != "Bearer t-pull":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:team/app:pull"')
+            self.end_headers(); return
+        if "manifest" not in (self.headers.get("Accept") or ""):
+            self.send_response(406); self.end_headers(); return
+        if u.path.endswith("/1"):
+            self.send_response(200); self.send_header("Docker-Content-Digest", "sha256:" + "a" * 64); self.end_headers(); self.wfile.write(b"{}")
+        else:
+            self.send_response(404); self.end_headers(); self.wfile.write(b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+#[test]
+fn validate_online_asks_each_registry_and_says_not_run_when_it_cannot() {
+    use std::io::BufRead;
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", FAKE_REGISTRY])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let port = port.trim().to_string();
+    // A port nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let svc = |name: &str, image: &str| {
+        format!("  {name}:\n    image: {image}\n    profiles: [small]\n    mem_limit: 64m\n    healthcheck: {{test: [CMD, 'true']}}\n")
+    };
+    let compose = format!(
+        "services:\n{}{}{}{}",
+        svc("a", &format!("127.0.0.1:{port}/team/app:1")),
+        svc("b", &format!("127.0.0.1:{port}/team/app:2")),
+        svc("c", &format!("127.0.0.1:{closed}/x/y:1")),
+        svc("d", "localhost/made-here:1"),
+    );
+    let dir = stack_catalog(&compose, 4096);
+    let o = imgbuild(dir.path(), &["--json", "validate", "stack", "--online"]);
+    server.kill().ok();
+    server.wait().ok();
+    let (out, err) = text(&o);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    let reg: Vec<&Value> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["validator"] == "registry")
+        .collect();
+    let status = |img: &str| {
+        reg.iter()
+            .find(|r| r["file"] == img)
+            .unwrap_or_else(|| panic!("{img}: {reg:?}"))
+    };
+    assert_eq!(
+        status(&format!("127.0.0.1:{port}/team/app:1"))["status"],
+        "passed"
+    );
+    let missing = status(&format!("127.0.0.1:{port}/team/app:2"));
+    assert_eq!(missing["status"], "failed", "{missing}");
+    assert!(
+        missing["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has no team/app:2"),
+        "{missing}"
+    );
+    let down = status(&format!("127.0.0.1:{closed}/x/y:1"));
+    assert_eq!(down["status"], "not-run", "{down}");
+    assert!(
+        down["detail"].as_str().unwrap().contains("unreachable"),
+        "{down}"
+    );
+    assert_eq!(status("localhost/made-here:1")["status"], "not-run");
+    // A missing tag fails the run.
+    assert_eq!(o.status.code(), Some(1), "{err}");
+}

@@ -18,6 +18,7 @@ const RANKS: &[(&str, u32)] = &[
     ("http", 0),
     ("yaml", 0),
     ("openpgp", 0),
+    ("registry", 0),
     // What an image is: its definition, and what each feature in it means (the features'
     // settings are part of the definition's model, so the two share a rank).
     ("definition", 1),
