@@ -272,6 +272,14 @@ pub fn layer_parts(
             c.settings_env.clone(),
             "0644",
         ));
+        // What the services mount from the project folder (`./NAME/...`).
+        for (rel, content) in &c.support_files {
+            files.push(WriteFile::new(
+                format!("{dir}/{rel}"),
+                content.clone(),
+                "0644",
+            ));
+        }
         if let Some(spec) = &c.secrets_spec {
             // Names and sizes only; the values are made per instance at first boot.
             let spec_path = format!("/usr/local/share/imgbuild/{}/secrets.json", c.name);

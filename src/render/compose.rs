@@ -30,6 +30,51 @@ pub struct ComposeProject {
     pub images: Vec<ServiceImage>,
     /// The services the start page lists (those with `x-imgbuild.title`), in file order.
     pub start: Vec<StartEntry>,
+    /// The project's other files (config files and init scripts its services mount from the
+    /// project folder, `./NAME/...`): relative path with `/`, and content.
+    pub support_files: Vec<(String, String)>,
+}
+
+/// Files of a project folder that imgbuild reads itself rather than ships as they are.
+const PROJECT_OWN: [&str; 3] = ["compose.yaml", "compose.gpu.yaml", "secrets.yaml"];
+/// A support file is configuration, not data: it travels in the user-data.
+const SUPPORT_FILE_MAX: u64 = 256 * 1024;
+
+/// The files in the project's subfolders, sorted: each must be UTF-8 text of at most
+/// [`SUPPORT_FILE_MAX`] bytes (it goes into the image through cloud-init's user-data).
+fn support_files(dir: &Path) -> Result<Vec<(String, String)>, RenderError> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
+        let e = e.map_err(|e| RenderError::Compose {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
+        let rel_s = rel.to_string_lossy().replace('\\', "/");
+        if !e.file_type().is_file()
+            || (rel.components().count() == 1 && PROJECT_OWN.contains(&rel_s.as_str()))
+        {
+            continue;
+        }
+        if rel.components().count() == 1 || rel_s.split('/').any(|c| c.starts_with('.')) {
+            // Top-level extras (README) and hidden files stay in the repository.
+            continue;
+        }
+        let bad = |message: String| RenderError::Compose {
+            path: e.path().to_path_buf(),
+            message,
+        };
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > SUPPORT_FILE_MAX {
+            return Err(bad(format!(
+                "{len} bytes: a project's support files are configuration, at most {SUPPORT_FILE_MAX} bytes (bake data in with a script)"
+            )));
+        }
+        let content = std::fs::read_to_string(e.path())
+            .map_err(|err| bad(format!("not UTF-8 text: {err}")))?;
+        out.push((rel_s, content));
+    }
+    Ok(out)
 }
 
 /// A service on the stack's start page: `x-imgbuild: {title, path, login}` in compose.yaml.
@@ -403,6 +448,39 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
             si.service
         )));
     }
+    let support_files = support_files(&dir)?;
+    // What a service mounts from the project folder must be there: in the image the folder
+    // holds exactly these files, and Docker would make an empty directory for a missing one.
+    for (name, svc) in services.iter() {
+        for v in svc
+            .get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let source = match v {
+                Value::String(s) => s.split(':').next().unwrap_or_default().to_string(),
+                Value::Object(o) => o
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                _ => continue,
+            };
+            let Some(rel) = source.strip_prefix("./") else {
+                continue;
+            };
+            if !support_files
+                .iter()
+                .any(|(f, _)| f == rel || f.starts_with(&format!("{rel}/")))
+            {
+                return Err(bad(format!(
+                    "services.{name}.volumes: `{source}` is not a file in the project's subfolders ({})",
+                    dir.display()
+                )));
+            }
+        }
+    }
     let start = start_entries(services, &published, &main)?;
     let mut settings = String::from("# Non-secret settings of the stack (rendered by imgbuild).\n");
     settings.push_str(&format!("COMPOSE_PROFILES={}\n", cs.profiles.join(",")));
@@ -451,6 +529,7 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
         published,
         images,
         start,
+        support_files,
     };
     check_fit(r, cs, &project, &main)?;
     Ok(Some(project))

@@ -132,6 +132,12 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
             path: format!("compose/{}/settings.env", c.name),
             content: c.settings_env.clone(),
         });
+        for (rel, content) in &c.support_files {
+            files.push(RenderedFile {
+                path: format!("compose/{}/{rel}", c.name),
+                content: content.clone(),
+            });
+        }
     }
     Ok(Rendered {
         image: r.name.clone(),

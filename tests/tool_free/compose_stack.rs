@@ -504,3 +504,34 @@ fn validate_online_asks_each_registry_and_says_not_run_when_it_cannot() {
     // A missing tag fails the run.
     assert_eq!(o.status.code(), Some(1), "{err}");
 }
+
+#[test]
+fn files_a_service_mounts_from_the_project_travel_with_it_and_must_exist() {
+    let compose = "services:\n  a:\n    image: busybox:1.36\n    profiles: [small]\n    mem_limit: 64m\n    healthcheck: {test: [CMD, 'true']}\n    volumes: ['./conf/app.conf:/etc/app.conf:ro', 'data:/data']\nvolumes:\n  data: {}\n";
+    let dir = stack_catalog(compose, 4096);
+    let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "services.a.volumes: `./conf/app.conf` is not a file in the project's subfolders"
+        ),
+        "{err}"
+    );
+    std::fs::create_dir_all(dir.path().join("proj/conf")).unwrap();
+    std::fs::write(dir.path().join("proj/conf/app.conf"), "listen 80\n").unwrap();
+    let o = imgbuild(dir.path(), &["render", "stack", "-o", "out"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let ud = python_yaml(&dir.path().join("out/amd64/seed/user-data"));
+    let shipped = ud["write_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/opt/imgbuild/proj/conf/app.conf")
+        .unwrap_or_else(|| panic!("not shipped: {ud}"));
+    assert_eq!(shipped["content"], "listen 80\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/amd64/compose/proj/conf/app.conf")).unwrap(),
+        "listen 80\n"
+    );
+}
