@@ -304,7 +304,7 @@ fn the_start_page_lists_exactly_the_enabled_services_on_the_stacks_host() {
     let page = run_page(&script, &services, "ai,gitlab", Some("ws7.lab.example"));
     assert_eq!(
         listed(&page),
-        ["ollama", "qdrant", "open-webui", "gitlab", "searxng"]
+        ["ollama", "qdrant", "open-webui", "searxng", "gitlab"]
     );
     assert!(page.contains("http://ws7.lab.example:8929/"), "{page}");
     assert!(!page.contains("localhost:"), "{page}");
