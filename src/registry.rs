@@ -20,7 +20,11 @@ pub struct Reference {
 /// when it has a `.` or a `:` or is `localhost`; Docker Hub's single names are `library/`.
 pub fn parse(image: &str) -> Option<Reference> {
     let (name, reference) = match image.split_once('@') {
-        Some((n, d)) => (n, d.to_string()),
+        // `name:tag@digest`: the digest is what is pulled, the tag only a label.
+        Some((n, d)) => match n.rsplit_once(':') {
+            Some((bare, t)) if !t.contains('/') => (bare, d.to_string()),
+            _ => (n, d.to_string()),
+        },
         None => match image.rsplit_once(':') {
             Some((n, t)) if !t.contains('/') => (n, t.to_string()),
             _ => (image, "latest".to_string()),
@@ -244,6 +248,12 @@ mod tests {
             "registry-1.docker.io"
         );
         assert_eq!(p("x/y@sha256:abc").reference, "sha256:abc");
+        let t = p("cgr.dev/chainguard/minio:latest@sha256:abc");
+        assert_eq!(
+            (t.repository.as_str(), t.reference.as_str()),
+            ("chainguard/minio", "sha256:abc")
+        );
+        assert_eq!(p("localhost:5000/a@sha256:abc").registry, "localhost:5000");
         assert_eq!(parse("${IMAGE}"), None);
         assert_eq!(base_url("localhost:5000"), "http://localhost:5000");
         assert_eq!(base_url("ghcr.io"), "https://ghcr.io");
