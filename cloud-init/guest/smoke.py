@@ -478,21 +478,28 @@ def builtin_stack_ports_loopback(c):
 
 def compose_ps_states(text):
     """`docker compose ps --all --format json`: one JSON object per line (Compose >= 2.21) or
-    one array (older) -> {service: (state, health)}."""
+    one array (older) -> {service: (state, health, exit code)}."""
     text = text.strip()
     if not text:
         return {}
     rows = json.loads(text) if text.startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
-    return {r.get("Service", r.get("Name", "?")): ((r.get("State") or "").lower(), (r.get("Health") or "").lower())
+    return {r.get("Service", r.get("Name", "?")): ((r.get("State") or "").lower(), (r.get("Health") or "").lower(),
+                                                   r.get("ExitCode", 0))
             for r in rows}
 
 
-def stack_verdict(states, services):
+def stack_verdict(states, services, jobs=()):
     """(done, ok, detail): a service that is unhealthy or has exited fails at once; the wait is
-    over when every service is running and healthy."""
+    over when every service is running and healthy, and every one-shot job has exited 0."""
     bad, waiting = [], []
     for s in services:
-        state, health = states.get(s, ("not created", ""))
+        state, health, code = states.get(s, ("not created", "", 0))
+        if s in jobs:
+            if state in ("exited", "dead") and code != 0:
+                bad.append(f"{s}: {state} with code {code}")
+            elif state != "exited":
+                waiting.append(f"{s}: {state}")
+            continue
         if health == "unhealthy" or state in ("exited", "dead"):
             bad.append(f"{s}: {state}{', ' + health if health else ''}")
         elif state != "running" or health != "healthy":
@@ -517,7 +524,7 @@ def builtin_stack_healthy(c):
             states = compose_ps_states(p.stdout) if p.returncode == 0 else {}
         except ValueError:
             states = {}
-        done, ok, detail = stack_verdict(states, services)
+        done, ok, detail = stack_verdict(states, services, c.get("jobs", []))
         if ok:
             return True, f"{len(services)} services healthy: {', '.join(services)}"
         if done or time.time() > deadline:

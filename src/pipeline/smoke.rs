@@ -250,11 +250,16 @@ fn stack_healthy(
     profiles: Option<&[String]>,
 ) -> Option<SmokeCheck> {
     let cs = r.definition.features.compose_stack.as_ref()?;
-    let baked: Vec<String> = stack
+    let baked: Vec<&crate::render::compose::ServiceImage> = stack
         .services_for(profiles.unwrap_or(&cs.profiles))
         .filter(|s| s.profiles.is_empty() || s.profiles.iter().any(|p| cs.prepull.contains(p)))
-        .map(|s| s.service.clone())
         .collect();
+    let jobs: Vec<&str> = baked
+        .iter()
+        .filter(|s| s.job)
+        .map(|s| s.service.as_str())
+        .collect();
+    let baked: Vec<&str> = baked.iter().map(|s| s.service.as_str()).collect();
     if cs.prepull.is_empty() || baked.is_empty() {
         return None;
     }
@@ -263,6 +268,7 @@ fn stack_healthy(
         json!({
             "compose": crate::render::cloud_init::compose_command(stack),
             "services": baked,
+            "jobs": jobs,
             "timeout": STACK_HEALTHY_TIMEOUT_S,
         }),
     ))

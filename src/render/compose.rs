@@ -165,6 +165,9 @@ pub struct ServiceImage {
     pub mem_limit: Option<u64>,
     /// A `healthcheck` with a test that is not `NONE` and not disabled.
     pub healthcheck: bool,
+    /// A one-shot job: another service waits for it with `service_completed_successfully`
+    /// (a migration). It needs no healthcheck; it is done when it exits 0.
+    pub job: bool,
 }
 
 impl ComposeProject {
@@ -409,6 +412,15 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
     }
     let mut published = Vec::new();
     let mut images = Vec::new();
+    let jobs: Vec<String> = services
+        .values()
+        .filter_map(|s| s.get("depends_on").and_then(Value::as_object))
+        .flat_map(|d| d.iter())
+        .filter(|(_, c)| {
+            c.get("condition").and_then(Value::as_str) == Some("service_completed_successfully")
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
     for (name, svc) in services.iter() {
         published.extend(published_ports(name, svc));
         if let Some(image) = svc.get("image").and_then(Value::as_str) {
@@ -425,6 +437,7 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
                 image: image.to_string(),
                 mem_limit,
                 healthcheck: has_healthcheck(svc),
+                job: jobs.contains(name),
                 profiles: svc
                     .get("profiles")
                     .and_then(Value::as_array)
@@ -435,10 +448,11 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
             });
         }
     }
-    if let Some(si) = images.iter().find(|si| !si.healthcheck) {
+    if let Some(si) = images.iter().find(|si| !si.healthcheck && !si.job) {
         return Err(bad(format!(
             "services.{}.healthcheck: every service needs one (the smoke waits for `healthy`, \
-             `depends_on` can wait for it); none or `test: [NONE]` here",
+             `depends_on` can wait for it) but one-shot jobs other services wait for with \
+             `service_completed_successfully`; none or `test: [NONE]` here",
             si.service
         )));
     }

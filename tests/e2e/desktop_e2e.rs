@@ -83,7 +83,7 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
             && !sp.contains("gitlab"),
         "{sp}"
     );
-    assert!(sp.contains("reads 5 first-login passwords"), "{sp}");
+    assert!(sp.contains("reads 6 first-login passwords"), "{sp}");
     // The launch user-data's user, key and VNC password: checked in the guest, and the VNC
     // password proven by the host's login.
     let lu = check(&report, "launch-user")["detail"].as_str().unwrap();

@@ -107,7 +107,20 @@ fn every_profile_of_every_image_fits_its_min_ram_and_every_service_has_a_healthc
                 "{image}: profile {p} needs {mib} MiB + {reserve} MiB reserve > min_ram {min_ram}"
             );
         }
+        // One-shot jobs (a migration another service waits for with
+        // `service_completed_successfully`) have no healthcheck: they are done when they exit 0.
+        let jobs: Vec<&String> = services
+            .values()
+            .filter_map(|s| s["depends_on"].as_object())
+            .flat_map(|d| d.iter())
+            .filter(|(_, c)| c["condition"] == "service_completed_successfully")
+            .map(|(n, _)| n)
+            .collect();
         for (name, s) in services {
+            if jobs.contains(&name) {
+                assert_eq!(s["restart"], "no", "{image}: job {name} must not restart");
+                continue;
+            }
             let test = &s["healthcheck"]["test"];
             assert!(
                 !test.is_null() && test[0] != "NONE" && s["healthcheck"]["disable"] != true,
@@ -120,6 +133,11 @@ fn every_profile_of_every_image_fits_its_min_ram_and_every_service_has_a_healthc
     for s in ["ollama", "open-webui", "qdrant"] {
         assert_eq!(flagship["services"][s]["profiles"], json!(["ai"]), "{s}");
     }
+    // AFFiNE's migration runs as upstream's one-shot job before the server.
+    assert_eq!(
+        flagship["services"]["affine"]["depends_on"]["affine-migration"]["condition"],
+        "service_completed_successfully"
+    );
     // Langfuse is a group of its own: one failed pull there cannot hold Ollama back.
     assert_eq!(
         flagship["services"]["langfuse-web"]["profiles"],
@@ -200,25 +218,28 @@ fn a_service_without_healthcheck_or_memory_limit_is_refused() {
 fn the_health_wait_passes_on_healthy_services_and_names_the_sick_one() {
     // Both of Compose's `ps --format json` shapes: an array (before 2.21) and one object a line.
     let v = smoke_py(
-        "ndjson = '{\"Service\":\"a\",\"State\":\"running\",\"Health\":\"healthy\"}\\n{\"Service\":\"b\",\"State\":\"running\",\"Health\":\"starting\"}\\n'\n\
-         arr = '[{\"Service\":\"a\",\"State\":\"running\",\"Health\":\"healthy\"},{\"Service\":\"b\",\"State\":\"exited\",\"Health\":\"\"}]'\n\
+        "ndjson = '{\"Service\":\"a\",\"State\":\"running\",\"Health\":\"healthy\",\"ExitCode\":0}\\n{\"Service\":\"b\",\"State\":\"running\",\"Health\":\"starting\"}\\n'\n\
+         arr = '[{\"Service\":\"a\",\"State\":\"running\",\"Health\":\"healthy\"},{\"Service\":\"b\",\"State\":\"exited\",\"Health\":\"\",\"ExitCode\":3}]'\n\
          print(json.dumps([m.compose_ps_states(ndjson), m.compose_ps_states(arr), m.compose_ps_states('')]))",
     );
     assert_eq!(
         v[0],
-        json!({"a": ["running", "healthy"], "b": ["running", "starting"]})
+        json!({"a": ["running", "healthy", 0], "b": ["running", "starting", 0]})
     );
-    assert_eq!(v[1]["b"], json!(["exited", ""]));
+    assert_eq!(v[1]["b"], json!(["exited", "", 3]));
     assert_eq!(v[2], json!({}));
     let v = smoke_py(
-        "h = ('running', 'healthy')\n\
+        "h = ('running', 'healthy', 0)\n\
          print(json.dumps([\n\
            m.stack_verdict({'a': h, 'b': h}, ['a', 'b']),\n\
-           m.stack_verdict({'a': h, 'b': ('running', 'starting')}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('running', 'starting', 0)}, ['a', 'b']),\n\
            m.stack_verdict({'a': h}, ['a', 'b']),\n\
-           m.stack_verdict({'a': h, 'b': ('running', 'unhealthy')}, ['a', 'b']),\n\
-           m.stack_verdict({'a': h, 'b': ('exited', '')}, ['a', 'b']),\n\
-           m.stack_verdict({'a': h, 'b': ('running', '')}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('running', 'unhealthy', 0)}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('exited', '', 0)}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'b': ('running', '', 0)}, ['a', 'b']),\n\
+           m.stack_verdict({'a': h, 'j': ('exited', '', 0)}, ['a', 'j'], ['j']),\n\
+           m.stack_verdict({'a': h, 'j': ('running', '', 0)}, ['a', 'j'], ['j']),\n\
+           m.stack_verdict({'a': h, 'j': ('exited', '', 1)}, ['a', 'j'], ['j']),\n\
          ]))",
     );
     assert_eq!(v[0], json!([true, true, []]));
@@ -228,6 +249,11 @@ fn the_health_wait_passes_on_healthy_services_and_names_the_sick_one() {
     assert_eq!(v[4], json!([true, false, ["b: exited"]]));
     // Running without a health status never counts as healthy.
     assert_eq!(v[5][1], false);
+    // A one-shot job (a migration) is done when it exited 0, waited for while it runs, and
+    // fails the wait when it exited otherwise.
+    assert_eq!(v[6], json!([true, true, []]));
+    assert_eq!(v[7], json!([false, false, ["j: running"]]));
+    assert_eq!(v[8], json!([true, false, ["j: exited with code 1"]]));
 }
 
 /// The flagship's start page list and its page generator, from the rendered user-data.
