@@ -832,6 +832,7 @@ BUILTIN = {
     "nvidia-driver-installed": builtin_nvidia_driver,
     "stack-ports-loopback-only": builtin_stack_ports_loopback,
     "stack-healthy": builtin_stack_healthy,
+    "stack-renders": lambda c: (False, f"the stack's checks could not be planned: {c['error']}"),
     "stack-start-page": builtin_stack_start_page,
     "accounts-as-declared": builtin_accounts,
     "no-private-keys": builtin_no_private_keys,

@@ -209,7 +209,13 @@ pub fn checks_with_profiles(
         ))
         .map(|c| serde_json::to_value(c).expect("plain data"))
         .collect();
-    if let Ok(Some(stack)) = crate::render::compose::render(r) {
+    let stack = crate::render::compose::render(r);
+    if let Err(e) = &stack {
+        // The stack's checks cannot be planned: say so as a failing check, never drop them.
+        let check = SmokeCheck::builtin("stack-renders", json!({"error": e.to_string()}));
+        v.push(serde_json::to_value(check).expect("plain data"));
+    }
+    if let Ok(Some(stack)) = stack {
         let ports: Vec<u16> = stack
             .published
             .iter()

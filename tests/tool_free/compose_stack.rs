@@ -561,3 +561,40 @@ fn files_a_service_mounts_from_the_project_travel_with_it_and_must_exist() {
         "listen 80\n"
     );
 }
+
+#[test]
+fn a_stack_that_no_longer_renders_fails_the_smoke_instead_of_dropping_its_checks() {
+    let dir = stack_catalog(TWO_PROFILES, 4096);
+    let r = imgbuild::definition::Catalog::new(dir.path().join("images"))
+        .load_checked("stack")
+        .unwrap();
+    let names = |checks: &[Value]| -> Vec<String> {
+        checks
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ok = imgbuild::pipeline::smoke::checks(&r, None);
+    assert!(names(&ok).contains(&"stack-ports-loopback-only".to_string()));
+    assert!(!names(&ok).contains(&"stack-renders".to_string()));
+    // The project changed under the definition (a service lost its healthcheck).
+    std::fs::write(
+        dir.path().join("proj/compose.yaml"),
+        "services:\n  a:\n    image: busybox:1.36\n    profiles: [small]\n    mem_limit: 64m\n",
+    )
+    .unwrap();
+    let broken = imgbuild::pipeline::smoke::checks(&r, None);
+    let c = broken
+        .iter()
+        .find(|c| c["name"] == "stack-renders")
+        .expect("a failing check");
+    let v = smoke_py(&format!(
+        "print(json.dumps(m.BUILTIN['stack-renders'](json.loads({:?}))))",
+        serde_json::to_string(c).unwrap()
+    ));
+    assert_eq!(v[0], false);
+    assert!(
+        v[1].as_str().unwrap().contains("services.a.healthcheck"),
+        "{v}"
+    );
+}
