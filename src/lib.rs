@@ -54,6 +54,19 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters (A-Z a-z 0-9 - . _ ~): for
+/// purl segments and URL query values.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A random (version 4) UUID.
 pub fn uuid_v4() -> String {
     let mut b = random_bytes(16);

@@ -121,17 +121,6 @@ fn split_params(s: &str) -> Vec<String> {
     out
 }
 
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn unreachable(r: &Reference, e: &HttpError) -> Resolution {
     Resolution::NotRun(format!("{} unreachable: {e}", r.registry))
 }
@@ -171,11 +160,11 @@ pub fn resolve(http: &Http, image: &str) -> Resolution {
         let mut q: Vec<String> = params
             .iter()
             .filter(|(k, _)| k == "service")
-            .map(|(k, v)| format!("{k}={}", query_escape(v)))
+            .map(|(k, v)| format!("{k}={}", crate::percent_encode(v)))
             .collect();
         q.push(format!(
             "scope={}",
-            query_escape(&format!("repository:{}:pull", r.repository))
+            crate::percent_encode(&format!("repository:{}:pull", r.repository))
         ));
         let token_url = format!("{realm}?{}", q.join("&"));
         let token = match http.get_with(&token_url, &[], &[200]) {

@@ -165,27 +165,15 @@ pub fn diff_builds(dist: &Path, image: &str, old: &str, new: &str) -> Result<Dif
     ))
 }
 
-/// Percent-encodes a purl segment (everything but unreserved characters).
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The purl of a Debian or Ubuntu package (purl-spec's `deb` type).
 pub fn deb_purl(distro: &str, release: &str, p: &Package) -> String {
     format!(
         "pkg:deb/{}/{}@{}?arch={}&distro={}",
-        pct(distro),
-        pct(&p.name),
-        pct(&p.version),
-        pct(&p.arch),
-        pct(&format!("{distro}-{release}"))
+        crate::percent_encode(distro),
+        crate::percent_encode(&p.name),
+        crate::percent_encode(&p.version),
+        crate::percent_encode(&p.arch),
+        crate::percent_encode(&format!("{distro}-{release}"))
     )
 }
 
@@ -243,7 +231,11 @@ fn cyclonedx_doc(i: &Input) -> Value {
             comp["hashes"] = json!([{"alg": "SHA-256", "content": id}]);
         }
         if let Some((repo, digest)) = c.repo_digests.first().and_then(|r| r.split_once('@')) {
-            comp["purl"] = json!(format!("pkg:docker/{}@{}", repo, pct(digest)));
+            comp["purl"] = json!(format!(
+                "pkg:docker/{}@{}",
+                repo,
+                crate::percent_encode(digest)
+            ));
         }
         components.push(comp);
     }

@@ -142,6 +142,16 @@ pub fn parse_bytes(v: &Value) -> Option<u64> {
     Some((num * mult as f64) as u64)
 }
 
+/// A service's `profiles` (none: it always runs).
+fn service_profiles(svc: &Value) -> Vec<String> {
+    svc.get("profiles")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect()
+}
+
 fn has_healthcheck(svc: &Value) -> bool {
     let Some(h) = svc.get("healthcheck") else {
         return false;
@@ -338,18 +348,9 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
         .ok_or_else(|| bad("has no `services` map".into()))?;
     let names: Vec<String> = services.keys().cloned().collect();
     let mut profiles: Vec<String> = Vec::new();
-    for svc in services.values() {
-        for p in svc
-            .get("profiles")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(p) = p.as_str() {
-                if !profiles.iter().any(|x| x == p) {
-                    profiles.push(p.to_string());
-                }
-            }
+    for p in services.values().flat_map(service_profiles) {
+        if !profiles.contains(&p) {
+            profiles.push(p);
         }
     }
     let named = cs
@@ -438,13 +439,7 @@ pub fn render(r: &Resolved) -> Result<Option<ComposeProject>, RenderError> {
                 mem_limit,
                 healthcheck: has_healthcheck(svc),
                 job: jobs.contains(name),
-                profiles: svc
-                    .get("profiles")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p.as_str().map(str::to_string))
-                    .collect(),
+                profiles: service_profiles(svc),
             });
         }
     }
@@ -685,13 +680,7 @@ fn start_entries(
             title: title.into(),
             port,
             path: path.into(),
-            profiles: svc
-                .get("profiles")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p.as_str().map(str::to_string))
-                .collect(),
+            profiles: service_profiles(svc),
             login,
         });
     }

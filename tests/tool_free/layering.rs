@@ -9,6 +9,7 @@ use std::path::Path;
 const RANKS: &[(&str, u32)] = &[
     // Leaves: no knowledge of images.
     ("hex", 0),
+    ("percent_encode", 0),
     ("IoError", 0),
     ("random_bytes", 0),
     ("uuid_v4", 0),
