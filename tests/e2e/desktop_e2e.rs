@@ -6,16 +6,7 @@
 
 use crate::common;
 
-use common::{e2e_cache, read_json, repo, text, TestCommand};
-
-fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("the smoke report has no check {name}: {report:#}"))
-}
+use common::{e2e_cache, read_json, repo, smoke_check, text, TestCommand};
 
 #[test]
 fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
@@ -70,11 +61,15 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
         "identities-made-at-first-boot",
         "exposure-allowlist",
     ] {
-        assert_eq!(check(&report, name)["passed"], true, "{name}: {report:#}");
+        assert_eq!(
+            smoke_check(&report, name)["passed"],
+            true,
+            "{name}: {report:#}"
+        );
     }
     // The start page lists the default `ai` profile's services, and the launch user reads the
     // stack's first-login passwords from their own file.
-    let sp = check(&report, "stack-start-page")["detail"]
+    let sp = smoke_check(&report, "stack-start-page")["detail"]
         .as_str()
         .unwrap();
     assert!(
@@ -86,27 +81,33 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     assert!(sp.contains("reads 6 first-login passwords"), "{sp}");
     // The launch user-data's user, key and VNC password: checked in the guest, and the VNC
     // password proven by the host's login.
-    let lu = check(&report, "launch-user")["detail"].as_str().unwrap();
+    let lu = smoke_check(&report, "launch-user")["detail"]
+        .as_str()
+        .unwrap();
     assert!(lu.contains("smoke with the launch key"), "{lu}");
     assert!(
         lu.contains("unlocked with the launch's desktop password"),
         "{lu}"
     );
     // RDP: the host offered a wrong password and the launch's; xrdp refused and granted.
-    let rdp = check(&report, "rdp-login")["detail"].as_str().unwrap();
+    let rdp = smoke_check(&report, "rdp-login")["detail"]
+        .as_str()
+        .unwrap();
     assert!(
         rdp.contains("refused a wrong password") && rdp.contains("granted the launch's"),
         "{rdp}"
     );
-    let clean = check(&report, "desktop-clean")["detail"].as_str().unwrap();
+    let clean = smoke_check(&report, "desktop-clean")["detail"]
+        .as_str()
+        .unwrap();
     assert!(clean.contains("UDISKS_IGNORE=1"), "{clean}");
     assert!(lu.contains("docker"), "{lu}");
-    let vnc = check(&report, "vnc-login-and-desktop")["detail"]
+    let vnc = smoke_check(&report, "vnc-login-and-desktop")["detail"]
         .as_str()
         .unwrap();
     assert!(vnc.contains("with the launch password"), "{vnc}");
     assert!(
-        check(&report, "desktop-session")["detail"]
+        smoke_check(&report, "desktop-session")["detail"]
             .as_str()
             .unwrap()
             .contains("XFCE"),

@@ -6,16 +6,7 @@
 
 use crate::common;
 
-use common::{assert_nothing_left, e2e_cache, e2e_command, read_json, text};
-
-fn outcome<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name}: {report:#}"))
-}
+use common::{assert_nothing_left, e2e_cache, e2e_command, read_json, smoke_check, text};
 
 const GUARDS: [&str; 5] = [
     "accounts-as-declared",
@@ -66,7 +57,7 @@ fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
         .collect();
     assert_eq!(failed, GUARDS, "{report:#}");
     let detail = |name| {
-        outcome(&report, name)["detail"]
+        smoke_check(&report, name)["detail"]
             .as_str()
             .unwrap()
             .to_string()
@@ -107,7 +98,7 @@ fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
         !exposed.contains("5355/"),
         "systemd-resolved's LLMNR is off in every image: {exposed}"
     );
-    assert_eq!(outcome(&report, "declared-listener-up")["passed"], true);
+    assert_eq!(smoke_check(&report, "declared-listener-up")["passed"], true);
 }
 
 #[test]
@@ -118,6 +109,10 @@ fn the_same_image_without_the_defects_passes_every_guard() {
     let report = read_json(&out.path().join("e2e-guards-clean/g1/smoke/report.json"));
     assert_eq!(report["passed"], true, "{report:#}");
     for name in GUARDS.iter().chain(&["declared-listener-up"]) {
-        assert_eq!(outcome(&report, name)["passed"], true, "{name}: {report:#}");
+        assert_eq!(
+            smoke_check(&report, name)["passed"],
+            true,
+            "{name}: {report:#}"
+        );
     }
 }
