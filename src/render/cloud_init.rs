@@ -289,7 +289,7 @@ pub fn layer_parts(
                 FIRSTBOOT_SECRETS,
                 "0755",
             ));
-            let unit = format!("imgbuild-secrets-{}.service", c.name);
+            let unit = secrets_unit(&c.name);
             files.push(WriteFile::new(
                 format!("/etc/systemd/system/{unit}"),
                 format!(
@@ -610,7 +610,7 @@ fn stack_unit_and_prepull(
     let var = format!("/var/lib/imgbuild/{name}");
     let mut requires = String::from(docker::SERVICE);
     if c.secrets_spec.is_some() {
-        requires.push_str(&format!(" imgbuild-secrets-{name}.service"));
+        requires.push_str(&format!(" {}", secrets_unit(name)));
     }
     let compose = compose_command(c);
     // The start page for the profiles this boot runs (a failure there does not stop the stack).
@@ -700,6 +700,11 @@ pub fn start_page_path(name: &str) -> String {
 pub fn start_services_json(c: &ComposeProject) -> String {
     serde_json::to_string_pretty(&json!({"stack": c.name, "entries": c.start})).expect("json")
         + "\n"
+}
+
+/// The unit that makes compose project `name`'s secrets at first boot.
+pub fn secrets_unit(name: &str) -> String {
+    format!("imgbuild-secrets-{name}.service")
 }
 
 /// Where an instance keeps its generated secrets for compose project `name` (mode 0600).

@@ -76,7 +76,7 @@ pub enum UserdataError {
     BadK3sTaint(String),
     #[error("--stack-host `{0}` is not a host name or IP address")]
     StackHost(String),
-    #[error("{0} has no compose stack: --profiles does not apply")]
+    #[error("{0} has no compose stack: --profiles and --stack-host do not apply")]
     NoStack(String),
     #[error("--profiles: `{profile}` is not a profile of the stack ({known}){help}")]
     UnknownProfile {
@@ -316,8 +316,8 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
             .any(|e| matches!(e.login, super::compose::Login::Secret { .. }));
         if logins && stack.secrets_spec.is_some() {
             runcmd.push(json!(["sh", "-c", format!(
-                "systemctl start imgbuild-secrets-{name}.service && {lib}/start-page credentials {services} {secrets} {user}",
-                name = stack.name,
+                "systemctl start {unit} && {lib}/start-page credentials {services} {secrets} {user}",
+                unit = super::cloud_init::secrets_unit(&stack.name),
                 lib = super::cloud_init::LIB,
                 services = super::cloud_init::start_services_path(&stack.name),
                 secrets = secrets_env_path(&stack.name),
