@@ -339,6 +339,18 @@ pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// The content of `path` among a cloud-config's write_files; panics if it is not there.
+pub fn write_file<'a>(user_data: &'a serde_json::Value, path: &str) -> &'a str {
+    user_data["write_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} is not in user-data"))["content"]
+        .as_str()
+        .unwrap()
+}
+
 /// The smoke report's entry for check `name`; panics with the whole report if there is none.
 pub fn smoke_check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["checks"]

@@ -265,17 +265,7 @@ fn flagship_start_page() -> (tempfile::TempDir, std::path::PathBuf, std::path::P
     );
     assert!(o.status.success(), "{}", text(&o).1);
     let ud = python_yaml(&t.path().join("amd64/seed/user-data"));
-    let file = |p: &str| {
-        ud["write_files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["path"] == p)
-            .unwrap_or_else(|| panic!("{p} is not in user-data"))["content"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let file = |p: &str| write_file(&ud, p).to_string();
     let services = t.path().join("services.json");
     std::fs::write(&services, file("/opt/imgbuild/ai-stack/services.json")).unwrap();
     let script = t.path().join("start-page");

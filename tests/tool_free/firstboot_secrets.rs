@@ -11,17 +11,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-fn write_file<'a>(user_data: &'a serde_json::Value, path: &str) -> &'a str {
-    user_data["write_files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == path)
-        .unwrap_or_else(|| panic!("{path} is not in user-data"))["content"]
-        .as_str()
-        .unwrap()
-}
-
 fn env(path: &Path) -> BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap()
