@@ -18,14 +18,30 @@ fi
 $SUDO apt-get update -o Acquire::Retries=3 || true
 pkgs=(packer mmdebstrap xorriso cloud-init ovmf gdisk mtools dosfstools e2fsprogs
       grub-pc-bin grub-efi-amd64-bin grub2-common fdisk cpio zstd
+      qemu-efi-aarch64 arch-test binfmt-support
       tigervnc-tools openssl gnupg xvfb xauth freerdp2-x11)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then
-  $SUDO apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
+# arm64 on this x86 host: qemu-system-arm boots it (TCG), qemu-user-static runs the arm64
+# tree's programs while mmdebstrap bootstraps it (through binfmt_misc, below).
+qemu=()
+for p in qemu-system-x86 qemu-system-arm qemu-user-static; do
+  dpkg -s "$p" >/dev/null 2>&1 || qemu+=("$p")
+done
+if [ ${#qemu[@]} -gt 0 ]; then
+  $SUDO apt-get install -y --no-install-recommends -t bookworm-backports "${qemu[@]}" qemu-utils
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 # cloud-init's package enables its services; on a build host they must never run.
 $SUDO systemctl disable cloud-init cloud-init-local cloud-config cloud-final >/dev/null 2>&1 || true
+# binfmt_misc: mounted (a container may not have it) and the aarch64 entry registered with the
+# F flag (the interpreter opened now, so it works inside a chroot). systemd-binfmt does this at
+# boot on a full system; a CI container has no such boot.
+if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+  $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+fi
+if [ -e /proc/sys/fs/binfmt_misc/register ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  grep -v '^#' /usr/lib/binfmt.d/qemu-aarch64.conf | $SUDO tee /proc/sys/fs/binfmt_misc/register >/dev/null || true
+fi

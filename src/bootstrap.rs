@@ -59,8 +59,14 @@ pub enum BootstrapError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Io(#[from] crate::IoError),
-    #[error("bootstrap bases are made for amd64 only so far, not {0}")]
-    UnsupportedArch(Arch),
+    /// A foreign-arch tree needs the kernel to run that arch's programs through QEMU.
+    #[error("an {arch} bootstrap on an {host} host runs {arch} programs through qemu-user, but binfmt_misc has no enabled `{entry}` entry ({why}); install qemu-user-static and register it: scripts/install-host-tools.sh")]
+    NoBinfmt {
+        arch: Arch,
+        host: Arch,
+        entry: String,
+        why: String,
+    },
     #[error("{0}")]
     Layout(String),
     #[error("interrupted")]
@@ -72,6 +78,51 @@ pub fn kernel_package(arch: Arch) -> &'static str {
         Arch::Amd64 => "linux-image-cloud-amd64",
         Arch::Arm64 => "linux-image-cloud-arm64",
     }
+}
+
+/// Packages a tree of `arch` needs besides [`BASE_PACKAGES`]: its kernel and, on arm64, GRUB's
+/// arm64-efi modules (Debian ships them only as an arm64 package, so an amd64 host's
+/// grub-mkimage builds the boot loader from the tree's copy; Ubuntu's arm64 cloud images carry
+/// the same package).
+pub fn arch_packages(arch: Arch) -> Vec<&'static str> {
+    match arch {
+        Arch::Amd64 => vec![kernel_package(arch)],
+        Arch::Arm64 => vec![kernel_package(arch), "grub-efi-arm64-bin"],
+    }
+}
+
+/// The binfmt_misc entry through which the kernel runs `arch`'s programs (Debian's
+/// qemu-user-static registers `qemu-aarch64`).
+pub fn binfmt_entry(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-x86_64",
+        Arch::Arm64 => "qemu-aarch64",
+    }
+}
+
+/// Whether this host can run `arch`'s programs in a tree: natively, or through an enabled
+/// binfmt_misc entry. The error says what is missing.
+pub fn check_foreign_arch(arch: Arch) -> Result<(), BootstrapError> {
+    let host = Arch::host();
+    if arch == host {
+        return Ok(());
+    }
+    let entry = binfmt_entry(arch);
+    let path = Path::new("/proc/sys/fs/binfmt_misc").join(entry);
+    let why = match std::fs::read_to_string(&path) {
+        Ok(s) if s.lines().next() == Some("enabled") => return Ok(()),
+        Ok(_) => format!("{} is disabled", path.display()),
+        Err(_) if !Path::new("/proc/sys/fs/binfmt_misc/status").exists() => {
+            "binfmt_misc is not mounted at /proc/sys/fs/binfmt_misc".to_string()
+        }
+        Err(_) => format!("no {}", path.display()),
+    };
+    Err(BootstrapError::NoBinfmt {
+        arch,
+        host,
+        entry: entry.to_string(),
+        why,
+    })
 }
 
 /// The cache key: every input of the recipe, hashed.
@@ -113,15 +164,13 @@ pub fn bootstrap(
     debs: Option<&Path>,
     cancel: &AtomicBool,
 ) -> Result<(), BootstrapError> {
-    if arch != Arch::Amd64 {
-        return Err(BootstrapError::UnsupportedArch(arch));
-    }
+    check_foreign_arch(arch)?;
     std::fs::create_dir_all(work).map_err(crate::IoError::at(work))?;
     let root = work.join("root");
     if root.exists() {
         std::fs::remove_dir_all(&root).map_err(crate::IoError::at(&root))?;
     }
-    let mut include: Vec<String> = vec![kernel_package(arch).to_string()];
+    let mut include: Vec<String> = arch_packages(arch).iter().map(|s| s.to_string()).collect();
     include.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
     include.extend(spec.packages.iter().cloned());
     tracing::info!("bootstrap: mmdebstrap {} from {}", spec.suite, spec.mirror);
@@ -174,10 +223,16 @@ pub fn bootstrap(
         &mut |s| tracing::info!("bootstrap: {s}"),
     )?;
     check(cancel)?;
-    configure_tree(&root)?;
+    configure_tree(&root, arch)?;
     check(cancel)?;
     let raw = work.join("disk.raw");
-    assemble_disk(&root, &raw, spec.size_gib as u64 * 1024 * 1024 * 1024, work)?;
+    assemble_disk(
+        &root,
+        &raw,
+        spec.size_gib as u64 * 1024 * 1024 * 1024,
+        work,
+        arch,
+    )?;
     check(cancel)?;
     let tmp = out.with_extension("qcow2.part");
     Cmd::new("qemu-img")
@@ -289,19 +344,30 @@ fn write(path: &Path, content: &str) -> Result<(), BootstrapError> {
     Ok(std::fs::write(path, content).map_err(crate::IoError::at(path))?)
 }
 
-pub const GRUB_CFG: &str =
-    "# imgbuild bootstrap base (no menu wait, as Ubuntu's cloud images: every build
+/// GRUB's menu for `arch`: no menu wait (as Ubuntu's cloud images: every build layer, smoke
+/// and instance boot would pay it), the kernel's console on the serial port QEMU logs (the
+/// 16550 `ttyS0` on x86, the virt machine's PL011 `ttyAMA0` on arm64, where GRUB itself writes
+/// through the firmware's console, which AAVMF mirrors to that port).
+pub fn grub_cfg(arch: Arch) -> String {
+    let (terminal, serial) = match arch {
+        Arch::Amd64 => (
+            "serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n",
+            "ttyS0",
+        ),
+        Arch::Arm64 => ("", "ttyAMA0"),
+    };
+    format!(
+        "# imgbuild bootstrap base (no menu wait, as Ubuntu's cloud images: every build
 # layer, smoke and instance boot would pay it)
 set timeout=0
-serial --unit=0 --speed=115200
-terminal_input console serial
-terminal_output console serial
-menuentry 'Debian GNU/Linux' {
+{terminal}menuentry 'Debian GNU/Linux' {{
   search --no-floppy --label rootfs --set=root
-  linux /vmlinuz root=LABEL=rootfs ro console=tty1 console=ttyS0,115200n8
+  linux /vmlinuz root=LABEL=rootfs ro console=tty1 console={serial},115200n8
   initrd /initrd.img
+}}
+"
+    )
 }
-";
 
 const GRUB_EMBED: &str = "search --no-floppy --label rootfs --set=root
 set prefix=($root)/boot/grub
@@ -310,7 +376,7 @@ configfile $prefix/grub.cfg
 
 /// What a cloud image has that mmdebstrap does not: fstab, locale, cloud-init's datasources,
 /// networking through netplan (as on Ubuntu), a boot menu; and no per-instance state.
-pub fn configure_tree(root: &Path) -> Result<(), BootstrapError> {
+pub fn configure_tree(root: &Path, arch: Arch) -> Result<(), BootstrapError> {
     write(
         &root.join("etc/fstab"),
         "LABEL=rootfs / ext4 defaults,discard,errors=remount-ro 0 1\n",
@@ -325,7 +391,7 @@ pub fn configure_tree(root: &Path) -> Result<(), BootstrapError> {
         &root.join("etc/cloud/cloud.cfg.d/90-imgbuild.cfg"),
         "# imgbuild bootstrap base\ndatasource_list: [NoCloud, ConfigDrive, OpenStack, None]\nlocale: C.UTF-8\nmanage_etc_hosts: true\nsystem_info:\n  network:\n    renderers: [netplan]\n",
     )?;
-    write(&root.join("boot/grub/grub.cfg"), GRUB_CFG)?;
+    write(&root.join("boot/grub/grub.cfg"), &grub_cfg(arch))?;
     Cmd::new("chroot")
         .arg(root)
         .args([
@@ -379,6 +445,7 @@ pub fn assemble_disk(
     raw: &Path,
     size: u64,
     work: &Path,
+    arch: Arch,
 ) -> Result<(), BootstrapError> {
     let [bios, esp, rootp] = layout(size)?;
     let f = std::fs::File::create(raw).map_err(crate::IoError::at(raw))?;
@@ -416,13 +483,32 @@ pub fn assemble_disk(
 
     let embed = work.join("grub-embed.cfg");
     write(&embed, GRUB_EMBED)?;
-    // UEFI: GRUB on the removable-media path of a FAT ESP.
-    let efi = work.join("BOOTX64.EFI");
-    Cmd::new("grub-mkimage")
-        .args(["-O", "x86_64-efi", "-p", "/boot/grub", "-c"])
+    // UEFI: GRUB on the removable-media path of a FAT ESP. arm64's modules come from the
+    // tree (grub-efi-arm64-bin, see arch_packages); the host's grub-mkimage builds any target.
+    let (target, efi_name, modules) = match arch {
+        Arch::Amd64 => ("x86_64-efi", "BOOTX64.EFI", None),
+        Arch::Arm64 => (
+            "arm64-efi",
+            "BOOTAA64.EFI",
+            Some(root.join("usr/lib/grub/arm64-efi")),
+        ),
+    };
+    let efi = work.join(efi_name);
+    let mut mkimage = Cmd::new("grub-mkimage");
+    if let Some(d) = &modules {
+        mkimage = mkimage.arg("-d").arg(d);
+    }
+    // serial/terminal: x86's console is the 16550; on arm64 GRUB writes through the firmware.
+    let console_modules: &[&str] = match arch {
+        Arch::Amd64 => &["serial", "terminal"],
+        Arch::Arm64 => &[],
+    };
+    mkimage
+        .args(["-O", target, "-p", "/boot/grub", "-c"])
         .arg(&embed)
         .arg("-o")
         .arg(&efi)
+        .args(console_modules)
         .args([
             "part_gpt",
             "part_msdos",
@@ -435,8 +521,6 @@ pub fn assemble_disk(
             "configfile",
             "echo",
             "test",
-            "serial",
-            "terminal",
             "gzio",
             "efi_gop",
             "all_video",
@@ -458,10 +542,15 @@ pub fn assemble_disk(
         .arg("-i")
         .arg(&esp_img)
         .arg(&efi)
-        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .arg(format!("::/EFI/BOOT/{efi_name}"))
         .run()?;
     let esp_bytes = std::fs::read(&esp_img).map_err(crate::IoError::at(&esp_img))?;
     write_at(raw, esp.0 * SECTOR, &esp_bytes)?;
+    if arch != Arch::Amd64 {
+        // No BIOS on arm64: the BIOS boot partition stays empty (the layout is the same so
+        // growpart and the smoke see one shape).
+        return Ok(());
+    }
 
     // BIOS: core.img in the BIOS boot partition, boot.img's code in the MBR.
     let core = work.join("core.img");

@@ -52,6 +52,12 @@ const TOOLS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     ("mmdebstrap", "--version", "bootstrap bases", false),
+    (
+        "arch-test",
+        "--version",
+        "bootstrap bases of a foreign arch (mmdebstrap asks it)",
+        false,
+    ),
     ("sgdisk", "--version", "bootstrap bases", false),
     ("mcopy", "--version", "bootstrap bases (UEFI)", false),
     ("grub-mkimage", "--version", "bootstrap bases", false),
@@ -111,6 +117,39 @@ pub fn run(cache: &Path) -> Report {
         version: None,
         install: ovmf.is_none().then(|| "apt-get install ovmf".to_string()),
     });
+    // arm64 (or any arch but the host's): firmware to boot it, and binfmt_misc to bootstrap it.
+    for arch in Arch::ALL.into_iter().filter(|a| *a != Arch::host()) {
+        if arch == Arch::Arm64 {
+            let aavmf = crate::qemu::uefi_firmware(arch);
+            tools.push(ToolStatus {
+                name: "AAVMF".into(),
+                needed_for: "build, smoke (arm64: UEFI is its only firmware)".into(),
+                required: false,
+                path: aavmf.as_ref().map(|(c, _)| c.display().to_string()),
+                version: None,
+                install: aavmf
+                    .is_none()
+                    .then(|| format!("apt-get install {}", crate::host::uefi_package(arch))),
+            });
+        }
+        let entry = crate::bootstrap::binfmt_entry(arch);
+        let binfmt = crate::bootstrap::check_foreign_arch(arch);
+        tools.push(ToolStatus {
+            name: format!("binfmt {entry}"),
+            needed_for: format!("bootstrap bases for {arch} on this {} host", Arch::host()),
+            required: false,
+            path: binfmt
+                .is_ok()
+                .then(|| format!("/proc/sys/fs/binfmt_misc/{entry}")),
+            version: match &binfmt {
+                Ok(()) => Some("enabled".into()),
+                Err(e) => Some(e.to_string()),
+            },
+            install: binfmt.is_err().then(|| {
+                "apt-get install -t bookworm-backports qemu-user-static; scripts/install-host-tools.sh registers it".to_string()
+            }),
+        });
+    }
     let accel = crate::qemu::probe_accel(Arch::host());
     let ready = tools.iter().all(|t| !t.required || t.path.is_some());
     Report {

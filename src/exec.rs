@@ -299,6 +299,7 @@ pub fn install_hint(program: &str) -> Option<&'static str> {
         "qemu-img" => "apt-get install qemu-utils",
         "packer" => "apt-get install packer",
         "mmdebstrap" => "apt-get install mmdebstrap",
+        "arch-test" => "apt-get install arch-test",
         "xorriso" => "apt-get install xorriso",
         "xvfb-run" => "apt-get install xvfb freerdp2-x11 (or `make host-tools`)",
         "xfreerdp" => "apt-get install freerdp2-x11 (or `make host-tools`)",

@@ -18,6 +18,7 @@ pub mod features;
 pub mod glance;
 pub mod host;
 pub mod http;
+pub mod lab;
 pub mod openpgp;
 pub mod pipeline;
 pub mod progress;

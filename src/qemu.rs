@@ -94,16 +94,26 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
-    fn args(self) -> Vec<String> {
+    fn args(self, arch: Arch) -> Vec<String> {
         match self {
             Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
             Accel::Tcg => vec![
                 "-accel".into(),
                 "tcg,thread=multi".into(),
                 "-cpu".into(),
-                "max".into(),
+                tcg_cpu(arch).into(),
             ],
         }
+    }
+}
+
+/// The CPU model under TCG. arm64's `max` signs pointers with QARMA, which TCG emulates at
+/// great cost; `pauth-impdef=on` uses QEMU's cheaper implementation-defined algorithm (QEMU's
+/// docs/system/arm/cpu-features.rst, "TCG VCPU Features").
+pub fn tcg_cpu(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "max",
+        Arch::Arm64 => "max,pauth-impdef=on",
     }
 }
 
@@ -277,7 +287,7 @@ impl VmSpec {
                     "q35"
                 },
             ])
-            .args(self.accel.args())
+            .args(self.accel.args(self.arch))
             .args([
                 "-smp",
                 &self.cpus.to_string(),

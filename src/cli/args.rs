@@ -68,7 +68,9 @@ pub enum Command {
     /// Validated with cloud-init's schema before it is written.
     Userdata(UserdataArgs),
     /// A Lima instance YAML that boots a built artifact (location, arch, digest), with cpus,
-    /// memory and disk from the definition and port forwards for the desktop and the stack.
+    /// memory and disk from the definition and port forwards for the desktop and the stack;
+    /// or, with --lab, the instance files of a lab of several nodes (networks, raw disks,
+    /// SSH key, NICs without address), its networks.yaml additions and start sequence.
     #[command(disable_version_flag = true)]
     Lima(LimaArgs),
     /// Upload a built version to OpenStack Glance (clouds.yaml / OS_* auth), verify Glance's
@@ -142,15 +144,20 @@ pub struct DiffArgs {
 
 #[derive(Args, Debug)]
 pub struct LimaArgs {
-    /// The image.
-    pub image: String,
+    /// The image (not with --lab, whose file names it).
+    #[arg(required_unless_present = "lab", conflicts_with = "lab")]
+    pub image: Option<String>,
+    /// A lab description (YAML: image, vm_type, ssh_key, networks, nodes); writes one
+    /// NODE.yaml per node, networks.yaml and start.sh into the folder given with -o.
+    #[arg(long, value_name = "FILE", requires = "out")]
+    pub lab: Option<PathBuf>,
     /// The built version (default: the newest in the dist folder).
     #[arg(long = "version", value_name = "V")]
     pub image_version: Option<String>,
     /// The dist folder the build wrote to.
     #[arg(long, default_value = "dist")]
     pub dist: PathBuf,
-    /// Write here instead of stdout.
+    /// Write here instead of stdout (with --lab: the folder for the lab's files).
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
 }
@@ -193,6 +200,10 @@ pub struct UserdataArgs {
     /// K3s images: an extra node taint KEY=VALUE:EFFECT (repeatable), added to the image's.
     #[arg(long = "k3s-taint", value_name = "KEY=VALUE:EFFECT")]
     pub k3s_taints: Vec<String>,
+    /// Kolla hosts: the whole, empty disk that becomes LVM's `cinder-volumes` group at first
+    /// boot (e.g. /dev/vdb or /dev/disk/by-id/virtio-SERIAL); a disk with data is refused.
+    #[arg(long, value_name = "DEVICE")]
+    pub cinder_volumes: Option<String>,
     /// Do not give the user passwordless sudo.
     #[arg(long)]
     pub no_sudo: bool,

@@ -119,19 +119,36 @@ pub fn run(cli: &Cli) -> Result<()> {
                 shared: a.shared.clone(),
                 profiles: a.profiles.clone(),
                 stack_host: a.stack_host.clone(),
+                cinder_volumes: a.cinder_volumes.clone(),
                 sudo: !a.no_sudo,
                 out: a.out.clone(),
             },
         )?),
-        Command::Lima(a) => out.lima(&commands::lima::lima(
-            &catalog,
-            &commands::lima::Request {
-                image: a.image.clone(),
-                version: a.image_version.clone(),
-                dist: a.dist.clone(),
-                out: a.out.clone(),
-            },
-        )?),
+        Command::Lima(a) => match (&a.lab, &a.image, &a.out) {
+            (Some(lab), _, Some(dir)) => out.lab(&commands::lima::lab(
+                &catalog,
+                &commands::lima::LabRequest {
+                    lab: lab.clone(),
+                    version: a.image_version.clone(),
+                    dist: a.dist.clone(),
+                    out: dir.clone(),
+                },
+            )?),
+            (_, Some(image), _) => out.lima(&commands::lima::lima(
+                &catalog,
+                &commands::lima::Request {
+                    image: image.clone(),
+                    version: a.image_version.clone(),
+                    dist: a.dist.clone(),
+                    out: a.out.clone(),
+                },
+            )?),
+            // clap requires an image, or --lab with -o.
+            _ => Err(imgbuild::error::Error::Usage(
+                "lima: give an IMAGE, or --lab FILE with -o DIR".into(),
+            )
+            .into()),
+        },
         Command::Publish(a) => out.published(&commands::publish::publish(
             &catalog,
             &commands::publish::Request {

@@ -200,6 +200,25 @@ impl Output {
         self.written(r, r.file.is_some(), &r.text)
     }
 
+    pub fn lab(&self, r: &lima::LabReport) -> Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        for b in &r.builds {
+            println!(
+                "{} {} {}: {}",
+                r.image,
+                b.version,
+                b.arch,
+                b.artifact.display()
+            );
+        }
+        for f in &r.files {
+            println!("wrote {}", f.display());
+        }
+        Ok(())
+    }
+
     /// A generated file: its text on stdout, or (written to a file) nothing but the report
     /// with --json.
     fn written(&self, report: &impl serde::Serialize, to_file: bool, text: &str) -> Result<()> {

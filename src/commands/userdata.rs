@@ -20,6 +20,7 @@ pub struct Request {
     pub shared: Option<String>,
     pub profiles: Option<Vec<String>>,
     pub stack_host: Option<String>,
+    pub cinder_volumes: Option<String>,
     pub sudo: bool,
     /// Write here (mode 0600) instead of returning the text only.
     pub out: Option<PathBuf>,
@@ -89,6 +90,7 @@ pub fn userdata(catalog: &Catalog, req: &Request) -> Result<Report> {
             shared: req.shared.clone(),
             profiles: req.profiles.clone(),
             stack_host: req.stack_host.clone(),
+            cinder_volumes: req.cinder_volumes.clone(),
         },
     )?;
     // Validate before anything is written: our own output failing is a bug (exit 1).

@@ -180,6 +180,7 @@ impl SmokeLaunch {
             profiles: None,
             stack_host: None,
             k3s: None,
+            cinder_volumes: None,
         }
     }
 }

@@ -135,3 +135,239 @@ pub fn render(r: &Resolved, m: &Built, artifact: &Path) -> String {
     }
     head + &yaml::to_string(&Value::Object(doc))
 }
+
+/// One node of a lab, ready to render: the lab's node, the builds it boots (one per arch,
+/// newest first not required), the lab's SSH key and its name.
+pub struct LabNode<'a> {
+    pub lab: &'a crate::lab::Lab,
+    pub name: &'a str,
+    pub node: &'a crate::lab::Node,
+    /// Every arch built, each with its artifact's absolute path.
+    pub builds: Vec<(Built<'a>, std::path::PathBuf)>,
+    /// OpenSSH public keys for the Lima user (already checked).
+    pub ssh_keys: &'a [String],
+}
+
+/// Where the netplan override that keeps NICs without an address goes. Lima writes its own
+/// network config (every NIC `dhcp4: true`, matched by MAC, renamed with `set-name`:
+/// lima-vm/lima pkg/cidata/cidata.TEMPLATE.d/network-config @ v2.2.0) through cloud-init,
+/// re-read at every boot (the instance id changes each boot, cidata.go); netplan merges
+/// definitions of the same id across files in lexical order, so a later file turns DHCP off.
+pub const NETPLAN_OVERRIDE: &str = "/etc/netplan/90-imgbuild-unaddressed.yaml";
+
+/// The netplan override for NICs `ifaces` (no DHCP, no RA, no link-local address).
+pub fn netplan_unaddressed(ifaces: &[&str]) -> String {
+    let mut eth = serde_json::Map::new();
+    for i in ifaces {
+        eth.insert(
+            (*i).into(),
+            json!({"dhcp4": false, "dhcp6": false, "accept-ra": false, "link-local": []}),
+        );
+    }
+    "# imgbuild lab: these NICs stay up without an address (Neutron's external interface).\n"
+        .to_string()
+        + &yaml::to_string(&json!({"network": {"version": 2, "ethernets": eth}}))
+}
+
+/// The boot-time provision script of a lab node (Lima runs `mode: system` scripts as root
+/// at every boot, after its own boot scripts).
+pub fn provision_script(ifaces: &[&str], ssh_keys: &[String], cinder: Option<&str>) -> String {
+    let mut s = String::from("#!/bin/bash\n# Written by `imgbuild lima --lab`; Lima runs it at every boot.\nset -eux -o pipefail\n");
+    if !ifaces.is_empty() {
+        s.push_str(&format!(
+            "# {NETPLAN_OVERRIDE} (written by Lima before this) turns DHCP off; drop what the\n# first lease gave, keep the links up for Open vSwitch.\nnetplan apply\n"
+        ));
+        for i in ifaces {
+            s.push_str(&format!(
+                "ip -4 addr flush dev {i}\nip -6 addr flush dev {i} scope global\nip link set {i} up\n"
+            ));
+        }
+    }
+    if !ssh_keys.is_empty() {
+        // {{.User}} and {{.Home}}: Lima's guest template fields (pkg/limayaml/defaults.go
+        // executeGuestTemplate @ v2.2.0).
+        s.push_str("# The deployer's key, for the Lima user (passwordless sudo: Lima's default).\ninstall -d -m 0700 -o \"{{.User}}\" \"{{.Home}}/.ssh\"\nkeys=\"{{.Home}}/.ssh/authorized_keys\"\ntouch \"$keys\"; chown \"{{.User}}\" \"$keys\"; chmod 0600 \"$keys\"\n");
+        for k in ssh_keys {
+            let q = crate::exec::quote(k);
+            s.push_str(&format!(
+                "grep -qxF {q} \"$keys\" || echo {q} >>\"$keys\"\n"
+            ));
+        }
+    }
+    if let Some(dev) = cinder {
+        s.push_str(&format!(
+            "# Cinder's LVM group on the raw disk (idempotent; refuses a disk with data).\n{} {dev}\n",
+            crate::features::kolla_host::CINDER_VOLUMES_BIN
+        ));
+    }
+    s
+}
+
+/// The guest device of the `i`th additional disk: Lima attaches them in order after the root
+/// disk (lima-vm/lima pkg/cidata/cidata.go diskDeviceNameFromOrder @ v2.2.0: `vd` + 'b'+i).
+pub fn extra_disk_device(i: usize) -> String {
+    format!("/dev/vd{}", (b'b' + i as u8) as char)
+}
+
+/// A lab node's instance YAML.
+pub fn render_lab_node(n: &LabNode) -> String {
+    let node = n.node;
+    let mut doc = serde_json::Map::new();
+    doc.insert("vmType".into(), json!(n.lab.vm_type.as_str()));
+    // One arch built: that arch (QEMU emulates it on another host); both: the host's (Lima
+    // picks the image entry of the instance's arch, pkg/instance/start.go).
+    if let [only] = n.builds.as_slice() {
+        doc.insert("arch".into(), json!(lima_arch(only.0.arch)));
+    }
+    doc.insert(
+        "images".into(),
+        Value::Array(
+            n.builds
+                .iter()
+                .map(|(b, path)| {
+                    json!({
+                        "location": path.display().to_string(),
+                        "arch": lima_arch(b.arch),
+                        "digest": format!("sha256:{}", b.sha256),
+                    })
+                })
+                .collect(),
+        ),
+    );
+    doc.insert("cpus".into(), json!(node.cpus));
+    doc.insert("memory".into(), json!(node.memory));
+    doc.insert("disk".into(), json!(node.disk));
+    doc.insert(
+        "mounts".into(),
+        Value::Array(
+            node.mounts
+                .iter()
+                .map(|m| json!({"location": m.location, "writable": m.writable}))
+                .collect(),
+        ),
+    );
+    doc.insert("containerd".into(), json!({"system": false, "user": false}));
+    // Plain mode: no guest agent, so no automatic forwarding of every port the node listens
+    // on (a Kolla node's MariaDB, RabbitMQ, APIs...) to the host's loopback, no mounts beyond
+    // these, no containerd; provision scripts still run (lima-vm/lima templates/default.yaml
+    // `plain` @ v2.2.0).
+    doc.insert("plain".into(), json!(node.mounts.is_empty()));
+    if !node.nics.is_empty() {
+        doc.insert(
+            "networks".into(),
+            Value::Array(
+                node.nics
+                    .iter()
+                    .map(|nic| json!({"lima": nic.network, "interface": nic.interface}))
+                    .collect(),
+            ),
+        );
+    }
+    if !node.disks.is_empty() {
+        // format: false: Lima neither partitions nor formats them (LVM and Ceph want the raw
+        // disk). Lima's boot script still tries to mount /dev/vdX1 and logs a warning when
+        // there is none (pkg/cidata/cidata.TEMPLATE.d/boot.Linux/05-lima-disks.sh).
+        doc.insert(
+            "additionalDisks".into(),
+            Value::Array(
+                node.disks
+                    .iter()
+                    .map(|d| json!({"name": d.name, "format": false}))
+                    .collect(),
+            ),
+        );
+    }
+    let unaddressed: Vec<&str> = node
+        .nics
+        .iter()
+        .filter(|n| !n.address)
+        .map(|n| n.interface.as_str())
+        .collect();
+    let cinder = node
+        .disks
+        .iter()
+        .position(|d| d.cinder_volumes)
+        .map(extra_disk_device);
+    let mut provision = Vec::new();
+    if !unaddressed.is_empty() {
+        provision.push(json!({
+            "mode": "data",
+            "path": NETPLAN_OVERRIDE,
+            "permissions": "600",
+            "content": netplan_unaddressed(&unaddressed),
+        }));
+    }
+    if !unaddressed.is_empty() || !n.ssh_keys.is_empty() || cinder.is_some() {
+        provision.push(json!({
+            "mode": "system",
+            "script": provision_script(&unaddressed, n.ssh_keys, cinder.as_deref()),
+        }));
+    }
+    if !provision.is_empty() {
+        doc.insert("provision".into(), Value::Array(provision));
+    }
+    let mut head = format!(
+        "# Lima instance `{}` of lab image {} (written by `imgbuild lima --lab`).\n",
+        n.name, n.lab.image
+    );
+    for (b, _) in &n.builds {
+        head.push_str(&format!("#   {} {} ({})\n", b.image, b.version, b.arch));
+    }
+    for (i, d) in node.disks.iter().enumerate() {
+        head.push_str(&format!(
+            "# Disk {} ({}) is {} in the guest; create it first: limactl disk create {} --size {}\n",
+            d.name,
+            d.size,
+            extra_disk_device(i),
+            d.name,
+            d.size
+        ));
+    }
+    head.push_str(&format!(
+        "# Start: limactl start --name={} --tty=false THIS_FILE\n",
+        n.name
+    ));
+    head + &yaml::to_string(&Value::Object(doc))
+}
+
+/// The lab's additions to Lima's networks.yaml (`~/.lima/_config/networks.yaml`, under
+/// `networks:`): host-only socket_vmnet networks with DHCP from macOS's bootpd.
+pub fn render_lab_networks(lab: &crate::lab::Lab) -> String {
+    let mut nets = serde_json::Map::new();
+    for (name, n) in &lab.networks {
+        let g = u32::from(n.gateway);
+        let m = u32::from(n.netmask);
+        let dhcp_end = std::net::Ipv4Addr::from((g & m) | (!m & !1u32));
+        nets.insert(
+            name.clone(),
+            json!({
+                "mode": "host",
+                "gateway": n.gateway.to_string(),
+                "dhcpEnd": dhcp_end.to_string(),
+                "netmask": n.netmask.to_string(),
+            }),
+        );
+    }
+    "# Add these under `networks:` in ~/.lima/_config/networks.yaml (written by `imgbuild lima --lab`).\n"
+        .to_string()
+        + &yaml::to_string(&json!({ "networks": nets }))
+}
+
+/// The lab's start sequence: disks first, then each node.
+pub fn render_lab_start(lab: &crate::lab::Lab) -> String {
+    let mut s = String::from("#!/bin/sh\n# The lab's start sequence (written by `imgbuild lima --lab`). Needs socket_vmnet\n# (`limactl sudoers`) and the networks of networks.yaml in ~/.lima/_config/networks.yaml.\nset -eu\ncd \"$(dirname \"$0\")\"\n");
+    for n in lab.nodes.values() {
+        for d in &n.disks {
+            s.push_str(&format!(
+                "[ -n \"$(limactl disk ls --json {0} 2>/dev/null)\" ] || limactl disk create {0} --size {1}\n",
+                d.name, d.size
+            ));
+        }
+    }
+    for name in lab.nodes.keys() {
+        s.push_str(&format!(
+            "limactl start --name={name} --tty=false ./{name}.yaml\n"
+        ));
+    }
+    s
+}

@@ -25,6 +25,8 @@ pub struct LaunchParams {
     pub stack_host: Option<String>,
     /// How a K3s image joins its cluster.
     pub k3s: Option<K3sLaunch>,
+    /// Kolla hosts: the disk that becomes the `cinder-volumes` volume group.
+    pub cinder_volumes: Option<String>,
 }
 
 /// A K3s node's launch: the server it joins (none for a cluster's first server), the
@@ -62,6 +64,10 @@ pub enum UserdataError {
     BadShared(String),
     #[error("{0} has no k3s (features.k3s): --k3s-* options do not apply")]
     NoK3s(String),
+    #[error("{0} is no Kolla host (features.kolla_host): --cinder-volumes does not apply")]
+    NoKollaHost(String),
+    #[error("--cinder-volumes `{0}`: expected a device path under /dev (e.g. /dev/vdb, /dev/disk/by-id/virtio-cinder)")]
+    BadCinderDevice(String),
     #[error("{0} is a K3s {1}: give the cluster token with --k3s-token-file{2}")]
     NeedK3s(String, &'static str, &'static str),
     #[error("--k3s-server `{0}`: expected https://HOST:PORT (the API server, e.g. https://10.0.0.10:6443)")]
@@ -337,6 +343,25 @@ pub fn document(r: &Resolved, p: &LaunchParams) -> Result<Value, UserdataError> 
         }
         (None, Some(_)) => return Err(UserdataError::NoK3s(r.name.clone())),
         (None, None) => {}
+    }
+
+    if let Some(dev) = &p.cinder_volumes {
+        if d.features.kolla_host.is_none() {
+            return Err(UserdataError::NoKollaHost(r.name.clone()));
+        }
+        let ok = dev.starts_with("/dev/")
+            && dev.len() > 5
+            && dev
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-_.:".contains(c));
+        if !ok {
+            return Err(UserdataError::BadCinderDevice(dev.clone()));
+        }
+        // First boot only (runcmd); the script is idempotent and refuses a disk with data.
+        runcmd.push(json!([
+            crate::features::kolla_host::CINDER_VOLUMES_BIN,
+            dev
+        ]));
     }
 
     if !files.is_empty() {

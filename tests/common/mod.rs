@@ -213,6 +213,9 @@ pub struct FakeBuild<'a> {
     pub started: &'a str,
     /// MiB of patterned guest data (unique per version) in the qcow2.
     pub data_mib: usize,
+    pub arch: imgbuild::definition::Arch,
+    /// The manifest's `artifact.compression` (the qcow2 itself is uncompressed).
+    pub compression: &'a str,
 }
 
 impl Default for FakeBuild<'_> {
@@ -222,6 +225,8 @@ impl Default for FakeBuild<'_> {
             version: "1.0",
             started: "2026-11-23T00:00:00Z",
             data_mib: 8,
+            arch: imgbuild::definition::Arch::Amd64,
+            compression: "none",
         }
     }
 }
@@ -230,7 +235,6 @@ impl Default for FakeBuild<'_> {
 /// (made by qemu-img from patterned data, so Glance's format check passes and every version
 /// differs) and its manifest.json. Returns the artifact's path.
 pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
-    use imgbuild::definition::Arch;
     use imgbuild::pipeline::manifest::*;
     let dir = dist.join(b.image).join(b.version);
     std::fs::create_dir_all(&dir).unwrap();
@@ -242,7 +246,7 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
     data.extend_from_slice(b.version.as_bytes());
     let virtual_size = (data.len() as u64).div_ceil(512) * 512;
     std::fs::write(&raw, &data).unwrap();
-    let file = format!("{}-{}-amd64.qcow2", b.image, b.version);
+    let file = format!("{}-{}-{}.qcow2", b.image, b.version, b.arch);
     let artifact = dir.join(&file);
     let o = Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
@@ -256,7 +260,7 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
     let m = Manifest {
         image: b.image.into(),
         version: b.version.into(),
-        arch: Arch::Amd64,
+        arch: b.arch,
         description: "test".into(),
         backend: "qemu".into(),
         accel: "tcg".into(),
@@ -270,7 +274,7 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
         artifact: Artifact {
             file,
             format: "qcow2".into(),
-            compression: "none".into(),
+            compression: b.compression.into(),
             size: digests.size,
             virtual_size,
         },
