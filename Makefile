@@ -4,18 +4,26 @@ CARGO ?= cargo
 VENV  ?= .venv
 export IMGBUILD_VENV := $(abspath $(VENV))
 
-.PHONY: all host-tools venv openstack-venv build test test-tool-free test-e2e test-openstack lint demo clean
+.PHONY: all host-tools venv openstack-venv kolla-venv build test test-tool-free test-e2e test-openstack lint demo clean
 
 all: build
 
 ## Host tools: qemu-system (bookworm-backports), packer, mmdebstrap, cloud-init, xorriso, ovmf, ...
-host-tools: venv openstack-venv
+host-tools: venv openstack-venv kolla-venv
 	bash scripts/install-host-tools.sh
 
 ## Keystone + Glance + python-openstackclient (pinned, scripts/openstack-constraints.txt) for
 ## the tests that run a real OpenStack on 127.0.0.1.
 openstack-venv:
 	bash scripts/openstack-test-stack.sh install target/openstack-venv
+
+## Kolla-Ansible 2025.2 (kolla-ansible 21.3.0, Ansible 11 with the collections it needs) for
+## the end-to-end test that runs its prechecks against the Debian kolla-node twin.
+kolla-venv: target/kolla-venv/.installed
+target/kolla-venv/.installed: requirements-kolla.txt
+	python3 -m venv target/kolla-venv
+	target/kolla-venv/bin/pip install --quiet --disable-pip-version-check -r requirements-kolla.txt
+	touch $@
 
 ## Python validators (check-jsonschema, PyYAML) in a local venv.
 venv: $(VENV)/.installed

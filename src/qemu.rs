@@ -197,6 +197,7 @@ fn probe_kvm(arch: Arch) -> AccelChoice {
         uefi_vars: Some(vars_copy),
         hostfwd: Vec::new(),
         extra_disks: Vec::new(),
+        extra_nics: Vec::new(),
     };
     let _ = code;
     let mut vm = match Vm::start(&spec) {
@@ -265,6 +266,9 @@ pub struct VmSpec {
     /// More qcow2 disks, each (file, serial): the guest finds them as
     /// /dev/disk/by-id/virtio-SERIAL. Written through to the host (guest flushes honoured).
     pub extra_disks: Vec<(PathBuf, String)>,
+    /// More NICs after the first, each on a user-mode network of its own with no way out
+    /// (`restrict=on`), with these MAC addresses: a lab's second NIC, kept without an address.
+    pub extra_nics: Vec<String>,
 }
 
 impl VmSpec {
@@ -357,6 +361,14 @@ impl VmSpec {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
         }
         c = c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
+        for (i, mac) in self.extra_nics.iter().enumerate() {
+            let id = format!("net{}", i + 1);
+            c = c
+                .arg("-netdev")
+                .arg(format!("user,id={id},restrict=on"))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev={id},mac={mac}"));
+        }
         if let Some(q) = qmp_socket {
             c = c
                 .arg("-qmp")

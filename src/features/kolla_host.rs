@@ -141,8 +141,9 @@ pub(super) fn fragment(k: &KollaHost) -> Fragment {
         "40-kolla-host",
         format!(
             "{}\n{} || true\n\
-             # What bootstrap-servers removes (roles/packages): only those installed.\n\
-             rm_pkgs=$(dpkg-query -W -f='${{Package}} ${{Status}}\\n' {} 2>/dev/null | awk '/ installed$/ {{print $1}}')\n\
+             # What bootstrap-servers removes (roles/packages): only those installed (dpkg-query\n\
+             # exits 1 for the names it does not know).\n\
+             rm_pkgs=$(dpkg-query -W -f='${{Package}} ${{Status}}\\n' {} 2>/dev/null | awk '/ installed$/ {{print $1}}' || true)\n\
              if [ -n \"$rm_pkgs\" ]; then DEBIAN_FRONTEND=noninteractive apt-get purge -y $rm_pkgs; DEBIAN_FRONTEND=noninteractive apt-get autoremove -y --purge; fi\n\
              # Debian-family prechecks want /etc/timezone (datetime_checks.yml).\n\
              [ -s /etc/timezone ] || echo Etc/UTC > /etc/timezone\n",

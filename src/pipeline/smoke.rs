@@ -506,6 +506,7 @@ pub fn smoke(
         uefi_vars,
         hostfwd: vnc_fwd.into_iter().chain(rdp_fwd).collect(),
         extra_disks: Vec::new(),
+        extra_nics: Vec::new(),
     };
     let started = Instant::now();
     let mut vm = Vm::start(&spec)?;

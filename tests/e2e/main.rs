@@ -10,6 +10,7 @@ mod build_e2e;
 mod desktop_e2e;
 mod disk_full;
 mod guards_e2e;
+mod kolla_e2e;
 mod parallel_e2e;
 mod qemu_vm;
 

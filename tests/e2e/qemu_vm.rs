@@ -22,6 +22,7 @@ fn spec(dir: &std::path::Path) -> VmSpec {
         uefi_vars: None,
         hostfwd: Vec::new(),
         extra_disks: Vec::new(),
+        extra_nics: Vec::new(),
     }
 }
 

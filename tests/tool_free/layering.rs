@@ -24,6 +24,8 @@ const RANKS: &[(&str, u32)] = &[
     // settings are part of the definition's model, so the two share a rank).
     ("definition", 1),
     ("features", 1),
+    // A lab of several VMs of an image (a description, like a definition).
+    ("lab", 1),
     ("host", 2),
     // Pure rendering, then the validators of what was rendered.
     ("render", 3),

@@ -282,6 +282,7 @@ fn boot_layer(
         extra_disks: apt
             .map(|a| vec![(a.to_path_buf(), APT_CACHE_SERIAL.to_string())])
             .unwrap_or_default(),
+        extra_nics: Vec::new(),
     };
     // In error messages: the joined log every layer's console ends up in.
     let serial_name = input.logs.join("serial-build.log");
