@@ -160,9 +160,11 @@ pub(super) fn fragment(k: &KollaHost) -> Fragment {
 pub const READY_CHECK: &str = r#"bad=0
 say() { echo "$*"; bad=1; }
 python3 -c 'import docker, dbus' 2>/dev/null || say "python3 cannot import docker and dbus (prechecks' package_checks)"
-cmp -s /etc/docker/daemon.json - <<'J' || say "/etc/docker/daemon.json differs from what bootstrap-servers writes"
+# Byte for byte, without a trailing newline ($(...) drops the heredoc's).
+printf '%s' "$(cat <<'J'
 __DAEMON_JSON__
 J
+)" | cmp -s /etc/docker/daemon.json - || say "/etc/docker/daemon.json differs from what bootstrap-servers writes"
 systemctl is-active -q docker || say "docker is not active"
 ip link show docker0 >/dev/null 2>&1 && say "docker0 exists: Docker ran with its default bridge"
 iptables -S 2>/dev/null | grep -q -- '-N DOCKER' && say "DOCKER iptables chains exist: Docker ran with iptables on"
@@ -216,9 +218,8 @@ mod tests {
 
     #[test]
     fn the_daemon_json_is_what_ansible_to_nice_json_writes() {
-        // to_nice_json = json.dumps(indent=4, sort_keys=True); Python's own output is the
-        // reference, compared byte for byte in tests/tool_free; here: it parses and has
-        // kolla's settings.
+        // Byte for byte against Python's json.dumps (Ansible's to_nice_json):
+        // tests/tool_free/kolla.rs; here: it parses and has kolla's settings.
         let v: serde_json::Value = serde_json::from_str(DOCKER_DAEMON_JSON).unwrap();
         assert_eq!(v["iptables"], false);
         assert_eq!(v["ip-forward"], false);

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod arm64_e2e;
 mod build_e2e;
 mod desktop_e2e;
 mod disk_full;

@@ -17,6 +17,7 @@ mod desktop_clean;
 mod firstboot_secrets;
 mod fuzz_definitions;
 mod k3s_images;
+mod kolla;
 mod layering;
 mod lima;
 mod packer_versions;
