@@ -91,23 +91,15 @@ fn builds_per_arch(
     image: &str,
     version: Option<&str>,
 ) -> Result<Vec<(PathBuf, Manifest)>> {
-    let mut found: Vec<(PathBuf, Manifest)> = std::fs::read_dir(dist.join(image))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| {
-            Manifest::read(&e.path().join(crate::pipeline::manifest::FILE))
-                .ok()
-                .map(|m| (e.path(), m))
-        })
-        .filter(|(_, m)| {
-            version.is_none_or(|v| m.version == v || m.version == format!("{v}-{}", m.arch))
-        })
-        .collect();
-    found.sort_by(|x, y| y.1.build.started.cmp(&x.1.build.started));
     let mut out: Vec<(PathBuf, Manifest)> = Vec::new();
-    for b in found {
+    let matching = super::builds(dist, image)
+        .into_iter()
+        .rev()
+        .filter(|(_, m)| {
+            m.image == image
+                && version.is_none_or(|v| m.version == v || m.version == format!("{v}-{}", m.arch))
+        });
+    for b in matching {
         if !out.iter().any(|(_, m)| m.arch == b.1.arch) {
             out.push(b);
         }

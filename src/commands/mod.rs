@@ -60,6 +60,23 @@ pub fn one_arch(r: &Resolved, only: Option<Arch>) -> Result<Arch> {
     })
 }
 
+/// Every build of `image` in `dist` (version folder and manifest), the newest last.
+pub fn builds(dist: &Path, image: &str) -> Vec<(PathBuf, Manifest)> {
+    let mut found: Vec<(PathBuf, Manifest)> = std::fs::read_dir(dist.join(image))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            Manifest::read(&e.path().join(manifest::FILE))
+                .ok()
+                .map(|m| (e.path(), m))
+        })
+        .collect();
+    found.sort_by(|x, y| x.1.build.started.cmp(&y.1.build.started));
+    found
+}
+
 /// The version folder and manifest of a build of `image` in `dist`: `version`, else the
 /// newest.
 pub fn find_build(dist: &Path, image: &str, version: Option<&str>) -> Result<(PathBuf, Manifest)> {
@@ -76,18 +93,7 @@ pub fn find_build(dist: &Path, image: &str, version: Option<&str>) -> Result<(Pa
             (dir, m)
         }
         None => {
-            let mut found: Vec<(PathBuf, Manifest)> = std::fs::read_dir(&image_dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .filter_map(|e| {
-                    Manifest::read(&e.path().join(manifest::FILE))
-                        .ok()
-                        .map(|m| (e.path(), m))
-                })
-                .collect();
-            found.sort_by(|x, y| x.1.build.started.cmp(&y.1.build.started));
+            let mut found = builds(dist, image);
             found.pop().ok_or_else(|| {
                 Error::Usage(format!(
                     "no build of {image} in {} (run: imgbuild build {image})",

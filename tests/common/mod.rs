@@ -334,6 +334,37 @@ pub fn in_mount_namespace(script: &str) -> Command {
     c
 }
 
+/// `imgbuild --json build IMAGE ARGS --version VERSION --out OUT` of the real catalog with the
+/// shared e2e cache; asserts it succeeded (the smoke report in the message if not) and returns
+/// the version folder and the manifest it printed.
+pub fn build_real(
+    image: &str,
+    version: &str,
+    args: &[&str],
+    out: &Path,
+) -> (PathBuf, serde_json::Value) {
+    let mut c = TestCommand::new(&["--json", "build", image]);
+    for a in args {
+        c = c.arg(a);
+    }
+    let o = c
+        .arg("--version")
+        .arg(version)
+        .arg("--out")
+        .arg(out)
+        .cache_dir(e2e_cache())
+        .output();
+    let (stdout, stderr) = text(&o);
+    let dir = out.join(image).join(version);
+    assert!(
+        o.status.success(),
+        "build of {image} failed:\n{stderr}\n{}",
+        std::fs::read_to_string(dir.join("smoke/report.json")).unwrap_or_default()
+    );
+    let m = serde_json::from_str(&stdout).expect("--json prints the manifest");
+    (dir, m)
+}
+
 /// The layer and base cache the build end-to-end tests share (built once, reused).
 pub fn e2e_cache() -> PathBuf {
     repo().join("target/e2e-cache")

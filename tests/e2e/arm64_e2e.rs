@@ -5,34 +5,18 @@
 
 use crate::common;
 
-use common::{e2e_cache, read_json, text, TestCommand};
+use common::{read_json, TestCommand};
 
 #[test]
 fn debian12_base_builds_for_arm64_boots_under_tcg_and_passes_its_smoke() {
     let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
-    let o = TestCommand::new(&[
-        "--json",
-        "build",
+    let (dir, m) = common::build_real(
         "debian12-base",
-        "--arch",
-        "arm64",
-        "--no-cache",
-        "--version",
         "a1",
-        "--out",
-    ])
-    .arg(out.path())
-    .cache_dir(e2e_cache())
-    .output();
-    let (stdout, stderr) = text(&o);
-    let dir = out.path().join("debian12-base/a1");
-    assert!(
-        o.status.success(),
-        "arm64 build failed:\n{stderr}\n{}",
-        std::fs::read_to_string(dir.join("smoke/report.json")).unwrap_or_default()
+        &["--arch", "arm64", "--no-cache"],
+        out.path(),
     );
-    let m: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(m["arch"], "arm64");
     assert_eq!(m["accel"], "tcg");
     assert_eq!(m["base"]["kind"], "bootstrap");

@@ -6,31 +6,12 @@
 
 use crate::common;
 
-use common::{e2e_cache, read_json, repo, smoke_check, text, TestCommand};
+use common::{read_json, repo, smoke_check};
 
 #[test]
 fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     let out = tempfile::tempdir().unwrap();
-    let o = TestCommand::new(&[
-        "--json",
-        "build",
-        "debian12-desktop-ai",
-        "--no-cache",
-        "--version",
-        "d1",
-        "--out",
-    ])
-    .arg(out.path())
-    .cache_dir(e2e_cache())
-    .output();
-    let (stdout, stderr) = text(&o);
-    let dir = out.path().join("debian12-desktop-ai/d1");
-    assert!(
-        o.status.success(),
-        "build failed:\n{stderr}\n{}",
-        std::fs::read_to_string(dir.join("smoke/report.json")).unwrap_or_default()
-    );
-    let m: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints the manifest");
+    let (dir, m) = common::build_real("debian12-desktop-ai", "d1", &["--no-cache"], out.path());
     assert_eq!(m["smoke"]["passed"], true);
     assert_eq!(m["base"]["kind"], "bootstrap");
     // --no-cache: provisioned in one boot, nothing kept in the layer cache.

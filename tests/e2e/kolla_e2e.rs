@@ -16,7 +16,7 @@
 
 use crate::common;
 
-use common::{e2e_cache, read_json, repo, smoke_check, text, TestCommand};
+use common::{read_json, repo, smoke_check, text, TestCommand};
 use imgbuild::definition::Arch;
 use imgbuild::qemu::{Firmware, Vm, VmSpec};
 use std::path::{Path, PathBuf};
@@ -84,25 +84,7 @@ fn write(p: &Path, s: &str) {
 fn debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks() {
     let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
-    let o = TestCommand::new(&[
-        "--json",
-        "build",
-        "debian12-kolla-node",
-        "--version",
-        "k1",
-        "--out",
-    ])
-    .arg(out.path())
-    .cache_dir(e2e_cache())
-    .output();
-    let (stdout, stderr) = text(&o);
-    let dir = out.path().join("debian12-kolla-node/k1");
-    assert!(
-        o.status.success(),
-        "build failed:\n{stderr}\n{}",
-        std::fs::read_to_string(dir.join("smoke/report.json")).unwrap_or_default()
-    );
-    let m: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (dir, m) = common::build_real("debian12-kolla-node", "k1", &["--no-cache"], out.path());
     assert_eq!(m["smoke"]["passed"], true);
     let report = read_json(&dir.join("smoke/report.json"));
     let ready = smoke_check(&report, "kolla-host-ready");
@@ -307,8 +289,12 @@ fn debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks() {
         }
         if line.starts_with("localhost") {
             if group == "deployment" {
-                // This host runs as root without sudo: become by su.
-                inventory.push_str("localhost ansible_connection=local ansible_become_method=su\n");
+                // This host runs as root without sudo: become by su; Python: the venv's (the
+                // PATH's python3 may be a shim of another version).
+                inventory.push_str(&format!(
+                    "localhost ansible_connection=local ansible_become_method=su ansible_python_interpreter={}\n",
+                    venv.join("bin/python3").display()
+                ));
             } else {
                 inventory.push_str(&node);
                 inventory.push('\n');
