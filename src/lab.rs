@@ -150,7 +150,7 @@ pub fn lima_size(s: &str) -> Option<u64> {
         "p" => 1 << 50,
         _ => return None,
     };
-    (n >= 0.0).then(|| (n * mul as f64) as u64)
+    (n >= 0.0).then_some((n * mul as f64) as u64)
 }
 
 /// Lima's identifier rule for disk names (lima-vm/lima pkg/identifiers/validate.go @ v2.2.0):

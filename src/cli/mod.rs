@@ -146,8 +146,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             // clap requires an image, or --lab with -o.
             _ => Err(imgbuild::error::Error::Usage(
                 "lima: give an IMAGE, or --lab FILE with -o DIR".into(),
-            )
-            .into()),
+            )),
         },
         Command::Publish(a) => out.published(&commands::publish::publish(
             &catalog,
