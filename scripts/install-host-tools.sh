@@ -18,7 +18,7 @@ fi
 $SUDO apt-get update -o Acquire::Retries=3 || true
 pkgs=(packer mmdebstrap xorriso cloud-init ovmf gdisk mtools dosfstools e2fsprogs
       grub-pc-bin grub-efi-amd64-bin grub2-common fdisk cpio zstd
-      qemu-efi-aarch64 arch-test binfmt-support
+      qemu-efi-aarch64 arch-test binfmt-support openssh-client
       tigervnc-tools openssl gnupg xvfb xauth freerdp2-x11)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -136,8 +136,8 @@ pub fn render(r: &Resolved, m: &Built, artifact: &Path) -> String {
     head + &yaml::to_string(&Value::Object(doc))
 }
 
-/// One node of a lab, ready to render: the lab's node, the builds it boots (one per arch,
-/// newest first not required), the lab's SSH key and its name.
+/// One node of a lab, ready to render: its name and settings, the builds it boots (one per
+/// arch) and the deployer's SSH keys.
 pub struct LabNode<'a> {
     pub lab: &'a crate::lab::Lab,
     pub name: &'a str,
@@ -169,8 +169,10 @@ pub fn netplan_unaddressed(ifaces: &[&str]) -> String {
         + &yaml::to_string(&json!({"network": {"version": 2, "ethernets": eth}}))
 }
 
-/// The boot-time provision script of a lab node (Lima runs `mode: system` scripts as root
-/// at every boot, after its own boot scripts).
+/// The boot-time provision script of a lab node. Lima runs `mode: system` scripts as root at
+/// every boot, after its own boot scripts and after writing the `mode: data` files
+/// (lima-vm/lima pkg/cidata/cidata.TEMPLATE.d/boot.sh @ v2.2.0: provision.data, then
+/// provision.system).
 pub fn provision_script(ifaces: &[&str], ssh_keys: &[String], cinder: Option<&str>) -> String {
     let mut s = String::from("#!/bin/bash\n# Written by `imgbuild lima --lab`; Lima runs it at every boot.\nset -eux -o pipefail\n");
     if !ifaces.is_empty() {
