@@ -85,6 +85,37 @@ pub enum Command {
     /// The build cache: `ls` what is in it, `prune` what is old. Layers are content-addressed
     /// (a layer's key covers its parent and everything it renders from).
     Cache(CacheArgs),
+    /// A CI pipeline for the catalog in an existing CI engine.
+    Ci(CiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CiArgs {
+    #[command(subcommand)]
+    pub engine: CiEngine,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CiEngine {
+    /// A GitLab CI child pipeline: per image and arch a build, smoke and publish job, ordered
+    /// by `extends` (`needs:`), the smoke's JUnit report as a test report, publishing one at a
+    /// time per image (`resource_group`), on runners with the given tags.
+    Gitlab(CiGitlabArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CiGitlabArgs {
+    /// The images (default: every buildable image of the catalog).
+    pub images: Vec<String>,
+    /// Only this arch (default: every arch each image lists).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// A runner tag every job asks for (repeatable; runners with KVM).
+    #[arg(long = "runner-tag", value_name = "TAG", default_value = "kvm")]
+    pub runner_tags: Vec<String>,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long = "out")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -5,7 +5,7 @@
 pub mod args;
 mod output;
 
-use args::{ArchArg, CacheAction, Cli, Command};
+use args::{ArchArg, CacheAction, CiEngine, Cli, Command};
 use imgbuild::commands::{self, build::ArchChoice};
 use imgbuild::definition::Catalog;
 use imgbuild::error::Result;
@@ -166,6 +166,17 @@ pub fn run(cli: &Cli) -> Result<()> {
                 quiet: cli.quiet,
             },
         )?),
+        Command::Ci(a) => match &a.engine {
+            CiEngine::Gitlab(g) => out.ci(&commands::ci::gitlab(
+                &catalog,
+                &commands::ci::Request {
+                    images: g.images.clone(),
+                    arch: g.arch,
+                    runner_tags: g.runner_tags.clone(),
+                    out: g.out.clone(),
+                },
+            )?),
+        },
         Command::Diff(a) => out.diff(&commands::diff::diff(&a.dist, &a.image, &a.old, &a.new)?),
         Command::Cache(a) => {
             let root = cache_dir(&a.cache_dir);

@@ -2,7 +2,7 @@
 
 use imgbuild::check::{self, CheckResult, Status};
 use imgbuild::commands::validate;
-use imgbuild::commands::{build, cache, checksum, lima, list, publish, render, show, userdata};
+use imgbuild::commands::{build, cache, checksum, ci, lima, list, publish, render, show, userdata};
 use imgbuild::digest::{self, Algo};
 use imgbuild::doctor;
 use imgbuild::error::Result;
@@ -197,6 +197,10 @@ impl Output {
     }
 
     pub fn lima(&self, r: &lima::Report) -> Result<()> {
+        self.written(r, r.file.is_some(), &r.text)
+    }
+
+    pub fn ci(&self, r: &ci::Report) -> Result<()> {
         self.written(r, r.file.is_some(), &r.text)
     }
 

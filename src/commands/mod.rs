@@ -6,6 +6,7 @@
 pub mod build;
 pub mod cache;
 pub mod checksum;
+pub mod ci;
 pub mod diff;
 pub mod lima;
 pub mod list;

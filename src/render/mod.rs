@@ -4,6 +4,7 @@
 pub mod cloud_init;
 pub mod compose;
 pub mod features;
+pub mod gitlab_ci;
 pub mod lima;
 pub mod packer;
 pub mod userdata;

@@ -22,6 +22,8 @@ const COMMANDS: &[&[&str]] = &[
     &["cache"],
     &["cache", "ls"],
     &["cache", "prune"],
+    &["ci"],
+    &["ci", "gitlab"],
 ];
 
 fn snapshot(cmd: &[&str]) -> PathBuf {

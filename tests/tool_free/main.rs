@@ -16,6 +16,7 @@ mod definition_errors;
 mod desktop_clean;
 mod firstboot_secrets;
 mod fuzz_definitions;
+mod gitlab_ci;
 mod k3s_images;
 mod kolla;
 mod layering;
