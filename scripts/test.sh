@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# `make test`: every test of the crate. The desktop twin's end-to-end test (a desktop built and
-# smoke-booted under TCG, the longest test by far, much of it waiting on downloads) runs beside
-# the rest instead of after it: the e2e tier's binary is started directly for that one test (no
-# second cargo holding the build lock), its output kept in target/desktop-e2e.log and printed
-# at the end; the rest of the suite (every tier) skips it. The exit code is non-zero if either
-# run failed.
+# `make test`: every test of the crate, in two streams side by side. In the foreground: the
+# unit tests and the e2e tier with two test threads (real builds and boots). In the
+# background, one after the other: the desktop twin's end-to-end test (a desktop built and
+# smoke-booted under TCG, the longest test by far, much of it waiting on downloads), then the
+# openstack tier (a real Keystone and Glance) and the tool-free tier, which need little CPU
+# beside the e2e tier's VMs. The background runs the test binaries directly (no second cargo
+# holding the build lock); its output lands in target/background-tests.log and is printed at
+# the end. The exit code is non-zero if either stream failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -20,29 +22,45 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 ')
 set +e
-desktop=$(awk '$1 == "e2e" {print $2}' <<<"$bins")
-if [ -z "$desktop" ]; then
-  echo "scripts/test.sh: no e2e test binary in: $bins" >&2
-  exit 1
-fi
+bin() {
+  local b
+  b=$(awk -v t="$1" '$1 == t {print $2}' <<<"$bins")
+  if [ -z "$b" ]; then
+    echo "scripts/test.sh: no $1 test binary in: $bins" >&2
+    exit 1
+  fi
+  echo "$b"
+}
+e2e=$(bin e2e) || exit 1
+openstack=$(bin openstack) || exit 1
+tool_free=$(bin tool_free) || exit 1
 
 mkdir -p target
-log=target/desktop-e2e.log
-echo "== desktop_e2e runs in the background: $desktop (log: $log)"
-"$desktop" --exact "$DESKTOP_TEST" >"$log" 2>&1 &
-desktop_pid=$!
-# A stopped `make test` stops the background test too (its imgbuild stops its QEMU on SIGTERM).
-trap 'kill -TERM "$desktop_pid" 2>/dev/null' INT TERM EXIT
+log=target/background-tests.log
+echo "== in the background: desktop_e2e, then the openstack and tool-free tiers (log: $log)"
+(
+  failed=0
+  echo "== desktop_e2e"
+  "$e2e" --exact "$DESKTOP_TEST" || failed=1
+  echo "== openstack tier"
+  "$openstack" --test-threads=2 || failed=1
+  echo "== tool-free tier"
+  "$tool_free" || failed=1
+  exit $failed
+) >"$log" 2>&1 &
+background_pid=$!
+# A stopped `make test` stops the background tests too.
+trap 'pkill -TERM -P "$background_pid" 2>/dev/null; kill -TERM "$background_pid" 2>/dev/null' INT TERM EXIT
 
-"$CARGO" test --locked -- --test-threads=2 --skip "$DESKTOP_TEST"
+"$CARGO" test --locked --lib --bins --test e2e -- --test-threads=2 --skip "$DESKTOP_TEST"
 rest=$?
 
-wait "$desktop_pid"
-desk=$?
+wait "$background_pid"
+background=$?
 trap - INT TERM EXIT
-echo "== desktop_e2e (exit $desk):"
+echo "== background tests (exit $background):"
 cat "$log"
-if [ "$rest" -ne 0 ] || [ "$desk" -ne 0 ]; then
-  echo "== tests failed: the suite exited $rest, desktop_e2e exited $desk" >&2
+if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ]; then
+  echo "== tests failed: the foreground exited $rest, the background exited $background" >&2
   exit 1
 fi
