@@ -13,6 +13,13 @@
 //! `kolla-host-ready`), except /etc/hosts: its `etc_hosts` role maps each host's name to its
 //! API address from the inventory, which no image can know; this test writes that one line
 //! the way the role does. The NTP precheck is off: nothing here serves NTP to the VM.
+//!
+//! With IMGBUILD_KOLLA_COLLECTION (a checkout of ansible-collection-kolla stable/2025.2) the
+//! test runs bootstrap-servers first. Run so on 2026-11-29: etc_hosts, packages (nothing to
+//! add or remove), Docker's package and daemon.json (unchanged: the image's is byte for byte
+//! kolla's) passed; it stops at `Parse Docker system info`: `docker system info -f json` needs
+//! Docker 23 or later, and Debian 12's docker.io is 20.10 (the flagship's Docker CE is
+//! current). Known open: the twin's Docker is too old for bootstrap-servers' docker role.
 
 use crate::common;
 
