@@ -26,21 +26,27 @@ pub struct Report {
 }
 
 pub fn gitlab(catalog: &Catalog, req: &Request) -> Result<Report> {
-    let names = if req.images.is_empty() {
+    // Each definition loaded once: the catalog's buildable images, or the ones named.
+    let resolved = if req.images.is_empty() {
         let mut all = Vec::new();
         for n in catalog.names()? {
-            if !catalog.load_checked(&n)?.definition.is_abstract {
-                all.push(n);
+            let r = catalog.load_checked(&n)?;
+            if !r.definition.is_abstract {
+                all.push(r);
             }
         }
         all
     } else {
-        req.images.clone()
+        req.images
+            .iter()
+            .map(|n| super::buildable(catalog, n))
+            .collect::<Result<Vec<_>>>()?
     };
+    let names: Vec<String> = resolved.iter().map(|r| r.name.clone()).collect();
     let mut images = Vec::new();
-    for n in &names {
-        let r = super::buildable(catalog, n)?;
-        let arches = super::arches(&r, req.arch)?;
+    for r in &resolved {
+        let n = &r.name;
+        let arches = super::arches(r, req.arch)?;
         // The nearest ancestor the pipeline builds too (chain: the image first).
         let parent = r
             .chain
