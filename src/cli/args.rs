@@ -246,9 +246,17 @@ pub struct UserdataArgs {
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     /// The images to build. Several (or several arches) build in parallel, as many at once as
-    /// the host's cores and memory hold.
-    #[arg(required = true, value_name = "IMAGE")]
+    /// the host's cores and memory hold; an image after the images it extends, so that it
+    /// reuses the layers they share.
+    #[arg(
+        required_unless_present = "all",
+        conflicts_with = "all",
+        value_name = "IMAGE"
+    )]
     pub images: Vec<String>,
+    /// Build every buildable image of the catalog (in dependency order).
+    #[arg(long)]
+    pub all: bool,
     /// The arch to build (default: the host's, if the image lists it, else its first). Repeat
     /// it for several arches, or give `all` for every arch each image lists.
     #[arg(long, value_name = "A|all")]

@@ -45,7 +45,11 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         Command::Build(a) => {
             let req = commands::build::Request {
-                images: a.images.clone(),
+                images: if a.all {
+                    commands::build::catalog_images(&catalog)?
+                } else {
+                    a.images.clone()
+                },
                 arch: a
                     .arch
                     .iter()

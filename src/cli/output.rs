@@ -132,6 +132,18 @@ impl Output {
                 ),
             }
         }
+        for l in build::shared_layers(outcomes) {
+            println!(
+                "shared layer {} {}: {} ({})",
+                l.name,
+                &l.key[..12.min(l.key.len())],
+                l.builds.join(", "),
+                match &l.built_by {
+                    Some(b) => format!("built once, by {b}"),
+                    None => "reused from the cache by each".into(),
+                }
+            );
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use crate::definition::{Arch, Catalog, Resolved};
 use crate::error::{Error, Result};
 use crate::pipeline::manifest::Manifest;
+use crate::pipeline::provision::LayerRecord;
 use crate::pipeline::{
     self, check_version, schedule, Backend, BuildError, BuildOptions, CompressionChoice,
 };
@@ -121,6 +122,7 @@ pub fn build_several(
     for name in names {
         images.push(super::buildable(catalog, name)?);
     }
+    let images = dependency_order(images);
     if let Some(v) = &req.version {
         check_version(v)?;
     }
@@ -197,6 +199,104 @@ pub fn build_several(
         .collect())
 }
 
+/// Every buildable (not abstract) image of the catalog, by name.
+pub fn catalog_images(catalog: &Catalog) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for n in catalog.names()? {
+        if !catalog.load_checked(&n)?.definition.is_abstract {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// `images` with every image after those of them it extends (directly or not), otherwise in
+/// the given order: a child then finds the lower layers it shares with its parent built (or
+/// being built: it waits for that layer rather than building it twice).
+pub fn dependency_order(images: Vec<Resolved>) -> Vec<Resolved> {
+    let names: Vec<String> = images.iter().map(|r| r.name.clone()).collect();
+    let mut placed = vec![false; images.len()];
+    let mut order = Vec::with_capacity(images.len());
+    fn place(
+        i: usize,
+        images: &[Resolved],
+        names: &[String],
+        placed: &mut [bool],
+        order: &mut Vec<usize>,
+    ) {
+        if placed[i] {
+            return;
+        }
+        placed[i] = true;
+        // The chain is leaf first: ancestors from the root down.
+        for f in images[i].chain.iter().skip(1).rev() {
+            if let Some(j) = names.iter().position(|n| *n == f.name) {
+                place(j, images, names, placed, order);
+            }
+        }
+        order.push(i);
+    }
+    for i in 0..images.len() {
+        place(i, &images, &names, &mut placed, &mut order);
+    }
+    let mut slots: Vec<Option<Resolved>> = images.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .map(|i| slots[i].take().expect("each image placed once"))
+        .collect()
+}
+
+/// A layer that several builds of one run have in common.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct SharedLayer {
+    pub name: String,
+    pub key: String,
+    /// `image/arch` of each build that has it, in build order.
+    pub builds: Vec<String>,
+    /// The build of this run that made it; None when all of them reused it from the cache.
+    pub built_by: Option<String>,
+}
+
+/// The layers that two or more successful builds of `outcomes` share.
+pub fn shared_layers(outcomes: &[Outcome]) -> Vec<SharedLayer> {
+    let builds: Vec<(String, &[LayerRecord])> = outcomes
+        .iter()
+        .filter_map(|o| {
+            o.manifest
+                .as_ref()
+                .map(|m| (format!("{}/{}", o.image, o.arch), m.layers.as_slice()))
+        })
+        .collect();
+    shared_among(&builds)
+}
+
+/// The layers (by key) that two or more of `builds` (label, layers) have.
+fn shared_among(builds: &[(String, &[LayerRecord])]) -> Vec<SharedLayer> {
+    let mut shared: Vec<SharedLayer> = Vec::new();
+    for (label, layers) in builds {
+        for l in layers.iter() {
+            let i = match shared.iter().position(|s| s.key == l.key) {
+                Some(i) => i,
+                None => {
+                    shared.push(SharedLayer {
+                        name: l.name.clone(),
+                        key: l.key.clone(),
+                        builds: Vec::new(),
+                        built_by: None,
+                    });
+                    shared.len() - 1
+                }
+            };
+            shared[i].builds.push(label.clone());
+            if !l.cached {
+                shared[i].built_by = Some(label.clone());
+            }
+        }
+    }
+    shared.retain(|s| s.builds.len() > 1);
+    shared
+}
+
 /// Exit 1 if any of several builds failed, naming them.
 pub fn outcome(outcomes: &[Outcome]) -> Result<()> {
     let failed: Vec<String> = outcomes
@@ -235,4 +335,103 @@ fn wanted_arches(r: &Resolved, choice: &[ArchChoice]) -> Result<Vec<Arch>> {
         }
     }
     Ok(wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(files: &[(&str, &str)]) -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, t) in files {
+            std::fs::write(dir.path().join(format!("{n}.yaml")), t).unwrap();
+        }
+        let c = Catalog::new(dir.path());
+        (dir, c)
+    }
+
+    const ROOT: &str = "description: root\nos: {distro: debian, version: \"12\", codename: bookworm}\narch: [amd64]\nbase:\n  amd64:\n    bootstrap: {suite: bookworm}\n";
+
+    #[test]
+    fn images_build_after_the_images_they_extend_otherwise_as_given() {
+        let (_d, c) = catalog(&[
+            ("root", ROOT),
+            ("mid", "extends: root\ndescription: mid\n"),
+            ("leaf", "extends: mid\ndescription: leaf\n"),
+            ("other", ROOT),
+        ]);
+        let load =
+            |ns: &[&str]| -> Vec<Resolved> { ns.iter().map(|n| c.load(n).unwrap()).collect() };
+        let names = |rs: Vec<Resolved>| rs.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(dependency_order(load(&["leaf", "other", "root", "mid"]))),
+            ["root", "mid", "leaf", "other"]
+        );
+        // Ancestors not asked for are not added; unrelated images keep their order.
+        assert_eq!(
+            names(dependency_order(load(&["other", "leaf"]))),
+            ["other", "leaf"]
+        );
+        assert_eq!(
+            names(dependency_order(load(&["leaf", "root"]))),
+            ["root", "leaf"]
+        );
+        assert_eq!(
+            catalog_images(&c).unwrap(),
+            ["leaf", "mid", "other", "root"]
+        );
+        let (_d2, c2) = catalog(&[
+            ("a", &format!("abstract: true\n{ROOT}")),
+            ("b", "extends: a\ndescription: b\n"),
+        ]);
+        assert_eq!(
+            catalog_images(&c2).unwrap(),
+            ["b"],
+            "abstract images are not built"
+        );
+    }
+
+    fn rec(name: &str, key: &str, cached: bool) -> LayerRecord {
+        LayerRecord {
+            name: name.into(),
+            key: key.into(),
+            cached,
+            seconds: if cached { 0.0 } else { 9.0 },
+            built_for: None,
+        }
+    }
+
+    #[test]
+    fn shared_layers_name_every_build_that_has_them_and_which_one_built_them() {
+        let a = [rec("features", "k1", false), rec("image", "ka", false)];
+        let b = [rec("features", "k1", true), rec("image", "kb", false)];
+        let c = [rec("features", "k1", true), rec("image", "kc", false)];
+        let d = [rec("features", "k2", true), rec("image", "kd", false)];
+        let e = [rec("features", "k2", true), rec("image", "ke", false)];
+        let builds: Vec<(String, &[LayerRecord])> = vec![
+            ("a/amd64".into(), &a),
+            ("b/amd64".into(), &b),
+            ("c/amd64".into(), &c),
+            ("d/amd64".into(), &d),
+            ("e/amd64".into(), &e),
+        ];
+        assert_eq!(
+            shared_among(&builds),
+            [
+                SharedLayer {
+                    name: "features".into(),
+                    key: "k1".into(),
+                    builds: vec!["a/amd64".into(), "b/amd64".into(), "c/amd64".into()],
+                    built_by: Some("a/amd64".into()),
+                },
+                SharedLayer {
+                    name: "features".into(),
+                    key: "k2".into(),
+                    builds: vec!["d/amd64".into(), "e/amd64".into()],
+                    built_by: None,
+                },
+            ]
+        );
+        assert!(shared_among(&builds[..1]).is_empty());
+    }
 }

@@ -241,20 +241,6 @@ pub fn layer_parts(
             script: s.run.clone(),
         });
     }
-    parts[img].files.push(write_file(&WriteFile::new(
-        "/etc/imgbuild/image.json",
-        serde_json::to_string_pretty(&json!({
-            "image": r.name,
-            "arch": arch.as_str(),
-            "os": d.os,
-            "features": d.features.enabled(),
-            "imgbuild": env!("CARGO_PKG_VERSION"),
-        }))
-        .expect("json")
-            + "\n",
-        "0644",
-    )));
-
     // stack: the compose project, its first-boot secrets and unit, its baked-in images. On
     // top, so that a change to the stack rebuilds only this layer.
     if let Some(c) = compose {
@@ -358,6 +344,23 @@ pub fn layer_parts(
         parts[st].steps.extend(steps);
     }
     parts.retain(|p| !p.is_empty());
+    // The image's identity goes to the top layer only, so that lower layers are the same for
+    // every image whose content they share (their keys and disks name no image).
+    let top = parts.len() - 1;
+    parts[top].files.push(write_file(&WriteFile::new(
+        "/etc/imgbuild/image.json",
+        serde_json::to_string_pretty(&json!({
+            "image": r.name,
+            "arch": arch.as_str(),
+            "os": d.os,
+            "features": d.features.enabled(),
+            "imgbuild": env!("CARGO_PKG_VERSION"),
+        }))
+        .expect("json")
+            + "\n",
+        "0644",
+    )));
+
     Ok(parts)
 }
 
@@ -551,16 +554,19 @@ pub fn layer_user_data(
         .map(|(i, p)| {
             let role = if i + 1 == n { Role::Top } else { Role::Layer };
             let doc = document(&[p], role);
-            (
-                p.name,
-                to_cloud_config(
-                    &doc,
-                    &format!(
-                        "imgbuild build-time user-data for {} ({arch}), layer {} ({}/{n}). Rendered; edit images/{}.yaml instead.",
-                        r.name, p.name, i + 1, r.name
-                    ),
+            // Lower layers are shared by every image with the same content below its own:
+            // nothing in them (not even this comment) names the image.
+            let comment = match role {
+                Role::Layer => format!(
+                    "imgbuild build-time user-data ({arch}), layer {}. Rendered from an image definition; edit that instead.",
+                    p.name
                 ),
-            )
+                _ => format!(
+                    "imgbuild build-time user-data for {} ({arch}), top layer {}. Rendered; edit images/{}.yaml instead.",
+                    r.name, p.name, r.name
+                ),
+            };
+            (p.name, to_cloud_config(&doc, &comment))
         })
         .collect())
 }
@@ -572,12 +578,22 @@ pub fn meta_data(r: &Resolved, arch: Arch) -> String {
     }))
 }
 
-/// meta-data for one layer's boot: a new instance-id per layer, so cloud-init runs that
-/// layer's user-data although the disk has seen an earlier layer's.
-pub fn layer_meta_data(image: &str, arch: Arch, layer: &str, key: &str) -> String {
+/// The hostname of a lower layer's build boot (cloud-init writes it to /etc/hostname): the
+/// same for every image, so that the layer's disk is too. The top layer's boot sets the
+/// image's own.
+pub const LAYER_HOSTNAME: &str = "imgbuild-layer";
+
+/// meta-data for one layer's boot: a new instance-id per layer (from its key), so cloud-init
+/// runs that layer's user-data although the disk has seen an earlier layer's. `image` is the
+/// image's name for its top layer and None for a lower one, which images share.
+pub fn layer_meta_data(image: Option<&str>, arch: Arch, layer: &str, key: &str) -> String {
+    let key = &key[..key.len().min(16)];
     crate::yaml::to_string(&json!({
-        "instance-id": format!("imgbuild-build-{image}-{arch}-{layer}-{}", &key[..key.len().min(16)]),
-        "local-hostname": image,
+        "instance-id": match image {
+            Some(image) => format!("imgbuild-build-{image}-{arch}-{layer}-{key}"),
+            None => format!("imgbuild-layer-{arch}-{layer}-{key}"),
+        },
+        "local-hostname": image.unwrap_or(LAYER_HOSTNAME),
     }))
 }
 

@@ -126,6 +126,53 @@ fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
         spans.push(span(m));
     }
 
+    // Their features layers are the same (nothing in them names the image): one disk, made
+    // once. One build made it (or an earlier test did) and the other reused it in 0 s,
+    // waiting for it rather than building it twice.
+    let features = |r: &serde_json::Value| r["manifest"]["layers"][0].clone();
+    let (fa, fb) = (features(&results[1]), features(&results[2]));
+    assert_eq!(fa["name"], "features");
+    assert_eq!(
+        fa["key"], fb["key"],
+        "the two images share their lower layer"
+    );
+    let built: Vec<&serde_json::Value> = [&fa, &fb]
+        .into_iter()
+        .filter(|l| l["cached"] == false)
+        .collect();
+    assert!(
+        built.len() <= 1,
+        "the shared layer was built twice: {fa} {fb}"
+    );
+    for l in [&fa, &fb] {
+        if l["cached"] == true {
+            assert_eq!(l["seconds"], 0.0, "{l}");
+            let by = l["built_for"]
+                .as_str()
+                .expect("a reused layer names who built it");
+            if built.len() == 1 {
+                let other = if std::ptr::eq(l, &fa) {
+                    "e2e-par-b"
+                } else {
+                    "e2e-par-a"
+                };
+                assert_eq!(by, other, "{l}");
+            }
+        }
+    }
+    if built.len() == 1 {
+        assert!(
+            stderr.contains("features: waiting for another build that makes it")
+                || stderr.contains("features: reused from the cache"),
+            "{stderr}"
+        );
+    }
+    // Their own top layers differ (par-b has a script; each names its image).
+    assert_ne!(
+        results[1]["manifest"]["layers"][1]["key"],
+        results[2]["manifest"]["layers"][1]["key"]
+    );
+
     // They ran at the same time: by their manifests and by the log.
     let ((a0, a1), (b0, b1)) = (spans[0], spans[1]);
     assert!(
@@ -195,6 +242,8 @@ fn bad_input_is_refused_before_any_build_starts() {
             o_,
         ],
         &["build", "e2e-par-a", "--arch", "sparc", "--out", o_],
+        &["build", "--all", "e2e-par-a", "--out", o_],
+        &["build", "--all", "--version=../x", "--out", o_],
         &[
             "build",
             "e2e-par-a",

@@ -101,6 +101,7 @@ impl Provisioner for Fake {
                     key: l.key.clone(),
                     cached: false,
                     seconds: 0.0,
+                    built_for: None,
                 })
                 .collect(),
             leases: Vec::new(),

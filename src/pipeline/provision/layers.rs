@@ -289,4 +289,105 @@ scripts:
         // The same input: the same keys.
         assert_eq!(a, keys(DEF, "b1"));
     }
+
+    /// The layers of images `names` from one images folder holding `files` (name, text).
+    fn plan_catalog(files: &[(&str, &str)], names: &[&str]) -> Vec<Vec<PlannedLayer>> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(format!("{name}.yaml")), text).unwrap();
+        }
+        let s = DiskSettings {
+            arch: Arch::Amd64,
+            size: Some(4 << 30),
+            uefi: false,
+        };
+        names
+            .iter()
+            .map(|n| {
+                let r = Catalog::new(dir.path()).load(n).expect("valid definition");
+                let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
+                plan("b1", &rendered, &s)
+            })
+            .collect()
+    }
+
+    const CHILD: &str = "extends: parentimg\ndescription: child\nscripts:\n  - name: more\n    run: echo more > /etc/more\n";
+
+    #[test]
+    fn images_that_share_content_share_their_lower_layers_and_nothing_names_the_image() {
+        let copy = DEF.replace("description: layers", "description: a copy");
+        let files = [
+            ("parentimg", DEF),
+            ("childimg", CHILD),
+            ("twinimg", copy.as_str()),
+        ];
+        let all = plan_catalog(&files, &["parentimg", "childimg", "twinimg"]);
+        let (parent, child, copy) = (&all[0], &all[1], &all[2]);
+        let names = |ls: &[PlannedLayer]| ls.iter().map(|l| l.name).collect::<Vec<_>>();
+        assert_eq!(names(parent), ["features", "image"]);
+        assert_eq!(names(child), ["features", "image"]);
+        // The child adds a script: the features layer is the parent's; its top is its own.
+        assert_eq!(parent[0].key, child[0].key);
+        assert_eq!(parent[0].user_data, child[0].user_data);
+        assert_ne!(parent[1].key, child[1].key);
+        // The same content under another name: every lower layer is shared; the top layer
+        // carries the image's identity (/etc/imgbuild/image.json, its comment).
+        assert_eq!(parent[0].key, copy[0].key);
+        assert_ne!(parent[1].key, copy[1].key);
+        for (image, layers) in [
+            ("parentimg", parent),
+            ("childimg", child),
+            ("twinimg", copy),
+        ] {
+            for l in layers {
+                assert_eq!(
+                    l.user_data.contains(image),
+                    l.top,
+                    "{image}: layer {} (top: {}) names the image or its top does not:\n{}",
+                    l.name,
+                    l.top,
+                    l.user_data
+                );
+            }
+            assert!(layers
+                .last()
+                .unwrap()
+                .user_data
+                .contains("/etc/imgbuild/image.json"));
+            assert!(layers[..layers.len() - 1]
+                .iter()
+                .all(|l| !l.user_data.contains("/etc/imgbuild/image.json")));
+        }
+        // Nor does a lower layer's meta-data (its hostname lands on the disk).
+        use crate::render::cloud_init::{layer_meta_data, LAYER_HOSTNAME};
+        let lower = layer_meta_data(None, Arch::Amd64, "features", &parent[0].key);
+        assert!(
+            lower.contains(LAYER_HOSTNAME) && !lower.contains("parentimg"),
+            "{lower}"
+        );
+        let top = layer_meta_data(Some("parentimg"), Arch::Amd64, "image", &parent[1].key);
+        assert!(top.contains("local-hostname: parentimg"), "{top}");
+    }
+
+    #[test]
+    fn a_change_to_the_parents_content_rebuilds_the_shared_layer_for_both_images() {
+        let before = plan_catalog(
+            &[("parentimg", DEF), ("childimg", CHILD)],
+            &["parentimg", "childimg"],
+        );
+        let changed = DEF.replace(
+            "docker: {source: distro}",
+            "docker: {source: distro, users: [x]}",
+        );
+        let after = plan_catalog(
+            &[("parentimg", changed.as_str()), ("childimg", CHILD)],
+            &["parentimg", "childimg"],
+        );
+        // Both images' features layers changed, to the same new key; every layer above too.
+        assert_ne!(before[0][0].key, after[0][0].key);
+        assert_eq!(after[0][0].key, after[1][0].key);
+        for i in 0..2 {
+            assert!(before[i].iter().zip(&after[i]).all(|(b, a)| b.key != a.key));
+        }
+    }
 }

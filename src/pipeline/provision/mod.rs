@@ -89,6 +89,10 @@ pub struct LayerRecord {
     pub cached: bool,
     /// Seconds this build spent on the layer (0 when cached).
     pub seconds: f64,
+    /// When reused: the image whose build made the layer (another image's, when they share
+    /// it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_for: Option<String>,
 }
 
 /// A way to provision an image.

@@ -122,7 +122,9 @@ fn provision_layers(
             chain.packages = h.meta.packages.clone();
             chain.parent = h.disk();
             chain.parent_vars = h.vars();
-            chain.records.push(record(layer, true, Instant::now()));
+            let mut rec = record(layer, true, Instant::now());
+            rec.built_for = Some(h.meta.image.clone());
+            chain.records.push(rec);
             chain.leases.push(h);
             continue;
         }
@@ -175,6 +177,7 @@ fn record(layer: &PlannedLayer, cached: bool, t: Instant) -> LayerRecord {
         } else {
             (t.elapsed().as_secs_f64() * 10.0).round() / 10.0
         },
+        built_for: None,
     }
 }
 
@@ -228,7 +231,12 @@ fn boot_layer(
     let meta = w.join(format!("meta-data-{tag}"));
     std::fs::write(
         &meta,
-        layer_meta_data(&input.resolved.name, input.arch, layer.name, &layer.key),
+        layer_meta_data(
+            layer.top.then_some(input.resolved.name.as_str()),
+            input.arch,
+            layer.name,
+            &layer.key,
+        ),
     )
     .map_err(crate::IoError::at(&meta))?;
     let seed_iso = w.join(format!("seed-{tag}.iso"));
