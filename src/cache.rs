@@ -100,6 +100,9 @@ pub struct LayerMeta {
     /// The packages installed when this layer was finished (the image's, when it is the top).
     #[serde(default)]
     pub packages: Vec<crate::protocol::Package>,
+    /// Applied without booting the image's init (render/offline.rs).
+    #[serde(default)]
+    pub boot_free: bool,
 }
 
 /// A cache entry in use by this process: its `.use` lock is held until dropped.
@@ -115,10 +118,23 @@ impl Held {
     pub fn disk(&self) -> PathBuf {
         self.dir.join(DISK)
     }
+    /// The kernel export that goes with the disk, if the layer has one.
+    pub fn kernel(&self) -> Option<PathBuf> {
+        kernel_in(&self.dir)
+    }
     /// The UEFI variable store that goes with the disk, if the layer has one.
     pub fn vars(&self) -> Option<PathBuf> {
         Some(self.dir.join(VARS)).filter(|p| p.is_file())
     }
+}
+
+/// `dir`'s kernel export (see [`KERNEL`]), if it has a complete one.
+pub fn kernel_in(dir: &Path) -> Option<PathBuf> {
+    let k = dir.join(KERNEL);
+    ["vmlinuz", "initrd.img", "cmdline"]
+        .iter()
+        .all(|f| k.join(f).is_file())
+        .then_some(k)
 }
 
 /// The `.build` lock of one key: whoever holds it may look up, build and commit that key.
@@ -130,6 +146,9 @@ pub struct BuildGuard {
 
 pub const DISK: &str = "disk.qcow2";
 pub const VARS: &str = "vars.fd";
+/// The kernel that boots the layer's disk (vmlinuz, initrd.img, cmdline, version), for
+/// boot-free layers above it.
+pub const KERNEL: &str = "kernel";
 pub const META: &str = "layer.json";
 
 /// One row of `imgbuild cache ls`.
@@ -310,6 +329,15 @@ impl LayerCache {
             if fp.exists() {
                 fsync_path(&fp)?;
             }
+        }
+        if let Some(k) = kernel_in(&p) {
+            for f in std::fs::read_dir(&k)
+                .map_err(crate::IoError::at(&k))?
+                .flatten()
+            {
+                fsync_path(&f.path())?;
+            }
+            fsync_path(&k)?;
         }
         fsync_path(&p)?;
         let dest = self.entry(&g.key);
@@ -623,6 +651,7 @@ mod tests {
             imgbuild: "test".into(),
             container_images: Vec::new(),
             packages: Vec::new(),
+            boot_free: false,
         }
     }
 

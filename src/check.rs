@@ -144,17 +144,25 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
         ),
     };
     add("cloud-init-schema", USER_DATA, status);
-    for (_, layer) in &rendered.layers {
+    for layer in &rendered.layers {
         let status = match &tools.cloud_init {
             None => not_installed("cloud-init"),
             Some(ci) => outcome(
                 Cmd::new(ci)
                     .args(["schema", "-c"])
-                    .arg(dir.join(layer))
+                    .arg(dir.join(&layer.user_data))
                     .run_unchecked(),
             ),
         };
-        add("cloud-init-schema", layer, status);
+        add("cloud-init-schema", &layer.user_data, status);
+        // A boot-free payload runs under /bin/sh as PID 1: its syntax is checked by sh.
+        if let Some(p) = &layer.offline {
+            add(
+                "payload-sh-syntax",
+                p,
+                outcome(Cmd::new("sh").arg("-n").arg(dir.join(p)).run_unchecked()),
+            );
+        }
     }
 
     match &tools.check_jsonschema {
@@ -164,10 +172,10 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
                 USER_DATA,
                 not_installed("check-jsonschema"),
             );
-            for (_, layer) in &rendered.layers {
+            for layer in &rendered.layers {
                 add(
                     "cloud-config-schema-24.04",
-                    layer,
+                    &layer.user_data,
                     not_installed("check-jsonschema"),
                 );
             }
@@ -206,8 +214,12 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
                 USER_DATA,
                 run_schema(&cc, USER_DATA),
             );
-            for (_, layer) in &rendered.layers {
-                add("cloud-config-schema-24.04", layer, run_schema(&cc, layer));
+            for layer in &rendered.layers {
+                add(
+                    "cloud-config-schema-24.04",
+                    &layer.user_data,
+                    run_schema(&cc, &layer.user_data),
+                );
             }
             add(
                 "netplan-v2-schema",

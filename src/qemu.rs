@@ -198,6 +198,8 @@ fn probe_kvm(arch: Arch) -> AccelChoice {
         hostfwd: Vec::new(),
         extra_disks: Vec::new(),
         extra_nics: Vec::new(),
+        raw_disks: Vec::new(),
+        kernel: None,
     };
     let _ = code;
     let mut vm = match Vm::start(&spec) {
@@ -269,6 +271,19 @@ pub struct VmSpec {
     /// More NICs after the first, each on a user-mode network of its own with no way out
     /// (`restrict=on`), with these MAC addresses: a lab's second NIC, kept without an address.
     pub extra_nics: Vec<String>,
+    /// Raw disks right after the system disk (so /dev/vdb, /dev/vdc, ... in that order), each
+    /// (file, serial): a boot-free layer's payload, a kernel export.
+    pub raw_disks: Vec<(PathBuf, String)>,
+    /// Boot this kernel directly instead of the disk's boot loader.
+    pub kernel: Option<DirectKernel>,
+}
+
+/// A kernel, its initrd and command line, booted by QEMU itself (`-kernel`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirectKernel {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
 }
 
 impl VmSpec {
@@ -333,7 +348,33 @@ impl VmSpec {
                 "file={},if=none,id=disk0,format=qcow2,discard=unmap,detect-zeroes=unmap,cache=unsafe",
                 d.display()
             ));
-            c = c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+            // A direct kernel boot must not be overridden by the disk's boot index.
+            c = c.args([
+                "-device",
+                if self.kernel.is_some() {
+                    "virtio-blk-pci,drive=disk0"
+                } else {
+                    "virtio-blk-pci,drive=disk0,bootindex=0"
+                },
+            ]);
+        }
+        for (i, (path, serial)) in self.raw_disks.iter().enumerate() {
+            c = c.arg("-drive").arg(format!(
+                "file={},if=none,id=raw{i},format=raw,cache=writeback",
+                path.display()
+            ));
+            c = c
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=raw{i},serial={serial}"));
+        }
+        if let Some(k) = &self.kernel {
+            c = c
+                .arg("-kernel")
+                .arg(&k.kernel)
+                .arg("-initrd")
+                .arg(&k.initrd)
+                .arg("-append")
+                .arg(&k.append);
         }
         for (i, (path, serial)) in self.extra_disks.iter().enumerate() {
             c = c.arg("-drive").arg(format!(

@@ -398,6 +398,7 @@ mod tests {
             cached,
             seconds: if cached { 0.0 } else { 9.0 },
             built_for: None,
+            boot_free: false,
         }
     }
 

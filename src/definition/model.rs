@@ -243,6 +243,9 @@ pub struct Build {
     pub firmware: Firmware,
     /// `grouped` (default) or `per-feature`.
     pub layers: Layering,
+    /// Layers that need no running system (files, users, steps that need no services) are
+    /// applied without booting the image's init (true, the default); false boots every layer.
+    pub boot_free: bool,
 }
 
 impl Default for Build {
@@ -253,6 +256,7 @@ impl Default for Build {
             timeout: 60,
             firmware: Firmware::Bios,
             layers: Layering::Grouped,
+            boot_free: true,
         }
     }
 }
@@ -400,6 +404,10 @@ pub struct Script {
     pub name: String,
     /// A shell script run as root with `set -eu` at build time, in order.
     pub run: String,
+    /// The script needs no running system (no services, no network): it may run in a
+    /// boot-free layer. Default false: it runs in a full boot.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

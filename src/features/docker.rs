@@ -47,27 +47,29 @@ pub(super) fn fragment(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
             ]);
         }
         DockerSource::Distro => {
-            fr.pkgs(&["docker.io"]);
             if d.os.distro == "ubuntu" {
-                fr.pkgs(&["docker-compose-v2"]);
+                fr.pkgs(&["docker.io", "docker-compose-v2"]);
             } else if d.os.codename == "bookworm" {
-                // Bookworm has only Compose v1; trixie's docker-compose is v2 (the `docker
-                // compose` plugin), a Go binary that needs nothing newer than bookworm's libc.
+                // Bookworm's docker.io is 20.10 and it has only Compose v1. Trixie's docker.io
+                // (26.1) with its split-out docker-cli, and its docker-compose (v2, the `docker
+                // compose` plugin), are Go binaries that need libc6 >= 2.34 and nothing else
+                // newer than bookworm (containerd, runc, tini, iptables come from bookworm).
+                // Docker >= 23 is what Kolla-Ansible's docker role needs: its "Parse Docker
+                // system info" task runs `docker system info -f json` (openstack/
+                // ansible-collection-kolla roles/docker/tasks/config.yml, stable/2025.2).
                 // Pinned so that nothing else comes from trixie.
                 fr.apt_sources.push((
-                    "debian-trixie-compose.list".into(),
+                    "debian-trixie-docker.list".into(),
                     json!({ "source": "deb http://deb.debian.org/debian trixie main" }),
                 ));
                 fr.files.push(WriteFile::new(
-                    "/etc/apt/preferences.d/imgbuild-compose",
-                    "# imgbuild: only docker-compose (v2) comes from trixie.\n\
-                     Package: *\nPin: release n=trixie\nPin-Priority: 1\n\n\
-                     Package: docker-compose\nPin: release n=trixie\nPin-Priority: 990\n",
+                    "/etc/apt/preferences.d/imgbuild-docker",
+                    TRIXIE_DOCKER_PIN,
                     "0644",
                 ));
-                fr.pkgs(&["docker-compose"]);
+                fr.pkgs(&["docker.io", "docker-cli", "docker-compose"]);
             } else {
-                fr.pkgs(&["docker-compose"]);
+                fr.pkgs(&["docker.io", "docker-compose"]);
             }
         }
     }
@@ -79,6 +81,12 @@ pub(super) fn fragment(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
     fr.step("10-docker", script);
     fr
 }
+
+/// The apt preferences that take Docker's packages, and only them, from trixie on bookworm.
+pub const TRIXIE_DOCKER_PIN: &str =
+    "# imgbuild: only Docker (docker.io 26, docker-cli, Compose v2) comes from trixie.\n\
+     Package: *\nPin: release n=trixie\nPin-Priority: 1\n\n\
+     Package: docker.io docker-cli docker-compose\nPin: release n=trixie\nPin-Priority: 990\n";
 
 /// The engine's unit: what a unit that runs containers requires.
 pub const SERVICE: &str = "docker.service";

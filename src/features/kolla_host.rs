@@ -10,8 +10,10 @@
 //!   Docker before installing it "which creates iptables rules before we disable iptables"
 //!   (`tasks/install.yml`). The image ships that file byte for byte before Docker is installed,
 //!   so no boot of the image runs Docker with its defaults (docker0, DOCKER chains).
-//! - Docker SDK: `roles/docker_sdk` installs python3-docker and python3-dbus from apt on an
-//!   externally managed Python; prechecks import both (`prechecks/tasks/package_checks.yml`).
+//! - Docker SDK: `roles/docker_sdk` installs python3-setuptools, python3-pip, python3-docker
+//!   and python3-dbus from apt on an externally managed Python (Debian 12's 3.11 and Ubuntu
+//!   24.04's 3.12 are: `docker_sdk_packages_default` in `roles/docker_sdk/defaults/main.yml`);
+//!   prechecks import docker and dbus (`prechecks/tasks/package_checks.yml`).
 //! - Packages: `roles/packages` installs git, iputils-ping, tzdata and removes lxd, lxc,
 //!   open-iscsi (it conflicts with kolla's iscsid container; Ubuntu's cloud image has it).
 //! - /etc/hosts: `roles/etc_hosts` writes /etc/cloud/cloud.cfg.d/99-kolla.cfg
@@ -97,6 +99,8 @@ pub(super) fn fragment(k: &KollaHost) -> Fragment {
         "python3-venv",
         "python3-docker",
         "python3-dbus",
+        "python3-setuptools",
+        "python3-pip",
         "chrony",
         "tzdata",
         "git",
@@ -166,6 +170,9 @@ __DAEMON_JSON__
 J
 )" | cmp -s /etc/docker/daemon.json - || say "/etc/docker/daemon.json differs from what bootstrap-servers writes"
 systemctl is-active -q docker || say "docker is not active"
+# bootstrap-servers' docker role parses this (Docker >= 23; openstack/ansible-collection-kolla
+# roles/docker/tasks/config.yml "Get Docker API version", stable/2025.2).
+docker system info -f json >/dev/null 2>&1 || say "docker system info -f json fails: bootstrap-servers' docker role needs Docker 23 or later"
 ip link show docker0 >/dev/null 2>&1 && say "docker0 exists: Docker ran with its default bridge"
 iptables -S 2>/dev/null | grep -q -- '-N DOCKER' && say "DOCKER iptables chains exist: Docker ran with iptables on"
 for p in __REMOVED__ nscd; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' && say "$p is installed (bootstrap-servers removes it / prechecks fail on it)"; done

@@ -169,6 +169,8 @@ impl WriteFile {
 pub struct Step {
     pub name: String,
     pub script: String,
+    /// Needs no running system (services, network): may run in a boot-free layer.
+    pub offline: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -185,6 +187,7 @@ impl Fragment {
         self.steps.push(Step {
             name: name.into(),
             script: script.into(),
+            offline: false,
         });
     }
     pub(crate) fn pkgs(&mut self, p: &[&str]) {

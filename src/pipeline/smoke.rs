@@ -507,6 +507,8 @@ pub fn smoke(
         hostfwd: vnc_fwd.into_iter().chain(rdp_fwd).collect(),
         extra_disks: Vec::new(),
         extra_nics: Vec::new(),
+        raw_disks: Vec::new(),
+        kernel: None,
     };
     let started = Instant::now();
     let mut vm = Vm::start(&spec)?;

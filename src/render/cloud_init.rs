@@ -63,14 +63,14 @@ fn push_unique(v: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
 pub struct LayerPart {
     pub name: &'static str,
     /// The first layer upgrades the base's packages.
-    upgrade: bool,
-    apt_sources: Map<String, Value>,
-    apt_proxy: Option<String>,
-    packages: Vec<String>,
-    users: Vec<Value>,
+    pub(super) upgrade: bool,
+    pub(super) apt_sources: Map<String, Value>,
+    pub(super) apt_proxy: Option<String>,
+    pub(super) packages: Vec<String>,
+    pub(super) users: Vec<Value>,
     /// `write_files` entries, already as cloud-config values.
-    files: Vec<Value>,
-    steps: Vec<Step>,
+    pub(super) files: Vec<Value>,
+    pub(super) steps: Vec<Step>,
 }
 
 impl LayerPart {
@@ -239,6 +239,7 @@ pub fn layer_parts(
         parts[img].steps.push(Step {
             name: format!("50-{:02}-{}", i + 1, s.name),
             script: s.run.clone(),
+            offline: s.offline,
         });
     }
     // stack: the compose project, its first-boot secrets and unit, its baked-in images. On
@@ -306,6 +307,7 @@ pub fn layer_parts(
                     enable = super::features::enable_units(&[&unit]),
                     env = secrets_env_path(&c.name)
                 ),
+                offline: true,
             });
         }
         if !c.start.is_empty() {
@@ -539,13 +541,22 @@ pub fn user_data(
     ))
 }
 
-/// The build-time user-data per layer, in build order: (layer name, user-data).
+/// One layer of a native build as rendered: its user-data (for a full boot) and, when its work
+/// needs no running system and the definition allows it, its boot-free payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerDocs {
+    pub name: &'static str,
+    pub user_data: String,
+    pub offline: Option<String>,
+}
+
+/// The build-time documents per layer, in build order.
 pub fn layer_user_data(
     r: &Resolved,
     arch: Arch,
     fragments: &[(&'static str, Fragment)],
     compose: Option<&ComposeProject>,
-) -> Result<Vec<(&'static str, String)>, RenderError> {
+) -> Result<Vec<LayerDocs>, RenderError> {
     let parts = layer_parts(r, arch, fragments, compose)?;
     let n = parts.len();
     Ok(parts
@@ -566,7 +577,13 @@ pub fn layer_user_data(
                     r.name, p.name, r.name
                 ),
             };
-            (p.name, to_cloud_config(&doc, &comment))
+            let offline = (r.definition.build.boot_free && super::offline::eligible(p))
+                .then(|| super::offline::payload(p, role, &r.name));
+            LayerDocs {
+                name: p.name,
+                user_data: to_cloud_config(&doc, &comment),
+                offline,
+            }
         })
         .collect())
 }
@@ -669,6 +686,7 @@ fn stack_unit_and_prepull(
     steps.push(Step {
         name: "61-stack".into(),
         script: format!("{}\n", super::features::enable_units(&[&unit])),
+        offline: true,
     });
     let images = c.images_for(&cs.prepull);
     if cs.prepull.is_empty() || images.is_empty() {
@@ -685,6 +703,8 @@ fn stack_unit_and_prepull(
             offline = offline_images_dir(name),
             list = list.join(" "),
         ),
+        // docker load/pull: a running dockerd.
+        offline: false,
     });
 }
 

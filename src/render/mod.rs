@@ -6,6 +6,7 @@ pub mod compose;
 pub mod features;
 pub mod gitlab_ci;
 pub mod lima;
+pub mod offline;
 pub mod packer;
 pub mod userdata;
 
@@ -58,9 +59,18 @@ pub struct Rendered {
     pub packer: PackerTarget,
     pub files: Vec<RenderedFile>,
     pub compose: Option<compose::ComposeProject>,
-    /// The layers of a native (layered) build, in build order: name and the path of its
-    /// user-data among `files` (see `LAYERS_DIR`).
-    pub layers: Vec<(&'static str, String)>,
+    /// The layers of a native (layered) build, in build order.
+    pub layers: Vec<RenderedLayer>,
+}
+
+/// One layer of a native build: its name and where its documents are among `files`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedLayer {
+    pub name: &'static str,
+    /// `seed/layers/NN-NAME/user-data`.
+    pub user_data: String,
+    /// `seed/layers/NN-NAME/offline.sh`: the boot-free payload, if the layer can be one.
+    pub offline: Option<String>,
 }
 
 pub const USER_DATA: &str = "seed/user-data";
@@ -113,16 +123,29 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
         },
     ];
     let mut layers = Vec::new();
-    for (i, (name, ud)) in cloud_init::layer_user_data(r, arch, &frags, compose.as_ref())?
+    for (i, docs) in cloud_init::layer_user_data(r, arch, &frags, compose.as_ref())?
         .into_iter()
         .enumerate()
     {
-        let path = format!("{LAYERS_DIR}/{:02}-{name}/user-data", i + 1);
+        let dir = format!("{LAYERS_DIR}/{:02}-{}", i + 1, docs.name);
+        let user_data = format!("{dir}/user-data");
         files.push(RenderedFile {
-            path: path.clone(),
-            content: ud,
+            path: user_data.clone(),
+            content: docs.user_data,
         });
-        layers.push((name, path));
+        let offline = docs.offline.map(|content| {
+            let path = format!("{dir}/offline.sh");
+            files.push(RenderedFile {
+                path: path.clone(),
+                content,
+            });
+            path
+        });
+        layers.push(RenderedLayer {
+            name: docs.name,
+            user_data,
+            offline,
+        });
     }
     if let Some(c) = &compose {
         files.push(RenderedFile {

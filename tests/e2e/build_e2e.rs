@@ -619,6 +619,46 @@ fn failed_provisioning_names_the_step_and_leaves_nothing() {
         "{}",
         kept.display()
     );
+    // It failed in a boot-free layer (its payload ran, not cloud-init), reported as a full
+    // boot's failure is.
+    let serial = std::fs::read_to_string(&kept).unwrap();
+    assert!(
+        layer_log(&serial, "image").contains("IMGBUILD-OFFLINE-START image"),
+        "{serial}"
+    );
+    assert!(
+        !layer_log(&serial, "image").contains("Cloud-init v."),
+        "{serial}"
+    );
+}
+
+/// SIGTERM while a boot-free layer runs (the kernel booted straight into the payload): QEMU
+/// is stopped, nothing is left.
+#[test]
+fn sigterm_during_a_boot_free_layer_stops_qemu_and_leaves_nothing() {
+    let _vm = crate::one_vm();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = e2e_command(&[
+        "build",
+        "e2e-offline-slow",
+        "--version",
+        "bf1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .spawn();
+    let tag = "e2e-offline-slow-bf1-amd64.";
+    wait_while_running(
+        &mut child,
+        Duration::from_secs(1800),
+        "the boot-free layer's VM starts",
+        || !processes_with(&["qemu-system", tag, "-kernel", "init=/bin/sh"]).is_empty(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let (status, _, err) = stop(&mut child, libc::SIGTERM, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_nothing_left(out.path(), "e2e-offline-slow", "bf1");
 }
 
 #[test]

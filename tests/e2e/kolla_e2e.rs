@@ -174,6 +174,8 @@ fn debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks() {
         hostfwd: vec![(port, 22)],
         extra_disks: vec![(cinder, "cinder".into())],
         extra_nics: vec![external_mac.into()],
+        raw_disks: Vec::new(),
+        kernel: None,
     })
     .unwrap();
     let ssh = Ssh {
@@ -331,10 +333,18 @@ fn debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks() {
             .args(extra)
             .env(
                 "PATH",
+                // bootstrap-servers discovers localhost's Python itself
+                // (`ansible_python_interpreter=auto_silent`, kolla_ansible/cli/commands.py):
+                // a pyenv shim first in PATH would be found and fail; the system's is meant.
                 format!(
                     "{}:{}",
                     venv.join("bin").display(),
-                    std::env::var("PATH").unwrap()
+                    std::env::var("PATH")
+                        .unwrap()
+                        .split(':')
+                        .filter(|d| !d.contains("/.pyenv/"))
+                        .collect::<Vec<_>>()
+                        .join(":")
                 ),
             )
             .env("ANSIBLE_COLLECTIONS_PATH", &collections)

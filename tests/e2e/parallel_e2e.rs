@@ -167,6 +167,15 @@ fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
             "{stderr}"
         );
     }
+    // The features layer (an upgrade: apt, network) was made in a full boot; each top layer
+    // (files, a user, par-b's offline script) without one, its kernel straight into its
+    // payload — both reported in the manifest.
+    assert_eq!(fa["boot_free"], false, "{fa}");
+    for r in [&results[1], &results[2]] {
+        let top = &r["manifest"]["layers"][1];
+        assert_eq!(top["name"], "image");
+        assert_eq!(top["boot_free"], true, "{top}");
+    }
     // Their own top layers differ (par-b has a script; each names its image).
     assert_ne!(
         results[1]["manifest"]["layers"][1]["key"],

@@ -23,6 +23,8 @@ fn spec(dir: &std::path::Path) -> VmSpec {
         hostfwd: Vec::new(),
         extra_disks: Vec::new(),
         extra_nics: Vec::new(),
+        raw_disks: Vec::new(),
+        kernel: None,
     }
 }
 

@@ -102,6 +102,7 @@ impl Provisioner for Fake {
                     cached: false,
                     seconds: 0.0,
                     built_for: None,
+                    boot_free: false,
                 })
                 .collect(),
             leases: Vec::new(),

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 
 /// Bumped when the way a layer is made changes (runner, hygiene, disk handling), so that old
 /// cache entries are not mixed with new ones.
-pub const FORMAT: &str = "imgbuild-layer-1";
+/// 2: lower layers name no image (shared across images) and export their kernel for
+/// boot-free layers above them.
+pub const FORMAT: &str = "imgbuild-layer-2";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedLayer {
@@ -21,6 +23,9 @@ pub struct PlannedLayer {
     pub user_data: String,
     /// The top layer: its boot ends with the hygiene.
     pub top: bool,
+    /// The boot-free payload (a path among the rendered files, its content), when the layer
+    /// needs no running system.
+    pub offline: Option<(String, String)>,
 }
 
 /// What a layer's disk depends on beyond its user-data.
@@ -56,16 +61,27 @@ pub fn plan(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<Pla
     let mut parent_key = None;
     let n = rendered.layers.len();
     let mut out = Vec::new();
-    for (i, (name, path)) in rendered.layers.iter().enumerate() {
-        let ud = rendered.get(path).unwrap_or_default().to_string();
-        let k = key(&parent, name, &ud, network, s);
+    for (i, l) in rendered.layers.iter().enumerate() {
+        let ud = rendered.get(&l.user_data).unwrap_or_default().to_string();
+        let offline = l
+            .offline
+            .as_ref()
+            .map(|p| (p.clone(), rendered.get(p).unwrap_or_default().to_string()));
+        // The payload is made from the same content as the user-data; it is in the key so
+        // that a change to how payloads are made rebuilds the layers that use one.
+        let content = match &offline {
+            Some((_, payload)) => format!("{ud}\0{payload}"),
+            None => ud.clone(),
+        };
+        let k = key(&parent, l.name, &content, network, s);
         out.push(PlannedLayer {
-            name,
+            name: l.name,
             key: k.clone(),
             parent_key: parent_key.clone(),
-            user_data_path: path.clone(),
+            user_data_path: l.user_data.clone(),
             user_data: ud,
             top: i + 1 == n,
+            offline,
         });
         parent = k.clone();
         parent_key = Some(k);
@@ -84,6 +100,7 @@ pub fn single(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<P
         user_data_path: USER_DATA.to_string(),
         user_data: ud,
         top: true,
+        offline: None,
     }]
 }
 
@@ -389,5 +406,34 @@ scripts:
         for i in 0..2 {
             assert!(before[i].iter().zip(&after[i]).all(|(b, a)| b.key != a.key));
         }
+    }
+
+    #[test]
+    fn a_layer_gets_a_payload_when_it_needs_no_boot_unless_the_definition_says_otherwise() {
+        // DEF's image layer installs jq: without it, only the script decides.
+        let offline = DEF
+            .replace("packages: [jq]\n", "")
+            .replace("    run: echo hi", "    offline: true\n    run: echo hi");
+        let has = |def: &str| {
+            plan_of(def, "b1")
+                .iter()
+                .map(|l| l.offline.is_some())
+                .collect::<Vec<_>>()
+        };
+        // The features layer upgrades and installs: never. The image layer installs a package
+        // (DEF) or has a script not marked offline: it needs a boot.
+        assert_eq!(has(DEF), [false, false]);
+        assert_eq!(has(&DEF.replace("packages: [jq]\n", "")), [false, false]);
+        assert_eq!(has(&offline), [false, true]);
+        let never = offline.replace("features:\n", "build: {boot_free: false}\nfeatures:\n");
+        assert_eq!(has(&never), [false, false]);
+        // The payload is in the key: a boot-free layer and a booted one are not the same entry.
+        let a = plan_of(&offline, "b1");
+        let b = plan_of(&never, "b1");
+        assert_eq!(a[0].key, b[0].key);
+        assert_ne!(a[1].key, b[1].key);
+        let (path, text) = a[1].offline.as_ref().unwrap();
+        assert!(path.ends_with("02-image/offline.sh"), "{path}");
+        assert!(text.contains("provision --offline-top"));
     }
 }

@@ -93,6 +93,9 @@ pub struct LayerRecord {
     /// it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub built_for: Option<String>,
+    /// Applied without booting the image's init (a boot-free layer: render/offline.rs).
+    #[serde(default)]
+    pub boot_free: bool,
 }
 
 /// A way to provision an image.

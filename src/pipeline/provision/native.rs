@@ -8,7 +8,7 @@ use super::layers::PlannedLayer;
 use super::LayerRecord;
 use super::{ProvisionInput, Provisioned};
 use crate::cache::{self, LayerCache, LayerMeta};
-use crate::definition::parse_size;
+use crate::definition::{parse_size, Arch};
 use crate::pipeline::error::{interrupted, BuildError};
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch, APT_CACHE_SERIAL};
@@ -47,6 +47,7 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
     let mut state = Chain {
         parent: input.base.path.clone(),
         parent_vars: None,
+        kernel: None,
         leases: Vec::new(),
         records: Vec::new(),
         images: Vec::new(),
@@ -70,6 +71,8 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
 struct Chain {
     parent: PathBuf,
     parent_vars: Option<PathBuf>,
+    /// The kernel export that boots `parent` (cache::KERNEL), for boot-free layers.
+    kernel: Option<PathBuf>,
     leases: Vec<cache::Held>,
     records: Vec<LayerRecord>,
     images: Vec<crate::protocol::ContainerImage>,
@@ -96,15 +99,17 @@ fn provision_layers(
                 .join(format!("layer-{:02}-{}", i + 1, layer.name));
             std::fs::create_dir_all(&dir).map_err(crate::IoError::at(&dir))?;
             let t = Instant::now();
-            let watch = boot_layer(input, layer, chain, &dir, apt, p)?;
+            let (watch, boot_free) = boot_layer(input, layer, chain, &dir, apt, p)?;
             chain.packages = watch.package_list().unwrap_or_default();
             chain.images.extend(watch.container_images);
             chain.parent = dir.join(cache::DISK);
             chain.parent_vars = Some(dir.join(cache::VARS)).filter(|v| v.is_file());
-            chain.records.push(record(layer, false, t));
+            chain.kernel = cache::kernel_in(&dir);
+            chain.records.push(record(layer, false, boot_free, t));
             p.line(&format!(
-                "{label}: built in {:.0} s (--no-cache: one boot, nothing kept)",
-                t.elapsed().as_secs_f64()
+                "{label}: built in {:.0} s {}(--no-cache: nothing kept)",
+                t.elapsed().as_secs_f64(),
+                how(boot_free)
             ));
             continue;
         }
@@ -122,7 +127,8 @@ fn provision_layers(
             chain.packages = h.meta.packages.clone();
             chain.parent = h.disk();
             chain.parent_vars = h.vars();
-            let mut rec = record(layer, true, Instant::now());
+            chain.kernel = h.kernel();
+            let mut rec = record(layer, true, h.meta.boot_free, Instant::now());
             rec.built_for = Some(h.meta.image.clone());
             chain.records.push(rec);
             chain.leases.push(h);
@@ -130,7 +136,7 @@ fn provision_layers(
         }
         let dir = lc.start(&guard).map_err(cache_err)?;
         let t = Instant::now();
-        let watch = match boot_layer(input, layer, chain, &dir, apt, p) {
+        let (watch, boot_free) = match boot_layer(input, layer, chain, &dir, apt, p) {
             Ok(w) => w,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -150,6 +156,7 @@ fn provision_layers(
             imgbuild: env!("CARGO_PKG_VERSION").into(),
             container_images: watch.container_images.clone(),
             packages: watch.package_list().unwrap_or_default(),
+            boot_free,
         };
         let h = lc.commit(&guard, &meta).map_err(cache_err)?;
         drop(guard);
@@ -157,17 +164,28 @@ fn provision_layers(
         chain.images.extend(watch.container_images);
         chain.parent = h.disk();
         chain.parent_vars = h.vars();
-        chain.records.push(record(layer, false, t));
+        chain.kernel = h.kernel();
+        chain.records.push(record(layer, false, boot_free, t));
         chain.leases.push(h);
         p.line(&format!(
-            "{label}: built in {:.0} s, cached as {short}",
-            t.elapsed().as_secs_f64()
+            "{label}: built in {:.0} s {}, cached as {short}",
+            t.elapsed().as_secs_f64(),
+            how(boot_free)
         ));
     }
     Ok(())
 }
 
-fn record(layer: &PlannedLayer, cached: bool, t: Instant) -> LayerRecord {
+/// How a layer was made, for the progress line.
+fn how(boot_free: bool) -> &'static str {
+    if boot_free {
+        "without a boot (boot-free)"
+    } else {
+        "in a full boot"
+    }
+}
+
+fn record(layer: &PlannedLayer, cached: bool, boot_free: bool, t: Instant) -> LayerRecord {
     LayerRecord {
         name: layer.name.into(),
         key: layer.key.clone(),
@@ -178,6 +196,7 @@ fn record(layer: &PlannedLayer, cached: bool, t: Instant) -> LayerRecord {
             (t.elapsed().as_secs_f64() * 10.0).round() / 10.0
         },
         built_for: None,
+        boot_free,
     }
 }
 
@@ -211,14 +230,201 @@ fn join_logs(logs: &Path, parts: &[(String, PathBuf)]) {
     }
 }
 
-/// One layer's boot: an overlay on the chain's top disk in `dir`, the layer's seed, the
-/// provisioning runner, poweroff (after the hygiene, on the top layer).
+/// How big the kernel export disk is (sparse): a kernel and an initrd with room to spare
+/// (a desktop's initrd with NVIDIA's firmware is about 100 MiB).
+const EXPORT_DISK_BYTES: u64 = 768 << 20;
+/// The serial the runner finds the export disk by (cloud-init/guest/provision).
+const EXPORT_SERIAL: &str = "imgbuild-export";
+
+/// One layer made on an overlay of the chain's top disk in `dir`: boot-free when the layer
+/// can be (it has a payload, and the kernel that boots the disk below is known), else in a
+/// full boot. Returns what the guest reported and whether it was boot-free.
 fn boot_layer(
     input: &ProvisionInput,
     layer: &PlannedLayer,
     chain: &mut Chain,
     dir: &Path,
     apt: Option<&Path>,
+    p: &mut Progress,
+) -> Result<(Watch, bool), BuildError> {
+    // arm64 boots every layer in full until a boot-free one has been tried there.
+    if let (Some(payload), Some(kernel), Arch::Amd64) =
+        (&layer.offline, chain.kernel.clone(), input.arch)
+    {
+        let w = boot_free_layer(input, layer, chain, dir, &payload.1, &kernel, p)?;
+        // The kernel did not change: the layer above boots the same one.
+        link_kernel(&kernel, &dir.join(cache::KERNEL))?;
+        return Ok((w, true));
+    }
+    let export = (!layer.top).then(|| dir.join("export.tar"));
+    if let Some(e) = &export {
+        let f = std::fs::File::create(e).map_err(crate::IoError::at(e))?;
+        f.set_len(EXPORT_DISK_BYTES)
+            .map_err(crate::IoError::at(e))?;
+    }
+    let result = full_boot_layer(input, layer, chain, dir, apt, export.as_deref(), p);
+    if let Some(e) = &export {
+        if result.is_ok() {
+            unpack_kernel(e, &dir.join(cache::KERNEL), p)?;
+        }
+        let _ = std::fs::remove_file(e);
+    }
+    Ok((result?, false))
+}
+
+/// Unpacks the guest's kernel export (a tar written onto the raw disk `export`) into `to`;
+/// a disk the guest left empty (no kernel in /boot) leaves no export, and the layers above
+/// boot in full.
+fn unpack_kernel(export: &Path, to: &Path, p: &mut Progress) -> Result<(), BuildError> {
+    use std::io::Read;
+    let mut head = [0u8; 512];
+    let mut f = std::fs::File::open(export).map_err(crate::IoError::at(export))?;
+    f.read_exact(&mut head)
+        .map_err(crate::IoError::at(export))?;
+    if head.iter().all(|b| *b == 0) {
+        p.line("no kernel export from this layer: the layers above boot in full");
+        return Ok(());
+    }
+    std::fs::create_dir_all(to).map_err(crate::IoError::at(to))?;
+    crate::exec::Cmd::new("tar")
+        .arg("-xf")
+        .arg(export)
+        .arg("-C")
+        .arg(to)
+        .args(["vmlinuz", "initrd.img", "cmdline", "version"])
+        .run()
+        .map_err(|e| BuildError::Backend(format!("cannot unpack the kernel export: {e}")))?;
+    Ok(())
+}
+
+/// `to` gets the files of kernel export `from` (hard links where the filesystem allows).
+fn link_kernel(from: &Path, to: &Path) -> Result<(), BuildError> {
+    std::fs::create_dir_all(to).map_err(crate::IoError::at(to))?;
+    for e in std::fs::read_dir(from)
+        .map_err(crate::IoError::at(from))?
+        .flatten()
+    {
+        let dst = to.join(e.file_name());
+        if std::fs::hard_link(e.path(), &dst).is_err() {
+            std::fs::copy(e.path(), &dst).map_err(crate::IoError::at(&dst))?;
+        }
+    }
+    Ok(())
+}
+
+/// A boot-free layer: the disk's own kernel and initrd booted straight into the layer's
+/// payload (render/offline.rs) as PID 1, no systemd and no cloud-init; the same runner and
+/// markers as a full boot, the hygiene on the top layer, then power off.
+#[allow(clippy::too_many_arguments)]
+fn boot_free_layer(
+    input: &ProvisionInput,
+    layer: &PlannedLayer,
+    chain: &mut Chain,
+    dir: &Path,
+    payload: &str,
+    kernel: &Path,
+    p: &mut Progress,
+) -> Result<Watch, BuildError> {
+    let d = &input.resolved.definition;
+    let disk = dir.join(cache::DISK);
+    let size = parse_size(&d.disk.size);
+    qemu::create_overlay(&chain.parent, &disk, size)?;
+    let uefi = crate::host::uefi(input.resolved, input.arch);
+    let uefi_vars = if uefi {
+        let v = dir.join(cache::VARS);
+        let src = match &chain.parent_vars {
+            Some(v) => v.clone(),
+            None => {
+                qemu::uefi_firmware(input.arch)
+                    .ok_or(QemuError::NoFirmware(input.arch))?
+                    .1
+            }
+        };
+        std::fs::copy(&src, &v).map_err(crate::IoError::at(&v))?;
+        Some(v)
+    } else {
+        None
+    };
+    let tag = format!("{:02}-{}", chain.serials.len() + 1, layer.name);
+    // Whole sectors, padded with newlines (which the shell reads as empty lines).
+    let payload_file = input.work.join(format!("payload-{tag}.sh"));
+    let mut text = payload.as_bytes().to_vec();
+    text.resize(text.len().div_ceil(512) * 512 + 512, b'\n');
+    std::fs::write(&payload_file, &text).map_err(crate::IoError::at(&payload_file))?;
+    let cmdline_file = kernel.join("cmdline");
+    let cmdline =
+        std::fs::read_to_string(&cmdline_file).map_err(crate::IoError::at(&cmdline_file))?;
+    let serial = input.logs.join(format!("serial-build-{tag}.log"));
+    chain.serials.push((layer.name.to_string(), serial.clone()));
+    let spec = VmSpec {
+        arch: input.arch,
+        accel: input.accel,
+        firmware: if uefi {
+            qemu::Firmware::Uefi
+        } else {
+            qemu::Firmware::Bios
+        },
+        cpus: 1,
+        memory_mib: d.build.memory,
+        disk: Some(disk),
+        seed_iso: None,
+        serial_log: serial.clone(),
+        qmp: true,
+        uefi_vars,
+        hostfwd: Vec::new(),
+        extra_disks: Vec::new(),
+        extra_nics: Vec::new(),
+        raw_disks: vec![(
+            payload_file,
+            crate::render::offline::PAYLOAD_SERIAL.to_string(),
+        )],
+        kernel: Some(qemu::DirectKernel {
+            kernel: kernel.join("vmlinuz"),
+            initrd: kernel.join("initrd.img"),
+            append: format!("{} {}", cmdline.trim(), crate::render::offline::INIT),
+        }),
+    };
+    p.status(
+        &format!(
+            "layer {} boot-free: its kernel straight into its payload",
+            layer.name
+        ),
+        true,
+    );
+    let serial_name = input.logs.join("serial-build.log");
+    let mut vm = Vm::start(&spec)?;
+    let mut watch = Watch::default();
+    let timeout = Duration::from_secs(d.build.timeout as u64 * 60);
+    let (outcome, line) = vm
+        .wait_for_with(
+            &[
+                marker::PROVISION_OK,
+                marker::PROVISION_FAILED,
+                "Kernel panic",
+            ],
+            timeout,
+            "provisioning (IMGBUILD-PROVISION-OK)",
+            input.cancel,
+            &mut |line: &str| {
+                if let Event::Step(s) = watch.line(line) {
+                    p.status(&format!("{} step {s}", layer.name), true);
+                }
+            },
+        )
+        .map_err(interrupted)?;
+    finish_layer(input, layer, vm, watch, outcome, &line, &serial_name, p)
+}
+
+/// A layer in a full boot: an overlay on the chain's top disk in `dir`, the layer's seed, the
+/// provisioning runner, poweroff (after the hygiene, on the top layer); `export`, a raw disk
+/// the runner writes the kernel export onto (lower layers).
+fn full_boot_layer(
+    input: &ProvisionInput,
+    layer: &PlannedLayer,
+    chain: &mut Chain,
+    dir: &Path,
+    apt: Option<&Path>,
+    export: Option<&Path>,
     p: &mut Progress,
 ) -> Result<Watch, BuildError> {
     let d = &input.resolved.definition;
@@ -291,13 +497,17 @@ fn boot_layer(
             .map(|a| vec![(a.to_path_buf(), APT_CACHE_SERIAL.to_string())])
             .unwrap_or_default(),
         extra_nics: Vec::new(),
+        raw_disks: export
+            .map(|e| vec![(e.to_path_buf(), EXPORT_SERIAL.to_string())])
+            .unwrap_or_default(),
+        kernel: None,
     };
     // In error messages: the joined log every layer's console ends up in.
     let serial_name = input.logs.join("serial-build.log");
     // A TCG guest on an overloaded host can hang at boot (a vCPU that is never scheduled
     // again); such a boot is retried once on a fresh overlay, before anything was provisioned.
     let mut attempt = 0;
-    let (mut vm, mut watch, outcome, line) = loop {
+    let (vm, watch, outcome, line) = loop {
         attempt += 1;
         let mut vm = Vm::start(&spec)?;
         let mut watch = Watch::default();
@@ -340,13 +550,29 @@ fn boot_layer(
             Err(e) => return Err(interrupted(e)),
         }
     };
+    finish_layer(input, layer, vm, watch, outcome, &line, &serial_name, p)
+}
+
+/// After the runner's verdict (`outcome`: 0 ok, 1 failed, 2 kernel panic): the failure, or the
+/// hygiene (top layer) and the poweroff.
+#[allow(clippy::too_many_arguments)]
+fn finish_layer(
+    input: &ProvisionInput,
+    layer: &PlannedLayer,
+    mut vm: Vm,
+    mut watch: Watch,
+    outcome: usize,
+    line: &str,
+    serial_name: &Path,
+    p: &mut Progress,
+) -> Result<Watch, BuildError> {
     match outcome {
         0 => {}
         1 => {
             // Let the runner finish printing, then stop the guest: it stays up on failure.
             std::thread::sleep(Duration::from_millis(500));
             vm.kill();
-            return Err(failure(&watch, &serial_name));
+            return Err(failure(&watch, serial_name));
         }
         _ => {
             let tail = vm.serial_tail();
@@ -354,7 +580,7 @@ fn boot_layer(
             return Err(BuildError::Provision {
                 summary: format!("the guest kernel panicked: {line}"),
                 log: format!("\n{tail}"),
-                serial: log_name(&serial_name),
+                serial: log_name(serial_name),
             });
         }
     }
@@ -380,7 +606,7 @@ fn boot_layer(
         return Err(BuildError::Backend(format!(
             "QEMU exited with {status} after provisioning layer {}; see {}",
             layer.name,
-            log_name(&serial_name)
+            log_name(serial_name)
         )));
     }
     Ok(watch)
