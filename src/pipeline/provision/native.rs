@@ -312,6 +312,66 @@ fn link_kernel(from: &Path, to: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// What every layer's VM starts from: the overlay on the chain's top disk in `dir`, a copy of
+/// the parent's UEFI variable store (UEFI builds), the layer's tag and serial log (registered
+/// for the joined log).
+struct LayerVm {
+    disk: PathBuf,
+    size: Option<u64>,
+    firmware: qemu::Firmware,
+    uefi_vars: Option<PathBuf>,
+    tag: String,
+    serial: PathBuf,
+}
+
+fn prepare_vm(
+    input: &ProvisionInput,
+    layer: &PlannedLayer,
+    chain: &mut Chain,
+    dir: &Path,
+) -> Result<LayerVm, BuildError> {
+    let disk = dir.join(cache::DISK);
+    let size = parse_size(&input.resolved.definition.disk.size);
+    qemu::create_overlay(&chain.parent, &disk, size)?;
+    let uefi = crate::host::uefi(input.resolved, input.arch);
+    let uefi_vars = if uefi {
+        let v = dir.join(cache::VARS);
+        fresh_vars(input, &v, chain.parent_vars.as_ref())?;
+        Some(v)
+    } else {
+        None
+    };
+    let tag = format!("{:02}-{}", chain.serials.len() + 1, layer.name);
+    let serial = input.logs.join(format!("serial-build-{tag}.log"));
+    chain.serials.push((layer.name.to_string(), serial.clone()));
+    Ok(LayerVm {
+        disk,
+        size,
+        firmware: if uefi {
+            qemu::Firmware::Uefi
+        } else {
+            qemu::Firmware::Bios
+        },
+        uefi_vars,
+        tag,
+        serial,
+    })
+}
+
+/// `to` gets the parent's UEFI variable store, or the firmware's empty one on the first layer.
+fn fresh_vars(input: &ProvisionInput, to: &Path, from: Option<&PathBuf>) -> Result<(), BuildError> {
+    let src = match from {
+        Some(v) => v.clone(),
+        None => {
+            qemu::uefi_firmware(input.arch)
+                .ok_or(QemuError::NoFirmware(input.arch))?
+                .1
+        }
+    };
+    std::fs::copy(&src, to).map_err(crate::IoError::at(to))?;
+    Ok(())
+}
+
 /// A boot-free layer: the disk's own kernel and initrd booted straight into the layer's
 /// payload (render/offline.rs) as PID 1, no systemd and no cloud-init; the same runner and
 /// markers as a full boot, the hygiene on the top layer, then power off.
@@ -326,51 +386,27 @@ fn boot_free_layer(
     p: &mut Progress,
 ) -> Result<Watch, BuildError> {
     let d = &input.resolved.definition;
-    let disk = dir.join(cache::DISK);
-    let size = parse_size(&d.disk.size);
-    qemu::create_overlay(&chain.parent, &disk, size)?;
-    let uefi = crate::host::uefi(input.resolved, input.arch);
-    let uefi_vars = if uefi {
-        let v = dir.join(cache::VARS);
-        let src = match &chain.parent_vars {
-            Some(v) => v.clone(),
-            None => {
-                qemu::uefi_firmware(input.arch)
-                    .ok_or(QemuError::NoFirmware(input.arch))?
-                    .1
-            }
-        };
-        std::fs::copy(&src, &v).map_err(crate::IoError::at(&v))?;
-        Some(v)
-    } else {
-        None
-    };
-    let tag = format!("{:02}-{}", chain.serials.len() + 1, layer.name);
+    let lv = prepare_vm(input, layer, chain, dir)?;
     // Whole sectors, padded with newlines (which the shell reads as empty lines).
-    let payload_file = input.work.join(format!("payload-{tag}.sh"));
+    let payload_file = input.work.join(format!("payload-{}.sh", lv.tag));
     let mut text = payload.as_bytes().to_vec();
     text.resize(text.len().div_ceil(512) * 512 + 512, b'\n');
     std::fs::write(&payload_file, &text).map_err(crate::IoError::at(&payload_file))?;
     let cmdline_file = kernel.join("cmdline");
     let cmdline =
         std::fs::read_to_string(&cmdline_file).map_err(crate::IoError::at(&cmdline_file))?;
-    let serial = input.logs.join(format!("serial-build-{tag}.log"));
-    chain.serials.push((layer.name.to_string(), serial.clone()));
     let spec = VmSpec {
         arch: input.arch,
         accel: input.accel,
-        firmware: if uefi {
-            qemu::Firmware::Uefi
-        } else {
-            qemu::Firmware::Bios
-        },
+        firmware: lv.firmware,
+        // One shell running one step at a time: a second vCPU would idle.
         cpus: 1,
         memory_mib: d.build.memory,
-        disk: Some(disk),
+        disk: Some(lv.disk),
         seed_iso: None,
-        serial_log: serial.clone(),
+        serial_log: lv.serial,
         qmp: true,
-        uefi_vars,
+        uefi_vars: lv.uefi_vars,
         hostfwd: Vec::new(),
         extra_disks: Vec::new(),
         extra_nics: Vec::new(),
@@ -429,11 +465,8 @@ fn full_boot_layer(
 ) -> Result<Watch, BuildError> {
     let d = &input.resolved.definition;
     let w = input.work;
-    let disk = dir.join(cache::DISK);
-    let size = parse_size(&d.disk.size);
-    qemu::create_overlay(&chain.parent, &disk, size)?;
-
-    let tag = format!("{:02}-{}", chain.serials.len() + 1, layer.name);
+    let lv = prepare_vm(input, layer, chain, dir)?;
+    let (disk, size, tag, serial) = (lv.disk, lv.size, lv.tag, lv.serial);
     let meta = w.join(format!("meta-data-{tag}"));
     std::fs::write(
         &meta,
@@ -454,36 +487,10 @@ fn full_boot_layer(
         ],
         &seed_iso,
     )?;
-    let uefi = crate::host::uefi(input.resolved, input.arch);
-    let fresh_vars = |to: &Path, from: Option<&PathBuf>| -> Result<(), BuildError> {
-        let src = match from {
-            Some(v) => v.clone(),
-            None => {
-                qemu::uefi_firmware(input.arch)
-                    .ok_or(QemuError::NoFirmware(input.arch))?
-                    .1
-            }
-        };
-        std::fs::copy(&src, to).map_err(crate::IoError::at(to))?;
-        Ok(())
-    };
-    let uefi_vars = if uefi {
-        let v = dir.join(cache::VARS);
-        fresh_vars(&v, chain.parent_vars.as_ref())?;
-        Some(v)
-    } else {
-        None
-    };
-    let serial = input.logs.join(format!("serial-build-{tag}.log"));
-    chain.serials.push((layer.name.to_string(), serial.clone()));
     let spec = VmSpec {
         arch: input.arch,
         accel: input.accel,
-        firmware: if uefi {
-            qemu::Firmware::Uefi
-        } else {
-            qemu::Firmware::Bios
-        },
+        firmware: lv.firmware,
         cpus: crate::host::vm_cpus(input.resolved, crate::host::cpus()),
         memory_mib: d.build.memory,
         disk: Some(disk.clone()),
@@ -491,7 +498,7 @@ fn full_boot_layer(
         serial_log: serial.clone(),
         // QMP lets the wait notice a guest QEMU paused on a full host disk.
         qmp: true,
-        uefi_vars,
+        uefi_vars: lv.uefi_vars,
         hostfwd: Vec::new(),
         extra_disks: apt
             .map(|a| vec![(a.to_path_buf(), APT_CACHE_SERIAL.to_string())])
@@ -540,7 +547,7 @@ fn full_boot_layer(
                 let _ = std::fs::remove_file(&disk);
                 qemu::create_overlay(&chain.parent, &disk, size)?;
                 if let Some(v) = &spec.uefi_vars {
-                    fresh_vars(v, chain.parent_vars.as_ref())?;
+                    fresh_vars(input, v, chain.parent_vars.as_ref())?;
                 }
                 let _ = std::fs::rename(
                     &serial,
