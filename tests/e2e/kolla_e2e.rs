@@ -15,11 +15,12 @@
 //! the way the role does. The NTP precheck is off: nothing here serves NTP to the VM.
 //!
 //! With IMGBUILD_KOLLA_COLLECTION (a checkout of ansible-collection-kolla stable/2025.2) the
-//! test runs bootstrap-servers first. Run so on 2026-11-29: etc_hosts, packages (nothing to
-//! add or remove), Docker's package and daemon.json (unchanged: the image's is byte for byte
-//! kolla's) passed; it stops at `Parse Docker system info`: `docker system info -f json` needs
-//! Docker 23 or later, and Debian 12's docker.io is 20.10 (the flagship's Docker CE is
-//! current). Known open: the twin's Docker is too old for bootstrap-servers' docker role.
+//! test runs bootstrap-servers first, and fails if it had to change what the image prepares.
+//! Run so on 2026-11-29 (e5c055a0): it passed, changing only the role's own things (the
+//! /etc/hosts block, its mask/unmask of Docker's unit, the osbpo key and repository line,
+//! /etc/kolla, kolla.target); prechecks then passed. The first such run found the twin's
+//! docker.io 20.10 too old for the docker role's `docker system info -f json` (now 26 from
+//! trixie) and python3-setuptools/python3-pip missing (docker_sdk installs them).
 
 use crate::common;
 
