@@ -345,6 +345,14 @@ pub fn layer_parts(
         parts[st].files.extend(files.iter().map(write_file));
         parts[st].steps.extend(steps);
     }
+    // A bootstrap base already has the packages it was made with (mmdebstrap installed them;
+    // the first layer's upgrade keeps them current): installing them again in a layer is an
+    // apt no-op that still costs that layer a full boot.
+    if let Some(b) = d.base.get(&arch).and_then(|b| b.bootstrap.as_ref()) {
+        for p in &mut parts {
+            p.packages.retain(|x| !b.packages.contains(x));
+        }
+    }
     parts.retain(|p| !p.is_empty());
     // The image's identity goes to the top layer only, so that lower layers are the same for
     // every image whose content they share (their keys and disks name no image).

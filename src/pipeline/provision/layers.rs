@@ -436,4 +436,29 @@ scripts:
         assert!(path.ends_with("02-image/offline.sh"), "{path}");
         assert!(text.contains("provision --offline-top"));
     }
+
+    #[test]
+    fn packages_the_bootstrap_base_has_are_not_installed_again_so_the_layer_can_go() {
+        // DEF's image layer installs jq and runs a script needing a boot; with jq in the
+        // bootstrap base and the script offline, the image layer needs no boot.
+        let offline = DEF.replace("    run: echo hi", "    offline: true\n    run: echo hi");
+        let in_base = offline.replace(
+            "bootstrap: {suite: bookworm}",
+            "bootstrap: {suite: bookworm, packages: [jq]}",
+        );
+        let has = |def: &str| {
+            plan_of(def, "b1")
+                .iter()
+                .map(|l| (l.name, l.offline.is_some(), l.user_data.contains("- jq")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            has(&offline),
+            [("features", false, false), ("image", false, true)]
+        );
+        assert_eq!(
+            has(&in_base),
+            [("features", false, false), ("image", true, false)]
+        );
+    }
 }
