@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# `make test`: every test of the crate, in two streams side by side. In the foreground: the
-# unit tests and the e2e tier with two test threads (real builds and boots). In the
-# background, one after the other: the desktop twin's end-to-end test (a desktop built and
-# smoke-booted under TCG, the longest test by far, much of it waiting on downloads), then the
-# openstack tier (a real Keystone and Glance) and the tool-free tier, which need little CPU
-# beside the e2e tier's VMs. The background runs the test binaries directly (no second cargo
-# holding the build lock); its output lands in target/background-tests.log and is printed at
-# the end. The exit code is non-zero if either stream failed.
+# `make test`: every test of the crate, in three streams side by side, so that the two longest
+# tests start at once instead of one of them ending the run alone on one core:
+# - the foreground: the unit tests and the e2e tier with two test threads (real builds and
+#   boots), without the two tests below;
+# - background 1, one after the other: the desktop twin's end-to-end test (a desktop built and
+#   smoke-booted under TCG, the longest test by far), then the openstack tier (a real Keystone
+#   and Glance) and the tool-free tier, which need little CPU beside the VMs;
+# - background 2: the Kolla twin's end-to-end test (its build, smoke and kolla-ansible's
+#   prechecks in the lab shape), the second longest.
+# The background streams run the test binaries directly (no second cargo holding the build
+# lock); their output lands in target/background-tests.log and target/kolla-tests.log and is
+# printed at the end. Every line of every stream carries the time it was printed, so that a
+# slow run shows which test took it. The exit code is non-zero if any stream failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 DESKTOP_TEST=desktop_e2e::debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user
+KOLLA_TEST=kolla_e2e::debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks
 
 set -e
 bins=$("$CARGO" test --locked --no-run --message-format=json \
@@ -35,32 +41,72 @@ e2e=$(bin e2e) || exit 1
 openstack=$(bin openstack) || exit 1
 tool_free=$(bin tool_free) || exit 1
 
+# Each line with the wall-clock time it came (libtest prints a test's line when it ends).
+stamp() {
+  local l
+  while IFS= read -r l; do
+    printf '[%(%H:%M:%S)T] %s\n' -1 "$l"
+  done
+}
+
 mkdir -p target
 log=target/background-tests.log
+kolla_log=target/kolla-tests.log
 echo "== in the background: desktop_e2e, then the openstack and tool-free tiers (log: $log)"
 (
-  failed=0
-  echo "== desktop_e2e"
-  "$e2e" --exact "$DESKTOP_TEST" || failed=1
-  echo "== openstack tier"
-  "$openstack" --test-threads=2 || failed=1
-  echo "== tool-free tier"
-  "$tool_free" || failed=1
-  exit $failed
-) >"$log" 2>&1 &
+  {
+    failed=0
+    echo "== desktop_e2e"
+    "$e2e" --exact "$DESKTOP_TEST" || failed=1
+    echo "== openstack tier"
+    "$openstack" --test-threads=2 || failed=1
+    echo "== tool-free tier"
+    "$tool_free" || failed=1
+    exit $failed
+  } 2>&1 | stamp
+  exit "${PIPESTATUS[0]}"
+) >"$log" &
 background_pid=$!
-# A stopped `make test` stops the background tests too.
-trap 'pkill -TERM -P "$background_pid" 2>/dev/null; kill -TERM "$background_pid" 2>/dev/null' INT TERM EXIT
+echo "== in the background: kolla_e2e (log: $kolla_log)"
+(
+  {
+    echo "== kolla_e2e"
+    "$e2e" --exact "$KOLLA_TEST"
+  } 2>&1 | stamp
+  exit "${PIPESTATUS[0]}"
+) >"$kolla_log" &
+kolla_pid=$!
+# A stopped `make test` stops the background tests too: every process below each stream
+# (test binaries, imgbuild, QEMU) gets SIGTERM.
+descendants() {
+  local c
+  for c in $(pgrep -P "$1"); do
+    descendants "$c"
+    echo "$c"
+  done
+}
+stop_background() {
+  local p
+  for p in $background_pid $kolla_pid; do
+    kill -TERM $(descendants "$p") "$p" 2>/dev/null
+  done
+}
+trap stop_background INT TERM EXIT
 
-"$CARGO" test --locked --lib --bins --test e2e -- --test-threads=2 --skip "$DESKTOP_TEST"
-rest=$?
+"$CARGO" test --locked --lib --bins --test e2e -- --test-threads=2 \
+  --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" 2>&1 | stamp
+rest=${PIPESTATUS[0]}
 
 wait "$background_pid"
 background=$?
+wait "$kolla_pid"
+kolla=$?
 trap - INT TERM EXIT
 echo "== background tests (exit $background):"
 cat "$log"
-if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ]; then
-  echo "== tests failed: the foreground exited $rest, the background exited $background" >&2
+echo "== kolla test (exit $kolla):"
+cat "$kolla_log"
+if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ] || [ "$kolla" -ne 0 ]; then
+  echo "== tests failed: the foreground exited $rest, the background $background, kolla $kolla" >&2
   exit 1
 fi

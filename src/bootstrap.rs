@@ -149,8 +149,59 @@ pub fn cache_key(spec: &Bootstrap, arch: Arch) -> String {
         // Only when set, so that the keys of existing bases stay what they were.
         canon["recommends"] = true.into();
     }
+    if !spec.from_suite.is_empty() {
+        canon["from_suite"] = serde_json::json!(spec.from_suite);
+        canon["pin"] = pin_preferences(spec).into();
+    }
     h.update(canon.to_string().as_bytes());
     crate::hex(&h.finalize())
+}
+
+/// The apt preferences that take `from_suite`'s packages, and only them, from their suites:
+/// every other package of such a suite at priority 1 (never chosen over the main suite), the
+/// named ones at 990 (chosen over it), as features/docker.rs pins Docker in a guest.
+pub fn pin_preferences(spec: &Bootstrap) -> String {
+    let mut s = String::from("# imgbuild bootstrap: packages from other suites, and only them.\n");
+    for (suite, pkgs) in &spec.from_suite {
+        s.push_str(&format!(
+            "\nPackage: *\nPin: release n={suite}\nPin-Priority: 1\n\nPackage: {}\nPin: release n={suite}\nPin-Priority: 990\n",
+            pkgs.join(" ")
+        ));
+    }
+    s
+}
+
+/// Where the bootstrap's pin lives while mmdebstrap installs (removed before the tree becomes
+/// the base).
+const PIN_FILE: &str = "/etc/apt/preferences.d/imgbuild-bootstrap";
+
+/// mmdebstrap's extra arguments for `from_suite`: a sources line per suite (after the main
+/// mirror), the pin written before apt first reads its lists, and both taken out of the tree
+/// at the end (mmdebstrap writes every given source into the tree's sources.list).
+fn from_suite_args(spec: &Bootstrap) -> (Vec<String>, Vec<String>) {
+    if spec.from_suite.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let q = crate::exec::quote;
+    let lines: Vec<String> = spec
+        .from_suite
+        .keys()
+        .map(|suite| format!("deb {} {suite} {}", spec.mirror, spec.components.join(" ")))
+        .collect();
+    let mut hooks = vec![
+        format!(
+            "--setup-hook=mkdir -p \"$1\"/etc/apt/preferences.d && printf %s {} > \"$1\"{PIN_FILE}",
+            q(&pin_preferences(spec))
+        ),
+        format!("--customize-hook=rm -f \"$1\"{PIN_FILE}"),
+    ];
+    for l in &lines {
+        hooks.push(format!(
+            "--customize-hook=for f in \"$1\"/etc/apt/sources.list \"$1\"/etc/apt/sources.list.d/*.list; do [ -f \"$f\" ] && {{ grep -vxF {} \"$f\" > \"$f.imgbuild\" || true; mv \"$f.imgbuild\" \"$f\"; }}; done; true",
+            q(l)
+        ));
+    }
+    (lines, hooks)
 }
 
 fn check(cancel: &AtomicBool) -> Result<(), BootstrapError> {
@@ -180,6 +231,8 @@ pub fn bootstrap(
     let mut include: Vec<String> = arch_packages(arch).iter().map(|s| s.to_string()).collect();
     include.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
     include.extend(spec.packages.iter().cloned());
+    include.extend(spec.from_suite.values().flatten().cloned());
+    let (extra_sources, pin_hooks) = from_suite_args(spec);
     tracing::info!("bootstrap: mmdebstrap {} from {}", spec.suite, spec.mirror);
     if crate::exec::which("mmdebstrap").is_none() {
         return Err(ExecError::NotFound {
@@ -201,7 +254,7 @@ pub fn bootstrap(
     if spec.recommends {
         c = c.arg("--aptopt=Apt::Install-Recommends \"true\"");
     }
-    c = c.arg(DEFER_INITRAMFS).arg(MAKE_INITRAMFS);
+    c = c.arg(DEFER_INITRAMFS).arg(MAKE_INITRAMFS).args(&pin_hooks);
     if let Some(d) = debs {
         // Shared downloads: the packages of earlier bootstraps go in, this one's come out
         // (before mmdebstrap empties the archive folder); essential packages are kept for it.
@@ -222,7 +275,8 @@ pub fn bootstrap(
         .arg(format!("--include={}", include.join(",")))
         .arg(&spec.suite)
         .arg(&root)
-        .arg(&spec.mirror);
+        .arg(&spec.mirror)
+        .args(&extra_sources);
     run_stoppable(
         &c,
         &work.join("mmdebstrap.log"),
@@ -684,6 +738,57 @@ mod tests {
         b.packages.push("docker.io".into());
         assert_ne!(cache_key(&a, Arch::Amd64), cache_key(&b, Arch::Amd64));
         assert_ne!(cache_key(&a, Arch::Amd64), cache_key(&a, Arch::Arm64));
+    }
+
+    #[test]
+    fn packages_from_another_suite_are_pinned_while_bootstrapping_and_leave_nothing() {
+        let mut b = Bootstrap {
+            suite: "bookworm".into(),
+            components: vec!["main".into(), "contrib".into()],
+            ..Default::default()
+        };
+        assert_eq!(from_suite_args(&b), (vec![], vec![]));
+        let plain = cache_key(&b, Arch::Amd64);
+        b.from_suite.insert(
+            "trixie".into(),
+            vec!["docker.io".into(), "docker-cli".into()],
+        );
+        assert_ne!(cache_key(&b, Arch::Amd64), plain);
+        assert!(b.has_package("docker-cli") && !b.has_package("docker-compose"));
+        // The same preferences the docker feature gives a guest: the rest of trixie at 1.
+        let pin = pin_preferences(&b);
+        assert!(pin.contains(
+            "Package: *\nPin: release n=trixie\nPin-Priority: 1\n\nPackage: docker.io docker-cli\nPin: release n=trixie\nPin-Priority: 990\n"
+        ), "{pin}");
+        let (lines, hooks) = from_suite_args(&b);
+        assert_eq!(
+            lines,
+            ["deb http://deb.debian.org/debian trixie main contrib"]
+        );
+        // The pin is written before apt runs and removed, with the extra source, at the end.
+        assert!(hooks[0].starts_with("--setup-hook=") && hooks[0].contains(PIN_FILE));
+        assert!(hooks[1..]
+            .iter()
+            .all(|h| h.starts_with("--customize-hook=")));
+        assert!(hooks
+            .iter()
+            .any(|h| h.contains("rm -f") && h.contains(PIN_FILE)));
+        assert!(hooks.iter().any(
+            |h| h.contains("grep -vxF 'deb http://deb.debian.org/debian trixie main contrib'")
+        ));
+        // The hooks are valid sh (mmdebstrap runs them with sh -c).
+        for h in &hooks {
+            let body = h.split_once('=').unwrap().1;
+            let o = std::process::Command::new("sh")
+                .args(["-n", "-c", body])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{h}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
 
     #[test]

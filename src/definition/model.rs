@@ -152,6 +152,19 @@ pub struct Bootstrap {
     /// Install the packages' Recommends too, as apt does in a cloud image (mmdebstrap does
     /// not by default).
     pub recommends: bool,
+    /// Packages taken from another suite of the same mirror (`{trixie: [docker.io]}`), pinned
+    /// so that nothing else comes from it, as the guest's apt preferences would take them.
+    /// The extra suite and its pin are used while bootstrapping only: the base keeps neither
+    /// (a layer that wants the suite configures it, as a feature does).
+    pub from_suite: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Bootstrap {
+    /// Whether the base is made with `package` (from the main suite or another).
+    pub fn has_package(&self, package: &str) -> bool {
+        self.packages.iter().any(|p| p == package)
+            || self.from_suite.values().flatten().any(|p| p == package)
+    }
 }
 
 impl Default for Bootstrap {
@@ -163,6 +176,7 @@ impl Default for Bootstrap {
             packages: Vec::new(),
             size_gib: 3,
             recommends: false,
+            from_suite: Default::default(),
         }
     }
 }

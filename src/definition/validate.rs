@@ -154,6 +154,34 @@ fn check_base(r: &Resolved, arch: Arch, err: &mut impl FnMut(&str, String)) {
             if b.size_gib < 2 {
                 err(&format!("{p}.size_gib"), "at least 2".into());
             }
+            let name_ok = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+            };
+            for (suite, pkgs) in &b.from_suite {
+                let q = format!("{p}.from_suite.{suite}");
+                if !name_ok(suite) || *suite == b.suite {
+                    err(
+                        &q,
+                        format!(
+                            "`{suite}` is not another suite of the mirror than `{}`",
+                            b.suite
+                        ),
+                    );
+                }
+                if pkgs.is_empty() {
+                    err(&q, "names no package".into());
+                }
+                for (i, pkg) in pkgs.iter().enumerate() {
+                    if !name_ok(pkg) {
+                        err(
+                            &format!("{q}[{i}]"),
+                            format!("`{pkg}` is not a package name"),
+                        );
+                    }
+                }
+            }
         }
     }
 }

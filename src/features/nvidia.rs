@@ -113,7 +113,9 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
 /// (bookworm's `python3-pip` recommends `build-essential`). The price: a new kernel from a later
 /// upgrade gets no module (no DKMS to build one); rebuild the image, as for any kernel change.
 /// The modules go to `updates/imgbuild-nvidia`, not DKMS's `updates/dkms`, which `dkms remove`
-/// empties when `nvidia-kernel-dkms` is purged.
+/// empties when `nvidia-kernel-dkms` is purged. The package is built uncompressed (`-Znone`):
+/// it is installed at once and deleted, and dpkg-deb's default xz over the modules' tens of MiB
+/// cost minutes of a build under emulation for nothing.
 const DEBIAN_KEEP_MODULE_DROP_DKMS: &str = r#"v=$(dpkg-query -W -f='${Version}' nvidia-kernel-dkms)
 up=${v%%-*}
 pkg=/var/tmp/imgbuild-nvidia-kernel
@@ -148,7 +150,7 @@ Description: NVIDIA kernel modules $up, built by DKMS when the image was built
 CONTROL
 printf '#!/bin/sh\nset -e\nfor k in /lib/modules/*; do [ -e "/boot/vmlinuz-${k##*/}" ] && depmod -a "${k##*/}"; done\nexit 0\n' >"$pkg/DEBIAN/postinst"
 chmod 0755 "$pkg/DEBIAN/postinst"
-dpkg-deb --root-owner-group --build "$pkg" "$pkg.deb"
+dpkg-deb -Znone --root-owner-group --build "$pkg" "$pkg.deb"
 dpkg -i "$pkg.deb"
 rm -rf "$pkg" "$pkg.deb"
 build_only=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' nvidia-kernel-dkms dkms 'linux-headers-*' 'linux-kbuild-*' 2>/dev/null | awk '$1 ~ /^.i/ {print $2}')

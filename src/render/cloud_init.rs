@@ -350,7 +350,7 @@ pub fn layer_parts(
     // apt no-op that still costs that layer a full boot.
     if let Some(b) = d.base.get(&arch).and_then(|b| b.bootstrap.as_ref()) {
         for p in &mut parts {
-            p.packages.retain(|x| !b.packages.contains(x));
+            p.packages.retain(|x| !b.has_package(x));
         }
     }
     parts.retain(|p| !p.is_empty());
