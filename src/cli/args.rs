@@ -288,6 +288,24 @@ pub struct BuildArgs {
     /// Build every layer afresh and keep none of them (downloaded packages are still shared).
     #[arg(long)]
     pub no_cache: bool,
+    /// A remote layer cache in S3-compatible object storage, s3://BUCKET[/PREFIX]: layers are
+    /// fetched from it before being built and uploaded after. Endpoint, region, keys and CA
+    /// from the usual AWS variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_CA_BUNDLE).
+    #[arg(
+        long,
+        env = "IMGBUILD_CACHE_REMOTE",
+        value_name = "URL",
+        conflicts_with = "no_cache"
+    )]
+    pub cache_remote: Option<String>,
+    /// Only fetch from the remote cache, never upload (for untrusted branches).
+    #[arg(
+        long,
+        env = "IMGBUILD_CACHE_REMOTE_READ_ONLY",
+        requires = "cache_remote"
+    )]
+    pub cache_remote_read_only: bool,
 }
 
 #[derive(Args, Debug)]

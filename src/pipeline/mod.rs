@@ -45,6 +45,8 @@ pub struct BuildOptions {
     pub force: bool,
     /// Build every layer afresh and keep none (the shared downloads are still used).
     pub no_cache: bool,
+    /// The remote layer cache shared by the site's runners, if any.
+    pub remote: Option<std::sync::Arc<crate::remote::Remote>>,
 }
 
 /// Builds one arch of an image into OUT/IMAGE/VERSION with `opts.backend`; returns the
@@ -213,6 +215,7 @@ fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildE
         layers: &plan,
         cache: &opts.cache,
         no_cache: opts.no_cache,
+        remote: opts.remote.as_deref(),
     };
     let provisioned = job.provisioner.provision(&input, p)?;
     p.done("hygiene done, powered off");
