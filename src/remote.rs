@@ -30,7 +30,7 @@ pub enum RemoteError {
     #[error("--cache-remote {url}: {message}")]
     Config { url: String, message: String },
     #[error(transparent)]
-    Http(#[from] HttpError),
+    Http(HttpError),
     #[error("remote entry {key}: {file} has sha256 {got}, its entry.json says {want}")]
     Corrupt {
         key: String,
@@ -42,6 +42,50 @@ pub enum RemoteError {
     Bad { key: String, message: String },
     #[error(transparent)]
     Io(#[from] crate::IoError),
+}
+
+/// A presigned URL is a credential for an hour: errors show it without its query.
+impl From<HttpError> for RemoteError {
+    fn from(e: HttpError) -> RemoteError {
+        let cut = |u: String| match u.split_once('?') {
+            Some((base, _)) => format!("{base}?…"),
+            None => u,
+        };
+        RemoteError::Http(match e {
+            HttpError::Status {
+                method,
+                url,
+                status,
+                message,
+            } => HttpError::Status {
+                method,
+                url: cut(url),
+                status,
+                message,
+            },
+            HttpError::Transport {
+                method,
+                url,
+                message,
+            } => HttpError::Transport {
+                method,
+                url: cut(url),
+                message,
+            },
+            HttpError::Timeout {
+                method,
+                url,
+                secs,
+                phase,
+            } => HttpError::Timeout {
+                method,
+                url: cut(url),
+                secs,
+                phase,
+            },
+            e => e,
+        })
+    }
 }
 
 /// One file of a remote entry.
