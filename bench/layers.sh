@@ -16,36 +16,8 @@
 # Writes bench/results/layers.tsv and prints Markdown for BENCHMARKS.md.
 #
 #   bench/layers.sh           (needs: make host-tools; builds imgbuild --release)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 runs="${RUNS:-2}"
-cargo build --release --locked -q
-imgbuild="$PWD/target/release/imgbuild"
-work="$(mktemp -d "$PWD/target/bench-layers-XXXX")"
-trap 'rm -rf "$work"' EXIT
-mkdir -p bench/results
-out="bench/results/layers.tsv"
-shared="$PWD/target/bench-cache"
-mkdir -p "$shared/bootstrap"
-cp -a tests/fixtures "$work/fx"
-sed -i 's/^  cpus: 1$/  cpus: 2/' "$work/fx/images/e2e-common.yaml"
-grep -q '^  cpus: 2$' "$work/fx/images/e2e-common.yaml"
-images="$work/fx/images"
-export IMGBUILD_VENV="$PWD/.venv"
-
-fresh_cache() { # a cache root with the shared bases and nothing else
-  local c="$work/cache-$1"
-  rm -rf "$c"; mkdir -p "$c"; ln -s "$shared/bootstrap" "$c/bootstrap"
-  echo "$c"
-}
-
-measure() { # label cache command...
-  local tf="$work/time.txt" label=$1 cache=$2; shift 2
-  IMGBUILD_CACHE_DIR="$cache" /usr/bin/time -f '%e %M' -o "$tf" "$@" >"$work/out.json" 2>"$work/err.txt" \
-    || { tail -30 "$work/err.txt"; exit 1; }
-  read -r secs kib <"$tf"
-  printf '%s\t%s\t%s\n' "$label" "$secs" "$kib" | tee -a "$out"
-}
+source "$(dirname "$0")/common.sh" layers
 
 layers() { # label: the last build's layers (reused or built, boot-free or not, seconds)
   python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); m=j[0]["manifest"] if isinstance(j, list) else j; print("  ", sys.argv[2] + ":", " ".join("%s=%s" % (l["name"], "reused(built for %s)" % l.get("built_for") if l["cached"] else "built %.0fs %s" % (l["seconds"], "boot-free" if l.get("boot_free") else "full-boot")) for l in m["layers"]))' "$work/out.json" "$1" | tee -a "$work/layers.txt"
@@ -57,14 +29,7 @@ set_hello() { # a new content for the image layer's file
   grep -q "hello from imgbuild $1" "$common"
 }
 
-if ! compgen -G "$shared/bootstrap/*.qcow2" >/dev/null && compgen -G "target/e2e-cache/bootstrap/*.qcow2" >/dev/null; then
-  cp -al target/e2e-cache/bootstrap/. "$shared/bootstrap/" 2>/dev/null || cp -a target/e2e-cache/bootstrap/. "$shared/bootstrap/"
-fi
-if ! compgen -G "$shared/bootstrap/*.qcow2" >/dev/null; then
-  echo "== warm-up: the shared bootstrap base (not timed)"
-  IMGBUILD_CACHE_DIR="$(fresh_cache warm)" "$imgbuild" --images-dir "$images" -q build e2e-par-a \
-    --version warm --out "$work/dist" --no-smoke >/dev/null
-fi
+warm_base e2e-par-a
 
 printf 'what\tseconds\tmax_rss_kib\n' >"$out"
 for i in $(seq 1 "$runs"); do

@@ -18,6 +18,14 @@ use crate::render::NETWORK_CONFIG;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+/// What ends a layer's provisioning wait, in `finish_layer`'s outcome order: success, the
+/// runner's failure, a kernel panic.
+const VERDICT: [&str; 3] = [
+    marker::PROVISION_OK,
+    marker::PROVISION_FAILED,
+    "Kernel panic",
+];
+
 /// How long the guest may take from PROVISION-OK to powered off (hygiene, fstrim).
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -585,11 +593,7 @@ fn boot_free_layer(
     let timeout = Duration::from_secs(d.build.timeout as u64 * 60);
     let (outcome, line) = vm
         .wait_for_with(
-            &[
-                marker::PROVISION_OK,
-                marker::PROVISION_FAILED,
-                "Kernel panic",
-            ],
+            &VERDICT,
             timeout,
             "provisioning (IMGBUILD-PROVISION-OK)",
             input.cancel,
@@ -680,11 +684,7 @@ fn full_boot_layer(
                 }
             };
             vm.wait_for_with(
-                &[
-                    marker::PROVISION_OK,
-                    marker::PROVISION_FAILED,
-                    "Kernel panic",
-                ],
+                &VERDICT,
                 timeout,
                 "provisioning (IMGBUILD-PROVISION-OK)",
                 input.cancel,
