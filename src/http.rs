@@ -324,7 +324,7 @@ impl Http {
     /// The error for a failed exchange, and whether to try again.
     fn transport(&self, method: &str, url: &str, e: &ureq::Error) -> (HttpError, bool) {
         let f = failure(e);
-        tracing::debug!(target: "exec", "{method} {url}: {e:?} -> {f:?}");
+        tracing::debug!(target: "exec", "{method} {}: {e:?} -> {f:?}", loggable(url));
         let (message, retry) = match f {
             Failure::Timeout(phase) => {
                 return (
@@ -400,7 +400,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tracing::debug!(target: "exec", "{method} {url}");
+            tracing::debug!(target: "exec", "{method} {}", loggable(url));
             let mut req = ureq::http::Request::builder()
                 .method(method)
                 .uri(url)
@@ -487,7 +487,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tracing::debug!(target: "exec", "GET {url}");
+            tracing::debug!(target: "exec", "GET {}", loggable(url));
             let req = ureq::http::Request::builder()
                 .method("GET")
                 .uri(url)
@@ -608,7 +608,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tracing::debug!(target: "exec", "PUT {url} < {}", path.display());
+            tracing::debug!(target: "exec", "PUT {} < {}", loggable(url), path.display());
             PEER_CLOSED.with(|c| c.set(false));
             let file = std::fs::File::open(path).map_err(io_err)?;
             let mut reader = Counting {
@@ -673,7 +673,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tracing::debug!(target: "exec", "PUT {url} < {} [{offset}+{len}]", path.display());
+            tracing::debug!(target: "exec", "PUT {} < {} [{offset}+{len}]", loggable(url), path.display());
             PEER_CLOSED.with(|c| c.set(false));
             let mut file = std::fs::File::open(path).map_err(io_err)?;
             file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
@@ -856,6 +856,25 @@ impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
     }
 }
 
+/// `url` as the verbose log shows it: a presigned object-storage URL's query is a credential
+/// (valid for an hour), so a query with a signature is cut.
+pub fn loggable(url: &str) -> std::borrow::Cow<'_, str> {
+    match url.split_once('?') {
+        Some((base, q))
+            if q.split('&').any(|kv| {
+                let k = kv.split('=').next().unwrap_or_default();
+                k.eq_ignore_ascii_case("X-Amz-Signature")
+                    || k.eq_ignore_ascii_case("X-Amz-Credential")
+                    || k.eq_ignore_ascii_case("X-Amz-Security-Token")
+                    || k.eq_ignore_ascii_case("Signature")
+            }) =>
+        {
+            format!("{base}?(signed query not shown)").into()
+        }
+        _ => url.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -944,6 +963,19 @@ mod tests {
             e.to_string(),
             "GET http://g/v2/images: timed out after 3 s (no complete answer)"
         );
+    }
+
+    #[test]
+    fn signed_queries_never_reach_the_log() {
+        let u = "http://127.0.0.1:8089/b/layers/k/disk.qcow2?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=test%3Atester%2F20261129&X-Amz-Signature=abc";
+        let l = loggable(u);
+        assert_eq!(
+            l,
+            "http://127.0.0.1:8089/b/layers/k/disk.qcow2?(signed query not shown)"
+        );
+        assert!(!l.contains("tester") && !l.contains("abc"));
+        let g = "http://127.0.0.1:9292/v2/images?name=x&limit=10";
+        assert_eq!(loggable(g), g);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Signature V4 by rusty-s3 (sans-IO: presigned URLs) and sent by the project's one HTTP
 //! client (crate::http).
 //!
-//! An entry is `PREFIX/layers/KEY/FILE` for each file of the local entry (disk.qcow2,
-//! vars.fd, kernel/*), then `PREFIX/layers/KEY/entry.json` last: the list of files with their
+//! An entry is `PREFIX/KIND/KEY/FILE` for each file of the local entry (KIND `layers`: its
+//! disk.qcow2, vars.fd, kernel/*; KIND `bases`: a bootstrapped base's disk.qcow2), then
+//! `PREFIX/KIND/KEY/entry.json` last: the list of files with their
 //! sizes and sha256, and the layer's metadata. A reader treats an entry as present only when
 //! entry.json exists, so an upload cut half-way is never seen as complete; each file is
 //! verified against its sha256 before the entry is used.
@@ -47,10 +48,7 @@ pub enum RemoteError {
 /// A presigned URL is a credential for an hour: errors show it without its query.
 impl From<HttpError> for RemoteError {
     fn from(e: HttpError) -> RemoteError {
-        let cut = |u: String| match u.split_once('?') {
-            Some((base, _)) => format!("{base}?…"),
-            None => u,
-        };
+        let cut = |u: String| crate::http::loggable(&u).into_owned();
         RemoteError::Http(match e {
             HttpError::Status {
                 method,
@@ -85,6 +83,24 @@ impl From<HttpError> for RemoteError {
             },
             e => e,
         })
+    }
+}
+
+/// What a remote entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A layer cache entry (cache::LayerCache), keyed by the layer's key.
+    Layer,
+    /// A bootstrapped base disk, keyed by bootstrap::cache_key.
+    Base,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Layer => "layers",
+            Kind::Base => "bases",
+        }
     }
 }
 
@@ -275,11 +291,28 @@ impl Remote {
         !self.down.swap(true, Ordering::Relaxed)
     }
 
-    fn object(&self, key: &str, file: &str) -> String {
+    fn object(&self, kind: Kind, key: &str, file: &str) -> String {
+        let kind = kind.as_str();
         if self.config.prefix.is_empty() {
-            format!("layers/{key}/{file}")
+            format!("{kind}/{key}/{file}")
         } else {
-            format!("{}/layers/{key}/{file}", self.config.prefix)
+            format!("{}/{kind}/{key}/{file}", self.config.prefix)
+        }
+    }
+
+    /// Whether the remote has a complete entry `key` (its entry.json exists).
+    pub fn has(&self, kind: Kind, key: &str) -> Result<bool, RemoteError> {
+        let url = self
+            .bucket
+            .head_object(
+                self.credentials.as_ref(),
+                &self.object(kind, key, "entry.json"),
+            )
+            .sign(SIGNED_FOR);
+        match self.http.send_raw("HEAD", url.as_str(), &[], None, &[200]) {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -287,11 +320,12 @@ impl Remote {
     /// into `into` (relative names kept) and each verified against its sha256.
     pub fn fetch(
         &self,
+        kind: Kind,
         key: &str,
         into: &Path,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> Result<Option<RemoteEntry>, RemoteError> {
-        let obj = self.object(key, "entry.json");
+        let obj = self.object(kind, key, "entry.json");
         let url = self
             .bucket
             .get_object(self.credentials.as_ref(), &obj)
@@ -324,7 +358,7 @@ impl Remote {
             }
             let url = self
                 .bucket
-                .get_object(self.credentials.as_ref(), &self.object(key, &f.name))
+                .get_object(self.credentials.as_ref(), &self.object(kind, key, &f.name))
                 .sign(SIGNED_FOR);
             let (mut body, _) = self.http.download(url.as_str())?;
             let mut out = std::fs::File::create(&dst).map_err(crate::IoError::at(&dst))?;
@@ -358,37 +392,37 @@ impl Remote {
         Ok(Some(entry))
     }
 
-    /// Uploads the files of local entry `dir` (the `names` given, relative) and then
-    /// entry.json with `meta`, which makes the entry visible.
+    /// Uploads `files` (each a name in the entry and the local file) and then entry.json with
+    /// `meta`, which makes the entry visible.
     pub fn upload(
         &self,
+        kind: Kind,
         key: &str,
-        dir: &Path,
-        names: &[String],
+        files: &[(String, PathBuf)],
         meta: serde_json::Value,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> Result<(), RemoteError> {
-        let mut files = Vec::new();
-        for name in names {
-            let path = dir.join(name);
-            let size = std::fs::metadata(&path)
-                .map_err(crate::IoError::at(&path))?
+        let mut listed = Vec::new();
+        for (name, path) in files {
+            let path = path.as_path();
+            let size = std::fs::metadata(path)
+                .map_err(crate::IoError::at(path))?
                 .len();
-            let sha256 = sha256_file(&path)?;
-            let obj = self.object(key, name);
+            let sha256 = sha256_file(path)?;
+            let obj = self.object(kind, key, name);
             if size > PART_SIZE {
-                self.put_multipart(&obj, &path, size, &mut |d, t| progress(name, d, t))?;
+                self.put_multipart(&obj, path, size, &mut |d, t| progress(name, d, t))?;
             } else {
                 let url = self
                     .bucket
                     .put_object(self.credentials.as_ref(), &obj)
                     .sign(SIGNED_FOR);
                 self.http
-                    .put_file_part(url.as_str(), &path, 0, size, &mut |d, t| {
+                    .put_file_part(url.as_str(), path, 0, size, &mut |d, t| {
                         progress(name, d, t)
                     })?;
             }
-            files.push(RemoteFile {
+            listed.push(RemoteFile {
                 name: name.clone(),
                 size,
                 sha256,
@@ -396,13 +430,16 @@ impl Remote {
         }
         let entry = RemoteEntry {
             format: FORMAT,
-            files,
+            files: listed,
             meta,
         };
         let body = serde_json::to_vec_pretty(&entry).expect("json");
         let url = self
             .bucket
-            .put_object(self.credentials.as_ref(), &self.object(key, "entry.json"))
+            .put_object(
+                self.credentials.as_ref(),
+                &self.object(kind, key, "entry.json"),
+            )
             .sign(SIGNED_FOR);
         self.http.send_raw(
             "PUT",

@@ -184,6 +184,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                     images: g.images.clone(),
                     arch: g.arch,
                     runner_tags: g.runner_tags.clone(),
+                    cache_remote: g.cache_remote.clone(),
                     out: g.out.clone(),
                 },
             )?),

@@ -314,6 +314,7 @@ fn base_stage(job: &Job, p: &mut Progress) -> Result<BaseImage, BuildError> {
         spec,
         arch,
         &job.opts.cache,
+        job.opts.remote.as_deref(),
         job.cancel,
         &mut |done, total| p.bytes(done, total),
     )
@@ -325,7 +326,13 @@ fn base_stage(job: &Job, p: &mut Progress) -> Result<BaseImage, BuildError> {
         "{} {}{}",
         base.kind,
         &base.sha256[..12],
-        if base.cache_hit { " (cached)" } else { "" }
+        if base.remote {
+            " (fetched from the remote cache)"
+        } else if base.cache_hit {
+            " (cached)"
+        } else {
+            ""
+        }
     ));
     Ok(base)
 }

@@ -131,33 +131,25 @@ fn provision_layers(
                 "{label}: reused from the cache ({short}, built {} for {})",
                 h.meta.created, h.meta.image
             ));
-            chain.images.extend(h.meta.container_images.iter().cloned());
-            chain.packages = h.meta.packages.clone();
-            chain.parent = h.disk();
-            chain.parent_vars = h.vars();
-            chain.kernel = h.kernel();
-            let mut rec = record(layer, true, h.meta.boot_free, Instant::now());
-            rec.built_for = Some(h.meta.image.clone());
-            chain.records.push(rec);
-            chain.leases.push(h);
+            // A layer this runner has that the remote lacks (built before the remote was
+            // configured, or while it was down) is shared now.
+            if let Some(remote) = writable(input.remote) {
+                match remote.has(crate::remote::Kind::Layer, &h.key) {
+                    Ok(true) => {}
+                    Ok(false) => upload_remote(remote, &h, p),
+                    Err(e) => warn_down(remote, &e, p),
+                }
+            }
+            take_cached(chain, layer, h, false);
             continue;
         }
         if let Some(remote) = input.remote.filter(|r| r.is_up()) {
-            if let Some(h) = fetch_remote(input, remote, layer, chain, &lc, &guard, p)? {
+            if let Some(h) = fetch_remote(remote, layer, chain, &lc, &guard, p)? {
                 p.line(&format!(
                     "{label}: fetched from the remote cache ({short}, built {} for {})",
                     h.meta.created, h.meta.image
                 ));
-                chain.images.extend(h.meta.container_images.iter().cloned());
-                chain.packages = h.meta.packages.clone();
-                chain.parent = h.disk();
-                chain.parent_vars = h.vars();
-                chain.kernel = h.kernel();
-                let mut rec = record(layer, true, h.meta.boot_free, Instant::now());
-                rec.built_for = Some(h.meta.image.clone());
-                rec.remote = true;
-                chain.records.push(rec);
-                chain.leases.push(h);
+                take_cached(chain, layer, h, true);
                 continue;
             }
         }
@@ -187,7 +179,7 @@ fn provision_layers(
         };
         let h = lc.commit(&guard, &meta).map_err(cache_err)?;
         drop(guard);
-        if let Some(remote) = input.remote.filter(|r| r.is_up() && !r.config.read_only) {
+        if let Some(remote) = writable(input.remote) {
             upload_remote(remote, &h, p);
         }
         chain.packages = meta.packages.clone();
@@ -206,13 +198,41 @@ fn provision_layers(
     Ok(())
 }
 
+/// The next layer of `chain` is the cache entry `h` (local, or fetched from the remote).
+fn take_cached(chain: &mut Chain, layer: &PlannedLayer, h: cache::Held, remote: bool) {
+    chain.images.extend(h.meta.container_images.iter().cloned());
+    chain.packages = h.meta.packages.clone();
+    chain.parent = h.disk();
+    chain.parent_vars = h.vars();
+    chain.kernel = h.kernel();
+    let mut rec = record(layer, true, h.meta.boot_free, Instant::now());
+    rec.built_for = Some(h.meta.image.clone());
+    rec.remote = remote;
+    chain.records.push(rec);
+    chain.leases.push(h);
+}
+
+/// The remote cache, if there is one this run may write to and it answers.
+fn writable(remote: Option<&crate::remote::Remote>) -> Option<&crate::remote::Remote> {
+    remote.filter(|r| r.is_up() && !r.config.read_only)
+}
+
+/// One warning per run when the remote does not answer; the run goes on locally.
+fn warn_down(remote: &crate::remote::Remote, e: &crate::remote::RemoteError, p: &mut Progress) {
+    if remote.mark_down() {
+        p.line(&format!(
+            "warning: the remote cache {} does not answer ({e}): this build makes its layers locally",
+            remote.config.url
+        ));
+    }
+}
+
 /// Layer `layer` from the remote cache into the local cache (under the build lock `guard`):
 /// downloaded into the entry's partial folder, every file checked against its sha256,
 /// pointed at the local layer below, committed. A miss, a corrupt entry (then the layer is
 /// built, and its upload replaces the entry) or an unreachable remote (then this run builds
 /// locally, with one warning) gives None.
 fn fetch_remote(
-    input: &ProvisionInput,
     remote: &crate::remote::Remote,
     layer: &PlannedLayer,
     chain: &Chain,
@@ -222,20 +242,25 @@ fn fetch_remote(
 ) -> Result<Option<cache::Held>, BuildError> {
     let dir = lc.start(guard).map_err(cache_err)?;
     let mut last = Instant::now();
-    let fetched = remote.fetch(&layer.key, &dir, &mut |name, done, total| {
-        if last.elapsed() >= Duration::from_secs(2) || done == total {
-            last = Instant::now();
-            p.status(
-                &format!(
-                    "layer {}: fetching {name} {} of {} MiB",
-                    layer.name,
-                    done >> 20,
-                    total >> 20
-                ),
-                false,
-            );
-        }
-    });
+    let fetched = remote.fetch(
+        crate::remote::Kind::Layer,
+        &layer.key,
+        &dir,
+        &mut |name, done, total| {
+            if last.elapsed() >= Duration::from_secs(2) || done == total {
+                last = Instant::now();
+                p.status(
+                    &format!(
+                        "layer {}: fetching {name} {} of {} MiB",
+                        layer.name,
+                        done >> 20,
+                        total >> 20
+                    ),
+                    false,
+                );
+            }
+        },
+    );
     let entry = match fetched {
         Ok(Some(e)) => e,
         Ok(None) => {
@@ -249,14 +274,7 @@ fn fetch_remote(
                 | crate::remote::RemoteError::Bad { .. } => {
                     p.line(&format!("warning: {e}: not used, the layer is built"));
                 }
-                e => {
-                    if remote.mark_down() {
-                        p.line(&format!(
-                            "warning: the remote cache {} does not answer ({e}): this build makes its layers locally",
-                            remote.config.url
-                        ));
-                    }
-                }
+                e => warn_down(remote, &e, p),
             }
             return Ok(None);
         }
@@ -280,41 +298,48 @@ fn fetch_remote(
     }
     meta.backing =
         std::fs::canonicalize(&chain.parent).map_err(crate::IoError::at(&chain.parent))?;
-    let _ = input;
     Ok(Some(lc.commit(guard, &meta).map_err(cache_err)?))
 }
 
 /// Uploads a layer just built to the remote cache (a failure is a warning: the build has its
 /// layer locally).
 fn upload_remote(remote: &crate::remote::Remote, h: &cache::Held, p: &mut Progress) {
-    let mut names: Vec<String> = walkdir::WalkDir::new(&h.dir)
+    let mut files: Vec<(String, PathBuf)> = walkdir::WalkDir::new(&h.dir)
         .into_iter()
         .flatten()
         .filter(|e| e.file_type().is_file())
         .filter_map(|e| {
-            e.path()
+            let name = e
+                .path()
                 .strip_prefix(&h.dir)
-                .ok()
-                .map(|r| r.to_string_lossy().into_owned())
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
+            (name != cache::META).then(|| (name, e.path().to_path_buf()))
         })
-        .filter(|n| n != cache::META)
         .collect();
-    names.sort();
+    files.sort();
     let meta = serde_json::to_value(&h.meta).expect("json");
     let mut last = Instant::now();
-    let r = remote.upload(&h.key, &h.dir, &names, meta, &mut |name, done, total| {
-        if last.elapsed() >= Duration::from_secs(2) || done == total {
-            last = Instant::now();
-            p.status(
-                &format!(
-                    "uploading {name} {} of {} MiB to the remote cache",
-                    done >> 20,
-                    total >> 20
-                ),
-                false,
-            );
-        }
-    });
+    let r = remote.upload(
+        crate::remote::Kind::Layer,
+        &h.key,
+        &files,
+        meta,
+        &mut |name, done, total| {
+            if last.elapsed() >= Duration::from_secs(2) || done == total {
+                last = Instant::now();
+                p.status(
+                    &format!(
+                        "uploading {name} {} of {} MiB to the remote cache",
+                        done >> 20,
+                        total >> 20
+                    ),
+                    false,
+                );
+            }
+        },
+    );
     match r {
         Ok(()) => p.line(&format!(
             "layer {} uploaded to the remote cache",
