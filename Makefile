@@ -4,18 +4,23 @@ CARGO ?= cargo
 VENV  ?= .venv
 export IMGBUILD_VENV := $(abspath $(VENV))
 
-.PHONY: all host-tools venv openstack-venv kolla-venv build test test-tool-free test-e2e test-openstack lint demo clean
+.PHONY: all host-tools venv openstack-venv s3-venv kolla-venv build test test-tool-free test-e2e test-openstack lint demo clean
 
 all: build
 
 ## Host tools: qemu-system (bookworm-backports), packer, mmdebstrap, cloud-init, xorriso, ovmf, ...
-host-tools: venv openstack-venv kolla-venv
+host-tools: venv openstack-venv kolla-venv s3-venv
 	bash scripts/install-host-tools.sh
 
 ## Keystone + Glance + python-openstackclient (pinned, scripts/openstack-constraints.txt) for
 ## the tests that run a real OpenStack on 127.0.0.1.
 openstack-venv:
 	bash scripts/openstack-test-stack.sh install target/openstack-venv
+
+## OpenStack Swift 2.38.3 with its S3 API (s3api, tempauth) for the remote-cache test against
+## a real object store on 127.0.0.1 (scripts/s3-test-stack.sh; memcached from apt).
+s3-venv:
+	bash scripts/s3-test-stack.sh install target/s3-venv
 
 ## Kolla-Ansible 2025.2 (kolla-ansible 21.3.0, Ansible 11 with the collections it needs) for
 ## the end-to-end test that runs its prechecks against the Debian kolla-node twin.

@@ -19,7 +19,7 @@ $SUDO apt-get update -o Acquire::Retries=3 || true
 pkgs=(packer mmdebstrap xorriso cloud-init ovmf gdisk mtools dosfstools e2fsprogs
       grub-pc-bin grub-efi-amd64-bin grub2-common fdisk cpio zstd
       qemu-efi-aarch64 arch-test binfmt-support openssh-client
-      tigervnc-tools openssl gnupg xvfb xauth freerdp2-x11)
+      tigervnc-tools openssl gnupg xvfb xauth freerdp2-x11 memcached)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # arm64 on this x86 host: qemu-system-arm boots it (TCG), qemu-user-static runs the arm64

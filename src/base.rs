@@ -54,6 +54,8 @@ pub struct BaseImage {
     pub source: String,
     pub sha256: String,
     pub cache_hit: bool,
+    /// Fetched from the remote cache by this build.
+    pub remote: bool,
 }
 
 /// One entry of the base cache: `path` and its `.sha256` sidecar, made under the entry's lock
@@ -88,11 +90,15 @@ fn cached_entry(
     Ok((sha256, cache_hit))
 }
 
-/// Gets the base for `arch` from the cache, downloading or bootstrapping it if needed.
+/// Gets the base for `arch` from the cache, downloading or bootstrapping it if needed. A
+/// bootstrapped base goes through the remote cache too, if one is given: fetched from it (its
+/// sha256 checked) instead of bootstrapped, and uploaded to it when this runner made it or has
+/// it and the remote does not.
 pub fn ensure(
     spec: &BaseSpec,
     arch: Arch,
     cache: &Path,
+    remote: Option<&crate::remote::Remote>,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<BaseImage, BaseError> {
@@ -112,13 +118,21 @@ pub fn ensure(
                 source: c.url.clone(),
                 sha256,
                 cache_hit,
+                remote: false,
             })
         }
         Base::Bootstrap(b) => {
             let key = bootstrap::cache_key(b, arch);
             let dir = cache.join("bootstrap");
             let path = dir.join(format!("{key}.qcow2"));
+            let mut fetched = false;
             let (sha256, cache_hit) = cached_entry(&path, |path| {
+                if let Some(r) = remote.filter(|r| r.is_up()) {
+                    if fetch_remote_base(r, &key, path, progress) {
+                        fetched = true;
+                        return Ok(());
+                    }
+                }
                 let work = dir.join(format!("{key}.work"));
                 let debs = crate::cache::bootstrap_debs(cache, &b.suite, arch.as_str())
                     .ok()
@@ -135,13 +149,114 @@ pub fn ensure(
                 let _ = std::fs::remove_dir_all(&work);
                 Ok(result?)
             })?;
+            if let Some(r) = remote.filter(|r| r.is_up() && !r.config.read_only && !fetched) {
+                share_base(r, &key, &path, b, arch);
+            }
             Ok(BaseImage {
                 path,
                 kind: "bootstrap",
                 source: format!("mmdebstrap {} {}", b.suite, b.mirror),
                 sha256,
                 cache_hit,
+                remote: fetched,
             })
+        }
+    }
+}
+
+/// The remote's copy of bootstrapped base `key` into `path` (whole or not at all); false when
+/// the remote has none, has a corrupt one (a warning; it is bootstrapped and replaced) or does
+/// not answer (a warning; the run goes on locally).
+fn fetch_remote_base(
+    r: &crate::remote::Remote,
+    key: &str,
+    path: &Path,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> bool {
+    let into = path.with_extension("fetch");
+    let _ = std::fs::remove_dir_all(&into);
+    let got = r.fetch(
+        crate::remote::Kind::Base,
+        key,
+        &into,
+        &mut |_, done, total| progress(done, Some(total)),
+    );
+    let ok = match got {
+        Ok(Some(_)) => std::fs::rename(into.join(REMOTE_DISK), path).is_ok(),
+        Ok(None) => false,
+        Err(
+            e @ (crate::remote::RemoteError::Corrupt { .. }
+            | crate::remote::RemoteError::Bad { .. }),
+        ) => {
+            tracing::warn!("{e}: not used, the base is bootstrapped");
+            false
+        }
+        Err(e) => {
+            if r.mark_down() {
+                tracing::warn!(
+                    "the remote cache {} does not answer ({e}): this build makes its bases and layers locally",
+                    r.config.url
+                );
+            }
+            false
+        }
+    };
+    let _ = std::fs::remove_dir_all(&into);
+    if ok {
+        tracing::info!("base {} fetched from the remote cache", &key[..12]);
+    }
+    ok
+}
+
+/// A bootstrapped base's file name in its remote entry.
+const REMOTE_DISK: &str = "disk.qcow2";
+
+/// Uploads bootstrapped base `key` unless the remote has it (a failure is a warning).
+fn share_base(
+    r: &crate::remote::Remote,
+    key: &str,
+    path: &Path,
+    b: &crate::definition::Bootstrap,
+    arch: Arch,
+) {
+    let result = r.has(crate::remote::Kind::Base, key).and_then(|has| {
+        if has {
+            return Ok(false);
+        }
+        let meta = serde_json::json!({
+            "kind": "bootstrap",
+            "arch": arch,
+            "suite": b.suite,
+            "mirror": b.mirror,
+            "created": crate::cache::rfc3339(std::time::SystemTime::now()),
+        });
+        r.upload(
+            crate::remote::Kind::Base,
+            key,
+            &[(REMOTE_DISK.to_string(), path.to_path_buf())],
+            meta,
+            &mut |_, _, _| {},
+        )
+        .map(|()| true)
+    });
+    match result {
+        Ok(true) => tracing::info!("base {} uploaded to the remote cache", &key[..12]),
+        Ok(false) => {}
+        Err(e)
+            if matches!(
+                e,
+                crate::remote::RemoteError::Http(crate::http::HttpError::Status { .. })
+            ) =>
+        {
+            tracing::warn!("base {} not uploaded to the remote cache: {e}", &key[..12]);
+        }
+        Err(e) => {
+            if r.mark_down() {
+                tracing::warn!(
+                    "the remote cache {} does not answer ({e}): this build makes its bases and layers locally",
+                    r.config.url
+                );
+            }
         }
     }
 }

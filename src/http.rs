@@ -63,6 +63,8 @@ pub struct Response {
     pub status: u16,
     headers: Vec<(String, String)>,
     pub json: serde_json::Value,
+    /// The body as text (what `json` was parsed from; XML from object storage).
+    pub text: String,
 }
 
 impl Response {
@@ -322,7 +324,7 @@ impl Http {
     /// The error for a failed exchange, and whether to try again.
     fn transport(&self, method: &str, url: &str, e: &ureq::Error) -> (HttpError, bool) {
         let f = failure(e);
-        tracing::debug!(target: "exec", "{method} {url}: {e:?} -> {f:?}");
+        tracing::debug!(target: "exec", "{method} {}: {e:?} -> {f:?}", loggable(url));
         let (message, retry) = match f {
             Failure::Timeout(phase) => {
                 return (
@@ -371,6 +373,21 @@ impl Http {
         self.run_with("GET", url, None, headers, None, ok)
     }
 
+    /// A request with the caller's headers and body and no OpenStack token: object storage's
+    /// presigned URLs (the answer's text is in [`Response::text`]).
+    pub fn send_raw(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+        ok: &[u16],
+    ) -> Result<Response, HttpError> {
+        let mut h: Vec<(&str, &str)> = vec![("Accept", "*/*")];
+        h.extend_from_slice(headers);
+        self.run_with(method, url, None, &h, body, ok)
+    }
+
     fn run_with(
         &self,
         method: &str,
@@ -383,7 +400,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tracing::debug!(target: "exec", "{method} {url}");
+            tracing::debug!(target: "exec", "{method} {}", loggable(url));
             let mut req = ureq::http::Request::builder()
                 .method(method)
                 .uri(url)
@@ -435,6 +452,7 @@ impl Http {
                             status,
                             headers,
                             json,
+                            text,
                         });
                     }
                     let err = HttpError::Status {
@@ -469,7 +487,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tracing::debug!(target: "exec", "GET {url}");
+            tracing::debug!(target: "exec", "GET {}", loggable(url));
             let req = ureq::http::Request::builder()
                 .method("GET")
                 .uri(url)
@@ -590,7 +608,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tracing::debug!(target: "exec", "PUT {url} < {}", path.display());
+            tracing::debug!(target: "exec", "PUT {} < {}", loggable(url), path.display());
             PEER_CLOSED.with(|c| c.set(false));
             let file = std::fs::File::open(path).map_err(io_err)?;
             let mut reader = Counting {
@@ -612,6 +630,77 @@ impl Http {
                 .send(ureq::SendBody::from_reader(&mut reader));
             let err = match result {
                 Ok(resp) if resp.status().as_u16() == 204 => return Ok(()),
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.into_body().read_to_string().unwrap_or_default();
+                    let e = HttpError::Status {
+                        method: "PUT".into(),
+                        url: url.into(),
+                        status,
+                        message: message_of(&text),
+                    };
+                    if status < 500 {
+                        return Err(e);
+                    }
+                    e
+                }
+                Err(e) => match self.transport("PUT", url, &e) {
+                    (err, true) => err,
+                    (err, false) => return Err(err),
+                },
+            };
+            self.back_off(attempt, err, " the upload")?;
+        }
+    }
+
+    /// PUT `len` bytes of `path` from `offset` (streamed), no token: an object or a part of a
+    /// multipart upload to a presigned URL. Returns the answer's ETag. Retried from the start
+    /// of the range on connection errors and 5xx.
+    pub fn put_file_part(
+        &self,
+        url: &str,
+        path: &std::path::Path,
+        offset: u64,
+        len: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Option<String>, HttpError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io_err = |e: std::io::Error| HttpError::Transport {
+            method: "PUT".into(),
+            url: url.into(),
+            message: format!("{}: {e}", path.display()),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            tracing::debug!(target: "exec", "PUT {} < {} [{offset}+{len}]", loggable(url), path.display());
+            PEER_CLOSED.with(|c| c.set(false));
+            let mut file = std::fs::File::open(path).map_err(io_err)?;
+            file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+            let mut reader = Counting {
+                inner: file.take(len),
+                done: 0,
+                total: len,
+                progress: &mut *progress,
+            };
+            let result = self
+                .upload
+                .put(url)
+                .header(
+                    "User-Agent",
+                    concat!("imgbuild/", env!("CARGO_PKG_VERSION")),
+                )
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", &len.to_string())
+                .send(ureq::SendBody::from_reader(&mut reader));
+            let err = match result {
+                Ok(resp) if resp.status().is_success() => {
+                    return Ok(resp
+                        .headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string))
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let text = resp.into_body().read_to_string().unwrap_or_default();
@@ -767,6 +856,25 @@ impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
     }
 }
 
+/// `url` as the verbose log shows it: a presigned object-storage URL's query is a credential
+/// (valid for an hour), so a query with a signature is cut.
+pub fn loggable(url: &str) -> std::borrow::Cow<'_, str> {
+    match url.split_once('?') {
+        Some((base, q))
+            if q.split('&').any(|kv| {
+                let k = kv.split('=').next().unwrap_or_default();
+                k.eq_ignore_ascii_case("X-Amz-Signature")
+                    || k.eq_ignore_ascii_case("X-Amz-Credential")
+                    || k.eq_ignore_ascii_case("X-Amz-Security-Token")
+                    || k.eq_ignore_ascii_case("Signature")
+            }) =>
+        {
+            format!("{base}?(signed query not shown)").into()
+        }
+        _ => url.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -855,6 +963,19 @@ mod tests {
             e.to_string(),
             "GET http://g/v2/images: timed out after 3 s (no complete answer)"
         );
+    }
+
+    #[test]
+    fn signed_queries_never_reach_the_log() {
+        let u = "http://127.0.0.1:8089/b/layers/k/disk.qcow2?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=test%3Atester%2F20261129&X-Amz-Signature=abc";
+        let l = loggable(u);
+        assert_eq!(
+            l,
+            "http://127.0.0.1:8089/b/layers/k/disk.qcow2?(signed query not shown)"
+        );
+        assert!(!l.contains("tester") && !l.contains("abc"));
+        let g = "http://127.0.0.1:9292/v2/images?name=x&limit=10";
+        assert_eq!(loggable(g), g);
     }
 
     #[test]

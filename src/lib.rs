@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod qemu;
 pub mod rdp;
 pub mod registry;
+pub mod remote;
 pub mod render;
 pub mod vnc;
 pub mod yaml;

@@ -838,6 +838,19 @@ pub fn create_overlay(backing: &Path, overlay: &Path, size: Option<u64>) -> Resu
     Ok(())
 }
 
+/// Points overlay `disk` at `backing` without touching its data (`qemu-img rebase -u`): a
+/// layer fetched from the remote cache names its builder's path to the layer below.
+pub fn rebase_unsafe(disk: &Path, backing: &Path) -> Result<(), QemuError> {
+    let fmt = img_info(backing)?.format;
+    let abs = std::fs::canonicalize(backing).map_err(crate::IoError::at(backing))?;
+    Cmd::new("qemu-img")
+        .args(["rebase", "-u", "-F", &fmt, "-b"])
+        .arg(&abs)
+        .arg(disk)
+        .run()?;
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
     None,

@@ -113,6 +113,11 @@ pub struct CiGitlabArgs {
     /// A runner tag every job asks for (repeatable; runners with KVM).
     #[arg(long = "runner-tag", value_name = "TAG", default_value = "kvm")]
     pub runner_tags: Vec<String>,
+    /// The remote layer cache every build job uses (s3://BUCKET[/PREFIX]); its keys come
+    /// from the project's CI/CD variables (AWS_ACCESS_KEY_ID, ...). Jobs of unprotected refs
+    /// only read from it.
+    #[arg(long, value_name = "URL")]
+    pub cache_remote: Option<String>,
     /// Write here instead of stdout.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
@@ -288,6 +293,20 @@ pub struct BuildArgs {
     /// Build every layer afresh and keep none of them (downloaded packages are still shared).
     #[arg(long)]
     pub no_cache: bool,
+    /// A remote layer cache in S3-compatible object storage, s3://BUCKET[/PREFIX]: layers are
+    /// fetched from it before being built and uploaded after. Endpoint, region, keys and CA
+    /// from the usual AWS variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_CA_BUNDLE). Bootstrapped bases go through it
+    /// too (with --no-cache, only they do).
+    #[arg(long, env = "IMGBUILD_CACHE_REMOTE", value_name = "URL")]
+    pub cache_remote: Option<String>,
+    /// Only fetch from the remote cache, never upload (for untrusted branches).
+    #[arg(
+        long,
+        env = "IMGBUILD_CACHE_REMOTE_READ_ONLY",
+        requires = "cache_remote"
+    )]
+    pub cache_remote_read_only: bool,
 }
 
 #[derive(Args, Debug)]

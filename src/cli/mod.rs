@@ -67,6 +67,13 @@ pub fn run(cli: &Cli) -> Result<()> {
                 compression: a.compression,
                 force: a.force,
                 no_cache: a.no_cache,
+                remote: match &a.cache_remote {
+                    None => None,
+                    Some(url) => Some(std::sync::Arc::new(commands::build::remote(
+                        url,
+                        a.cache_remote_read_only,
+                    )?)),
+                },
                 quiet: cli.quiet,
             };
             if req.is_single() {
@@ -177,6 +184,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                     images: g.images.clone(),
                     arch: g.arch,
                     runner_tags: g.runner_tags.clone(),
+                    cache_remote: g.cache_remote.clone(),
                     out: g.out.clone(),
                 },
             )?),

@@ -34,6 +34,8 @@ pub struct Request {
     pub compression: CompressionChoice,
     pub force: bool,
     pub no_cache: bool,
+    /// The remote layer cache, if one is configured.
+    pub remote: Option<std::sync::Arc<crate::remote::Remote>>,
     /// Only errors on stderr.
     pub quiet: bool,
 }
@@ -55,6 +57,7 @@ impl Request {
             compression: self.compression,
             force: self.force,
             no_cache: self.no_cache,
+            remote: self.remote.clone(),
         }
     }
 }
@@ -197,6 +200,15 @@ pub fn build_several(
             }
         })
         .collect())
+}
+
+/// The remote layer cache at `url` (bad settings are usage errors, exit 2).
+pub fn remote(url: &str, read_only: bool) -> Result<crate::remote::Remote> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config = crate::remote::RemoteConfig::parse(url, read_only, &env)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    crate::remote::Remote::new(config, std::time::Duration::from_secs(60))
+        .map_err(|e| Error::Usage(e.to_string()))
 }
 
 /// Every buildable (not abstract) image of the catalog, by name.
@@ -399,6 +411,7 @@ mod tests {
             seconds: if cached { 0.0 } else { 9.0 },
             built_for: None,
             boot_free: false,
+            remote: false,
         }
     }
 

@@ -12,6 +12,7 @@ pub struct Request {
     /// Only this arch (default: every arch each image lists).
     pub arch: Option<Arch>,
     pub runner_tags: Vec<String>,
+    pub cache_remote: Option<String>,
     pub out: Option<PathBuf>,
 }
 
@@ -95,6 +96,7 @@ pub fn gitlab(catalog: &Catalog, req: &Request) -> Result<Report> {
         &CiOptions {
             runner_tags: req.runner_tags.clone(),
             imgbuild: "imgbuild".into(),
+            cache_remote: req.cache_remote.clone(),
         },
     );
     if let Some(out) = &req.out {

@@ -51,6 +51,9 @@ pub struct BaseRef {
     pub kind: String,
     pub source: String,
     pub sha256: String,
+    /// Fetched from the remote cache by this build (instead of downloaded or bootstrapped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -144,6 +147,7 @@ pub fn assemble(p: Parts) -> Manifest {
             kind: p.base.kind.into(),
             source: p.base.source.clone(),
             sha256: p.base.sha256.clone(),
+            remote: p.base.remote,
         },
         definition_sha256: crate::hex(&Sha256::digest(&definition_json)),
         rendered_sha256: p.rendered.digest(),

@@ -45,6 +45,8 @@ pub struct BuildOptions {
     pub force: bool,
     /// Build every layer afresh and keep none (the shared downloads are still used).
     pub no_cache: bool,
+    /// The remote layer cache shared by the site's runners, if any.
+    pub remote: Option<std::sync::Arc<crate::remote::Remote>>,
 }
 
 /// Builds one arch of an image into OUT/IMAGE/VERSION with `opts.backend`; returns the
@@ -213,6 +215,7 @@ fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildE
         layers: &plan,
         cache: &opts.cache,
         no_cache: opts.no_cache,
+        remote: opts.remote.as_deref(),
     };
     let provisioned = job.provisioner.provision(&input, p)?;
     p.done("hygiene done, powered off");
@@ -311,6 +314,7 @@ fn base_stage(job: &Job, p: &mut Progress) -> Result<BaseImage, BuildError> {
         spec,
         arch,
         &job.opts.cache,
+        job.opts.remote.as_deref(),
         job.cancel,
         &mut |done, total| p.bytes(done, total),
     )
@@ -322,7 +326,13 @@ fn base_stage(job: &Job, p: &mut Progress) -> Result<BaseImage, BuildError> {
         "{} {}{}",
         base.kind,
         &base.sha256[..12],
-        if base.cache_hit { " (cached)" } else { "" }
+        if base.remote {
+            " (fetched from the remote cache)"
+        } else if base.cache_hit {
+            " (cached)"
+        } else {
+            ""
+        }
     ));
     Ok(base)
 }

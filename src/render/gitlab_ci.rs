@@ -25,7 +25,15 @@ pub struct CiOptions {
     pub runner_tags: Vec<String>,
     /// How jobs call imgbuild.
     pub imgbuild: String,
+    /// The remote layer cache of the build jobs (IMGBUILD_CACHE_REMOTE).
+    pub cache_remote: Option<String>,
 }
+
+/// The build job's first line with a remote cache: a ref that is not protected (a branch
+/// anyone with push rights makes, a merge request) only reads from the remote, so that
+/// nothing it built can land in what the default branch's builds fetch.
+pub const READ_ONLY_UNLESS_PROTECTED: &str =
+    "if [ \"$CI_COMMIT_REF_PROTECTED\" != \"true\" ]; then export IMGBUILD_CACHE_REMOTE_READ_ONLY=true; fi";
 
 pub const STAGES: [&str; 3] = ["build", "smoke", "publish"];
 
@@ -46,13 +54,14 @@ fn version(img: &CiImage, arch: Arch) -> String {
 pub fn render(images: &[CiImage], o: &CiOptions) -> String {
     let mut doc = Map::new();
     doc.insert("stages".into(), json!(STAGES));
-    doc.insert(
-        "variables".into(),
-        json!({
-            // Valid for `imgbuild build --version`: letters, digits, `.`, `_`, `+`, `-`.
-            "IMGBUILD_VERSION": "${CI_PIPELINE_IID}.${CI_COMMIT_SHORT_SHA}",
-        }),
-    );
+    let mut variables = json!({
+        // Valid for `imgbuild build --version`: letters, digits, `.`, `_`, `+`, `-`.
+        "IMGBUILD_VERSION": "${CI_PIPELINE_IID}.${CI_COMMIT_SHORT_SHA}",
+    });
+    if let Some(url) = &o.cache_remote {
+        variables["IMGBUILD_CACHE_REMOTE"] = url.clone().into();
+    }
+    doc.insert("variables".into(), variables);
     let tags = json!(o.runner_tags);
     let ib = &o.imgbuild;
     for img in images {
@@ -67,16 +76,21 @@ pub fn render(images: &[CiImage], o: &CiOptions) -> String {
                 // its job's artifacts.
                 needs.push(json!({"job": job_name("build", p, arch), "artifacts": false}));
             }
+            let mut script = Vec::new();
+            if o.cache_remote.is_some() {
+                script.push(READ_ONLY_UNLESS_PROTECTED.to_string());
+            }
+            script.push(format!(
+                "{ib} build {} --arch {arch} --version \"{v}\" --no-smoke --out dist",
+                img.name
+            ));
             doc.insert(
                 build.clone(),
                 json!({
                     "stage": "build",
                     "tags": tags,
                     "needs": needs,
-                    "script": [format!(
-                        "{ib} build {} --arch {arch} --version \"{v}\" --no-smoke --out dist",
-                        img.name
-                    )],
+                    "script": script,
                     "artifacts": {"paths": [dist], "expire_in": "1 week"},
                 }),
             );

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod openstack;
+pub mod s3;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -268,6 +269,7 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
             kind: "bootstrap".into(),
             source: "mmdebstrap bookworm".into(),
             sha256: "0".repeat(64),
+            remote: false,
         },
         definition_sha256: "0".repeat(64),
         rendered_sha256: "0".repeat(64),

@@ -36,14 +36,6 @@ fn kolla_venv() -> PathBuf {
     repo().join("target/kolla-venv")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Ssh {
     port: u16,
     key: PathBuf,
@@ -159,7 +151,7 @@ fn debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    let port = free_port();
+    let port = common::openstack::free_port();
     let external_mac = "52:54:00:6b:6f:02";
     let mut vm = Vm::start(&VmSpec {
         arch: Arch::Amd64,

@@ -14,6 +14,7 @@ mod guards_e2e;
 mod kolla_e2e;
 mod parallel_e2e;
 mod qemu_vm;
+mod remote_e2e;
 
 /// The build VMs of this binary: a test that runs several builds at once (parallel_e2e) holds
 /// it alone, the one-build tests (build_e2e) share it, as when they were binaries of their own

@@ -70,6 +70,7 @@ fn fetch(
         &spec(url, checksum),
         Arch::Amd64,
         cache,
+        None,
         &AtomicBool::new(interrupted),
         &mut |_, _| {},
     )
@@ -95,6 +96,7 @@ fn http_download_is_verified_and_cached_by_content() {
         &spec(&url, &format!("sha256:{sha}")),
         Arch::Amd64,
         cache.path(),
+        None,
         &never,
         &mut |done, total| {
             seen = done;
@@ -112,6 +114,7 @@ fn http_download_is_verified_and_cached_by_content() {
         &spec("http://127.0.0.1:9/unreachable", &format!("sha256:{sha}")),
         Arch::Amd64,
         cache.path(),
+        None,
         &never,
         &mut |_, _| panic!("no download expected"),
     )
@@ -135,6 +138,7 @@ fn file_url_and_sha512_work() {
         ),
         Arch::Amd64,
         cache.path(),
+        None,
         &AtomicBool::new(false),
         &mut |_, _| {},
     )
@@ -208,6 +212,7 @@ fn two_builds_asking_for_the_same_base_at_once_fetch_it_once() {
                 &spec(&url, &format!("sha256:{sha}")),
                 Arch::Amd64,
                 cache.path(),
+                None,
                 &never,
                 &mut |_, _| {
                     if !told {
@@ -229,6 +234,7 @@ fn two_builds_asking_for_the_same_base_at_once_fetch_it_once() {
                 &spec(&url, &format!("sha256:{sha}")),
                 Arch::Amd64,
                 cache.path(),
+                None,
                 &never,
                 &mut |_, _| panic!("the second one must not fetch"),
             )

@@ -168,3 +168,50 @@ fn a_chosen_subset_needs_only_what_it_builds_and_bad_choices_exit_2() {
         .stderr;
     assert!(err.contains("not built for arm64"), "{err}");
 }
+
+#[test]
+fn with_a_remote_cache_every_build_uses_it_and_unprotected_refs_only_read() {
+    let (y, file, _dir) = pipeline(&["--cache-remote", "s3://imgbuild-cache/ci"]);
+    let o = gitlab_schema(&file);
+    assert!(o.status.success(), "{}", text(&o).0);
+    assert_eq!(
+        y["variables"]["IMGBUILD_CACHE_REMOTE"],
+        "s3://imgbuild-cache/ci"
+    );
+    let builds: Vec<&serde_json::Value> = y
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("build:"))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!builds.is_empty());
+    for b in &builds {
+        let script = b["script"].as_array().unwrap();
+        assert_eq!(script.len(), 2, "{b:#}");
+        // What the first line does, run by sh as a GitLab shell runner runs it.
+        let first = script[0].as_str().unwrap();
+        for (protected, read_only) in [("true", ""), ("false", "true"), ("", "true")] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "{first}\nprintf %s \"$IMGBUILD_CACHE_REMOTE_READ_ONLY\""
+                ))
+                .env("CI_COMMIT_REF_PROTECTED", protected)
+                .env_remove("IMGBUILD_CACHE_REMOTE_READ_ONLY")
+                .output()
+                .unwrap();
+            assert_eq!(text(&out).0, read_only, "protected={protected}");
+        }
+        assert!(script[1].as_str().unwrap().contains(" build "));
+    }
+    // Without --cache-remote, no remote and no extra line.
+    let (plain, _, _d) = pipeline(&[]);
+    assert!(plain["variables"].get("IMGBUILD_CACHE_REMOTE").is_none());
+    assert!(plain
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("build:"))
+        .all(|(_, v)| v["script"].as_array().unwrap().len() == 1));
+}

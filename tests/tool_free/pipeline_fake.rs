@@ -103,6 +103,7 @@ impl Provisioner for Fake {
                     seconds: 0.0,
                     built_for: None,
                     boot_free: false,
+                    remote: false,
                 })
                 .collect(),
             leases: Vec::new(),
@@ -174,6 +175,7 @@ fn options(dir: &Path) -> BuildOptions {
         compression: CompressionChoice::Auto,
         force: false,
         no_cache: false,
+        remote: None,
     }
 }
 

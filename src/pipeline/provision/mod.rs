@@ -60,6 +60,9 @@ pub struct ProvisionInput<'a> {
     /// The cache root (layers, shared downloads).
     pub cache: &'a Path,
     pub no_cache: bool,
+    /// The remote layer cache: layers are fetched from it before being built, and built
+    /// ones uploaded to it (unless it is read-only).
+    pub remote: Option<&'a crate::remote::Remote>,
 }
 
 /// What a provisioner hands back.
@@ -96,6 +99,9 @@ pub struct LayerRecord {
     /// Applied without booting the image's init (a boot-free layer: render/offline.rs).
     #[serde(default)]
     pub boot_free: bool,
+    /// Fetched from the remote cache (then also `cached`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 /// A way to provision an image.

@@ -131,16 +131,27 @@ fn provision_layers(
                 "{label}: reused from the cache ({short}, built {} for {})",
                 h.meta.created, h.meta.image
             ));
-            chain.images.extend(h.meta.container_images.iter().cloned());
-            chain.packages = h.meta.packages.clone();
-            chain.parent = h.disk();
-            chain.parent_vars = h.vars();
-            chain.kernel = h.kernel();
-            let mut rec = record(layer, true, h.meta.boot_free, Instant::now());
-            rec.built_for = Some(h.meta.image.clone());
-            chain.records.push(rec);
-            chain.leases.push(h);
+            // A layer this runner has that the remote lacks (built before the remote was
+            // configured, or while it was down) is shared now.
+            if let Some(remote) = writable(input.remote) {
+                match remote.has(crate::remote::Kind::Layer, &h.key) {
+                    Ok(true) => {}
+                    Ok(false) => upload_remote(remote, &h, p),
+                    Err(e) => warn_down(remote, &e, p),
+                }
+            }
+            take_cached(chain, layer, h, false);
             continue;
+        }
+        if let Some(remote) = input.remote.filter(|r| r.is_up()) {
+            if let Some(h) = fetch_remote(remote, layer, chain, &lc, &guard, p)? {
+                p.line(&format!(
+                    "{label}: fetched from the remote cache ({short}, built {} for {})",
+                    h.meta.created, h.meta.image
+                ));
+                take_cached(chain, layer, h, true);
+                continue;
+            }
         }
         let dir = lc.start(&guard).map_err(cache_err)?;
         let t = Instant::now();
@@ -168,6 +179,9 @@ fn provision_layers(
         };
         let h = lc.commit(&guard, &meta).map_err(cache_err)?;
         drop(guard);
+        if let Some(remote) = writable(input.remote) {
+            upload_remote(remote, &h, p);
+        }
         chain.packages = meta.packages.clone();
         chain.images.extend(watch.container_images);
         chain.parent = h.disk();
@@ -182,6 +196,168 @@ fn provision_layers(
         ));
     }
     Ok(())
+}
+
+/// The next layer of `chain` is the cache entry `h` (local, or fetched from the remote).
+fn take_cached(chain: &mut Chain, layer: &PlannedLayer, h: cache::Held, remote: bool) {
+    chain.images.extend(h.meta.container_images.iter().cloned());
+    chain.packages = h.meta.packages.clone();
+    chain.parent = h.disk();
+    chain.parent_vars = h.vars();
+    chain.kernel = h.kernel();
+    let mut rec = record(layer, true, h.meta.boot_free, Instant::now());
+    rec.built_for = Some(h.meta.image.clone());
+    rec.remote = remote;
+    chain.records.push(rec);
+    chain.leases.push(h);
+}
+
+/// The remote cache, if there is one this run may write to and it answers.
+fn writable(remote: Option<&crate::remote::Remote>) -> Option<&crate::remote::Remote> {
+    remote.filter(|r| r.is_up() && !r.config.read_only)
+}
+
+/// One warning per run when the remote does not answer; the run goes on locally.
+fn warn_down(remote: &crate::remote::Remote, e: &crate::remote::RemoteError, p: &mut Progress) {
+    if remote.mark_down() {
+        p.line(&format!(
+            "warning: the remote cache {} does not answer ({e}): this build makes its layers locally",
+            remote.config.url
+        ));
+    }
+}
+
+/// Layer `layer` from the remote cache into the local cache (under the build lock `guard`):
+/// downloaded into the entry's partial folder, every file checked against its sha256,
+/// pointed at the local layer below, committed. A miss, a corrupt entry (then the layer is
+/// built, and its upload replaces the entry) or an unreachable remote (then this run builds
+/// locally, with one warning) gives None.
+fn fetch_remote(
+    remote: &crate::remote::Remote,
+    layer: &PlannedLayer,
+    chain: &Chain,
+    lc: &LayerCache,
+    guard: &cache::BuildGuard,
+    p: &mut Progress,
+) -> Result<Option<cache::Held>, BuildError> {
+    let dir = lc.start(guard).map_err(cache_err)?;
+    let mut last = Instant::now();
+    let fetched = remote.fetch(
+        crate::remote::Kind::Layer,
+        &layer.key,
+        &dir,
+        &mut |name, done, total| {
+            if last.elapsed() >= Duration::from_secs(2) || done == total {
+                last = Instant::now();
+                p.status(
+                    &format!(
+                        "layer {}: fetching {name} {} of {} MiB",
+                        layer.name,
+                        done >> 20,
+                        total >> 20
+                    ),
+                    false,
+                );
+            }
+        },
+    );
+    let entry = match fetched {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(None);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            match e {
+                crate::remote::RemoteError::Corrupt { .. }
+                | crate::remote::RemoteError::Bad { .. } => {
+                    p.line(&format!("warning: {e}: not used, the layer is built"));
+                }
+                e => warn_down(remote, &e, p),
+            }
+            return Ok(None);
+        }
+    };
+    let mut meta: cache::LayerMeta = match serde_json::from_value(entry.meta) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            p.line(&format!(
+                "warning: remote entry {}: its metadata: {e}: not used",
+                layer.key
+            ));
+            return Ok(None);
+        }
+    };
+    let disk = dir.join(cache::DISK);
+    let rebased = qemu::rebase_unsafe(&disk, &chain.parent);
+    if let Err(e) = rebased {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e.into());
+    }
+    meta.backing =
+        std::fs::canonicalize(&chain.parent).map_err(crate::IoError::at(&chain.parent))?;
+    Ok(Some(lc.commit(guard, &meta).map_err(cache_err)?))
+}
+
+/// Uploads a layer just built to the remote cache (a failure is a warning: the build has its
+/// layer locally).
+fn upload_remote(remote: &crate::remote::Remote, h: &cache::Held, p: &mut Progress) {
+    let mut files: Vec<(String, PathBuf)> = walkdir::WalkDir::new(&h.dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| {
+            let name = e
+                .path()
+                .strip_prefix(&h.dir)
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
+            (name != cache::META).then(|| (name, e.path().to_path_buf()))
+        })
+        .collect();
+    files.sort();
+    let meta = serde_json::to_value(&h.meta).expect("json");
+    let mut last = Instant::now();
+    let r = remote.upload(
+        crate::remote::Kind::Layer,
+        &h.key,
+        &files,
+        meta,
+        &mut |name, done, total| {
+            if last.elapsed() >= Duration::from_secs(2) || done == total {
+                last = Instant::now();
+                p.status(
+                    &format!(
+                        "uploading {name} {} of {} MiB to the remote cache",
+                        done >> 20,
+                        total >> 20
+                    ),
+                    false,
+                );
+            }
+        },
+    );
+    match r {
+        Ok(()) => p.line(&format!(
+            "layer {} uploaded to the remote cache",
+            h.meta.layer
+        )),
+        Err(e) => {
+            p.line(&format!(
+                "warning: layer {} not uploaded to the remote cache: {e}",
+                h.meta.layer
+            ));
+            if !matches!(
+                e,
+                crate::remote::RemoteError::Http(crate::http::HttpError::Status { .. })
+            ) {
+                remote.mark_down();
+            }
+        }
+    }
 }
 
 /// How a layer was made, for the progress line.
@@ -205,6 +381,7 @@ fn record(layer: &PlannedLayer, cached: bool, boot_free: bool, t: Instant) -> La
         },
         built_for: None,
         boot_free,
+        remote: false,
     }
 }
 
