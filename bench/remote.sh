@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A second CI runner with the remote cache vs without (issue 19), on the Debian desktop twin
+# (images/debian12-desktop-ai.yaml), in one run on this machine: Swift with its S3 API on
+# 127.0.0.1 (scripts/s3-test-stack.sh) as the site's object store.
+#   without   a runner with an empty cache builds the image (mmdebstrap base, layers)
+#   upload    that runner, given the remote, shares what it has (every entry uploaded)
+#   with      a second runner with an empty cache builds it with the remote (all fetched)
+# Each --no-smoke (the smoke boot is the same either way). Results: bench/results/remote.tsv.
+#   bench/remote.sh [IMAGE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+image="${1:-debian12-desktop-ai}"
+source bench/common.sh remote
+venv="$PWD/target/s3-venv"
+bash scripts/s3-test-stack.sh install "$venv"
+secret=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+port=18089
+state="$work/s3"
+mkdir -p "$state"
+S3_PORT=$port S3_TEST_SECRET=$secret bash scripts/s3-test-stack.sh start "$venv" "$state" >"$work/s3.out" 2>&1 &
+s3_pid=$!
+trap 'kill $s3_pid 2>/dev/null; wait $s3_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 120); do grep -q READY "$work/s3.out" 2>/dev/null && break; sleep 1; done
+grep -q READY "$work/s3.out" || { cat "$work/s3.out"; exit 1; }
+auth=$(curl -sfi -H "X-Auth-User: test:tester" -H "X-Auth-Key: $secret" "http://127.0.0.1:$port/auth/v1.0")
+token=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$auth" | tr -d '\r')
+storage=$(awk -F': ' 'tolower($1)=="x-storage-url"{print $2}' <<<"$auth" | tr -d '\r')
+curl -sf -X PUT -H "X-Auth-Token: $token" "$storage/bench" >/dev/null
+export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID="test:tester" AWS_SECRET_ACCESS_KEY="$secret"
+remote=s3://bench/site
+
+echo "# $(date -u +%FT%TZ) $image, $(nproc) cores, accel: $(test -w /dev/kvm && echo kvm? || echo tcg)" | tee -a "$out"
+run() { # label cache [remote]
+  local label=$1 cache=$2; shift 2
+  measure "$label" "$cache" "$imgbuild" -q --json build "$image" --no-smoke --version "$label" \
+    --out "$work/dist" "$@"
+}
+a="$work/cache-a"; b="$work/cache-b"
+mkdir -p "$a" "$b"
+run without "$a"
+run upload "$a" --cache-remote "$remote"
+run with "$b" --cache-remote "$remote"
+jq -c '[.base.remote, [.layers[] | {name, cached, remote}]]' "$work/out.json"
