@@ -4,13 +4,14 @@ CARGO ?= cargo
 VENV  ?= .venv
 export IMGBUILD_VENV := $(abspath $(VENV))
 
-.PHONY: all host-tools venv openstack-venv s3-venv kolla-venv build test test-tool-free test-e2e test-openstack lint demo clean
+.PHONY: all host-tools venv openstack-venv s3-venv gitlab-ci-local kolla-venv build test test-tool-free test-e2e test-openstack lint demo clean
 
 all: build
 
 ## Host tools: qemu-system (bookworm-backports), packer, mmdebstrap, cloud-init, xorriso, ovmf, ...
 host-tools: venv openstack-venv kolla-venv s3-venv
 	bash scripts/install-host-tools.sh
+	$(MAKE) gitlab-ci-local
 
 ## Keystone + Glance + python-openstackclient (pinned, scripts/openstack-constraints.txt) for
 ## the tests that run a real OpenStack on 127.0.0.1.
@@ -21,6 +22,13 @@ openstack-venv:
 ## a real object store on 127.0.0.1 (scripts/s3-test-stack.sh; memcached from apt).
 s3-venv:
 	bash scripts/s3-test-stack.sh install target/s3-venv
+
+## gitlab-ci-local from npm (4.70.1: later releases need Node 22's Set methods; this host has
+## Node 20) for the end-to-end test that runs `imgbuild ci gitlab`'s jobs with its shell executor.
+gitlab-ci-local: target/gitlab-ci-local/node_modules/.bin/gitlab-ci-local
+target/gitlab-ci-local/node_modules/.bin/gitlab-ci-local:
+	mkdir -p target/gitlab-ci-local
+	npm install --prefix target/gitlab-ci-local --no-audit --no-fund --loglevel=error gitlab-ci-local@4.70.1
 
 ## Kolla-Ansible 2025.2 (kolla-ansible 21.3.0, Ansible 11 with the collections it needs) for
 ## the end-to-end test that runs its prechecks against the Debian kolla-node twin.

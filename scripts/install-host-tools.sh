@@ -19,7 +19,7 @@ $SUDO apt-get update -o Acquire::Retries=3 || true
 pkgs=(packer mmdebstrap xorriso cloud-init ovmf gdisk mtools dosfstools e2fsprogs
       grub-pc-bin grub-efi-amd64-bin grub2-common fdisk cpio zstd
       qemu-efi-aarch64 arch-test binfmt-support openssh-client
-      tigervnc-tools openssl gnupg xvfb xauth freerdp2-x11 memcached)
+      tigervnc-tools openssl gnupg xvfb xauth freerdp2-x11 memcached rsync)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # arm64 on this x86 host: qemu-system-arm boots it (TCG), qemu-user-static runs the arm64
@@ -33,6 +33,10 @@ if [ ${#qemu[@]} -gt 0 ]; then
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# npm for gitlab-ci-local (the Makefile's gitlab-ci-local target); Debian's nodejs if there is none.
+if ! command -v npm >/dev/null; then
+  $SUDO apt-get install -y --no-install-recommends nodejs npm
 fi
 # cloud-init's package enables its services; on a build host they must never run.
 $SUDO systemctl disable cloud-init cloud-init-local cloud-config cloud-final >/dev/null 2>&1 || true

@@ -10,6 +10,7 @@ mod arm64_e2e;
 mod build_e2e;
 mod desktop_e2e;
 mod disk_full;
+mod gitlab_local;
 mod guards_e2e;
 mod kolla_e2e;
 mod parallel_e2e;
