@@ -330,7 +330,7 @@ impl Http {
                 return (
                     HttpError::Timeout {
                         method: method.into(),
-                        url: url.into(),
+                        url: loggable(url).into_owned(),
                         secs: self.timeout.as_secs(),
                         phase,
                     },
@@ -344,7 +344,7 @@ impl Http {
         (
             HttpError::Transport {
                 method: method.into(),
-                url: url.into(),
+                url: loggable(url).into_owned(),
                 message,
             },
             retry,
@@ -457,7 +457,7 @@ impl Http {
                     }
                     let err = HttpError::Status {
                         method: method.into(),
-                        url: url.into(),
+                        url: loggable(url).into_owned(),
                         status,
                         message: match location {
                             Some(l) if (300..400).contains(&status) => format!("redirects to {l}"),
@@ -498,7 +498,7 @@ impl Http {
                 .body(())
                 .map_err(|e| HttpError::Transport {
                     method: "GET".into(),
-                    url: url.into(),
+                    url: loggable(url).into_owned(),
                     message: e.to_string(),
                 })?;
             let transient = match self.download.run(req) {
@@ -514,7 +514,7 @@ impl Http {
                     let status = resp.status().as_u16();
                     let err = HttpError::Status {
                         method: "GET".into(),
-                        url: url.into(),
+                        url: loggable(url).into_owned(),
                         status,
                         message: resp
                             .status()
@@ -601,7 +601,7 @@ impl Http {
     ) -> Result<(), HttpError> {
         let io_err = |e: std::io::Error| HttpError::Transport {
             method: "PUT".into(),
-            url: url.into(),
+            url: loggable(url).into_owned(),
             message: format!("{}: {e}", path.display()),
         };
         let total = std::fs::metadata(path).map_err(io_err)?.len();
@@ -630,20 +630,10 @@ impl Http {
                 .send(ureq::SendBody::from_reader(&mut reader));
             let err = match result {
                 Ok(resp) if resp.status().as_u16() == 204 => return Ok(()),
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let text = resp.into_body().read_to_string().unwrap_or_default();
-                    let e = HttpError::Status {
-                        method: "PUT".into(),
-                        url: url.into(),
-                        status,
-                        message: message_of(&text),
-                    };
-                    if status < 500 {
-                        return Err(e);
-                    }
-                    e
-                }
+                Ok(resp) => match put_failed(url, resp) {
+                    (e, true) => e,
+                    (e, false) => return Err(e),
+                },
                 Err(e) => match self.transport("PUT", url, &e) {
                     (err, true) => err,
                     (err, false) => return Err(err),
@@ -667,7 +657,7 @@ impl Http {
         use std::io::{Read, Seek, SeekFrom};
         let io_err = |e: std::io::Error| HttpError::Transport {
             method: "PUT".into(),
-            url: url.into(),
+            url: loggable(url).into_owned(),
             message: format!("{}: {e}", path.display()),
         };
         let mut attempt = 0;
@@ -701,20 +691,10 @@ impl Http {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string))
                 }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let text = resp.into_body().read_to_string().unwrap_or_default();
-                    let e = HttpError::Status {
-                        method: "PUT".into(),
-                        url: url.into(),
-                        status,
-                        message: message_of(&text),
-                    };
-                    if status < 500 {
-                        return Err(e);
-                    }
-                    e
-                }
+                Ok(resp) => match put_failed(url, resp) {
+                    (e, true) => e,
+                    (e, false) => return Err(e),
+                },
                 Err(e) => match self.transport("PUT", url, &e) {
                     (err, true) => err,
                     (err, false) => return Err(err),
@@ -854,6 +834,19 @@ impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
         (self.progress)(self.done, self.total);
         Ok(n)
     }
+}
+
+/// A PUT's answer that is no success: the error, and whether a retry may pass (5xx).
+fn put_failed(url: &str, resp: ureq::http::Response<ureq::Body>) -> (HttpError, bool) {
+    let status = resp.status().as_u16();
+    let text = resp.into_body().read_to_string().unwrap_or_default();
+    let e = HttpError::Status {
+        method: "PUT".into(),
+        url: loggable(url).into_owned(),
+        status,
+        message: message_of(&text),
+    };
+    (e, status >= 500)
 }
 
 /// `url` as the verbose log shows it: a presigned object-storage URL's query is a credential

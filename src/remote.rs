@@ -45,44 +45,11 @@ pub enum RemoteError {
     Io(#[from] crate::IoError),
 }
 
-/// A presigned URL is a credential for an hour: errors show it without its query.
+/// A presigned URL is a credential for an hour: crate::http's errors show it without its
+/// signed query (http::loggable).
 impl From<HttpError> for RemoteError {
     fn from(e: HttpError) -> RemoteError {
-        let cut = |u: String| crate::http::loggable(&u).into_owned();
-        RemoteError::Http(match e {
-            HttpError::Status {
-                method,
-                url,
-                status,
-                message,
-            } => HttpError::Status {
-                method,
-                url: cut(url),
-                status,
-                message,
-            },
-            HttpError::Transport {
-                method,
-                url,
-                message,
-            } => HttpError::Transport {
-                method,
-                url: cut(url),
-                message,
-            },
-            HttpError::Timeout {
-                method,
-                url,
-                secs,
-                phase,
-            } => HttpError::Timeout {
-                method,
-                url: cut(url),
-                secs,
-                phase,
-            },
-            e => e,
-        })
+        RemoteError::Http(e)
     }
 }
 

@@ -19,6 +19,13 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A fresh random secret for a test service (24 hex digits from /dev/urandom).
+pub fn random_secret() -> String {
+    let mut b = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Runs imgbuild with `args` in `cwd`.
 pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
     TestCommand::new(args).cwd(cwd).output()

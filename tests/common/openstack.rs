@@ -198,13 +198,8 @@ fn start(tls: bool) -> Stack {
             make_certs(&tls_dir);
         }
         let (kport, gport) = (free_port(), free_port());
-        let password = {
-            // A fresh random admin password per run; it never leaves target/.
-            let mut b = [0u8; 12];
-            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b)
-                .unwrap();
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        };
+        // A fresh random admin password per run; it never leaves target/.
+        let password = super::random_secret();
         let (tx, rx) = std::sync::mpsc::channel();
         let (venv2, state2, pw2) = (venv.clone(), state.clone(), password.clone());
         let tls_dir2 = tls_dir.clone();

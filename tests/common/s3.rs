@@ -41,12 +41,7 @@ impl S3Store {
             .join(bucket);
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).unwrap();
-        let secret = {
-            let mut b = [0u8; 12];
-            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b)
-                .unwrap();
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        };
+        let secret = super::random_secret();
         let port = free_port();
         let mut cmd = Command::new("bash");
         cmd.arg(&script)
