@@ -36,6 +36,8 @@ const RANKS: &[(&str, u32)] = &[
     ("rdp", 5),
     ("digest", 5),
     ("cache", 5),
+    // The remote cache: object storage over http, no knowledge of images.
+    ("remote", 5),
     ("bootstrap", 6),
     ("base", 6),
     ("pipeline", 7),
