@@ -29,7 +29,7 @@ curl -sf -X PUT -H "X-Auth-Token: $token" "$storage/bench" >/dev/null
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID="test:tester" AWS_SECRET_ACCESS_KEY="$secret"
 remote=s3://bench/site
 
-echo "# $(date -u +%FT%TZ) $image, $(nproc) cores, accel: $(test -w /dev/kvm && echo kvm? || echo tcg)" | tee -a "$out"
+echo "# $(date -u +%FT%TZ) $image, $(nproc) cores, commit $(git rev-parse --short HEAD)" | tee -a "$out"
 run() { # label cache [remote]
   local label=$1 cache=$2; shift 2
   measure "$label" "$cache" "$imgbuild" -q --json build "$image" --no-smoke --version "$label" \
@@ -40,4 +40,5 @@ mkdir -p "$a" "$b"
 run without "$a"
 run upload "$a" --cache-remote "$remote"
 run with "$b" --cache-remote "$remote"
-jq -c '[.base.remote, [.layers[] | {name, cached, remote}]]' "$work/out.json"
+# The second runner's manifest: base and every layer fetched, nothing built.
+jq -c '{accel, base_remote: .base.remote, layers: [.layers[] | {name, cached, remote}]}' "$work/out.json" | tee -a "$out"

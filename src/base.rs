@@ -186,7 +186,8 @@ fn fetch_remote_base(
         Ok(None) => false,
         Err(
             e @ (crate::remote::RemoteError::Corrupt { .. }
-            | crate::remote::RemoteError::Bad { .. }),
+            | crate::remote::RemoteError::Bad { .. }
+            | crate::remote::RemoteError::Io(_)),
         ) => {
             tracing::warn!("{e}: not used, the base is bootstrapped");
             false

@@ -19,6 +19,16 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Stops a running test-stack script with SIGTERM (its trap stops what it started) and waits.
+pub fn terminate(child: &mut std::process::Child) {
+    if let Ok(None) = child.try_wait() {
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let _ = child.wait();
+    }
+}
+
 /// A fresh random secret for a test service (24 hex digits from /dev/urandom).
 pub fn random_secret() -> String {
     let mut b = [0u8; 12];
@@ -420,11 +430,19 @@ pub fn entries(dir: &Path) -> Vec<String> {
 
 /// QEMU processes whose command line mentions `needle`.
 pub fn qemu_processes(needle: &str) -> Vec<String> {
+    processes_with(needle)
+        .into_iter()
+        .filter(|l| l.contains("qemu-system"))
+        .collect()
+}
+
+/// The command lines of running processes (not zombies) that contain `needle`.
+pub fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
             let line = String::from_utf8_lossy(&raw).replace('\0', " ");
-            if line.contains("qemu-system") && line.contains(needle) {
+            if !line.is_empty() && line.contains(needle) {
                 found.push(line);
             }
         }

@@ -454,12 +454,7 @@ impl ExtraGlance {
 
     /// Stops it (SIGTERM to the script, which stops gunicorn) and waits.
     pub fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            unsafe {
-                libc::kill(self.child.id() as i32, libc::SIGTERM);
-            }
-            let _ = self.child.wait();
-        }
+        super::terminate(&mut self.child);
     }
 }
 

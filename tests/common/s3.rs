@@ -140,9 +140,10 @@ impl S3Store {
     }
 }
 
+/// SIGTERM to the script, whose trap stops the servers it started (a SIGKILL would leave
+/// them running), then waits for it.
 impl Drop for S3Store {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::terminate(&mut self.child);
     }
 }

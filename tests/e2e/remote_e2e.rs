@@ -206,4 +206,10 @@ fn a_second_runner_fetches_every_layer_and_a_corrupt_or_silent_remote_means_a_lo
     );
     let f: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert!(layers(&f).iter().all(|l| l.1 && !l.2), "{f:#}");
+
+    // The store goes with its fixture: no server of it is left running.
+    let state = s3.state.to_string_lossy().into_owned();
+    drop(s3);
+    let left = common::processes_with(&state);
+    assert!(left.is_empty(), "{left:?}");
 }

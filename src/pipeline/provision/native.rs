@@ -271,7 +271,8 @@ fn fetch_remote(
             let _ = std::fs::remove_dir_all(&dir);
             match e {
                 crate::remote::RemoteError::Corrupt { .. }
-                | crate::remote::RemoteError::Bad { .. } => {
+                | crate::remote::RemoteError::Bad { .. }
+                | crate::remote::RemoteError::Io(_) => {
                     p.line(&format!("warning: {e}: not used, the layer is built"));
                 }
                 e => warn_down(remote, &e, p),
