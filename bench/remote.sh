@@ -6,7 +6,7 @@
 #   upload    that runner, given the remote, shares what it has (every entry uploaded)
 #   with      a second runner with an empty cache builds it with the remote (all fetched)
 # Each --no-smoke (the smoke boot is the same either way). Results: bench/results/remote.tsv.
-#   bench/remote.sh [IMAGE]
+#   bench/remote.sh [IMAGE]   (a catalog image or a test fixture such as e2e-par-a)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image="${1:-debian12-desktop-ai}"
@@ -30,9 +30,12 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID="test:tester"
 remote=s3://bench/site
 
 echo "# $(date -u +%FT%TZ) $image, $(nproc) cores, commit $(git rev-parse --short HEAD)" | tee -a "$out"
+# The catalog's images, or the test fixtures' (bench/common.sh copies them to $images).
+dir="$PWD/images"
+[ -f "$images/$image.yaml" ] && dir="$images"
 run() { # label cache [remote]
   local label=$1 cache=$2; shift 2
-  measure "$label" "$cache" "$imgbuild" -q --json build "$image" --no-smoke --version "$label" \
+  measure "$label" "$cache" "$imgbuild" -q --json --images-dir "$dir" build "$image" --no-smoke --version "$label" \
     --out "$work/dist" "$@"
 }
 a="$work/cache-a"; b="$work/cache-b"
