@@ -150,7 +150,7 @@ pub fn ensure(
                 Ok(result?)
             })?;
             if let Some(r) = remote.filter(|r| r.is_up() && !r.config.read_only && !fetched) {
-                share_base(r, &key, &path, b, arch);
+                share_base(r, &key, &path, b, arch, progress);
             }
             Ok(BaseImage {
                 path,
@@ -219,11 +219,13 @@ fn share_base(
     path: &Path,
     b: &crate::definition::Bootstrap,
     arch: Arch,
+    progress: &mut dyn FnMut(u64, Option<u64>),
 ) {
     let result = r.has(crate::remote::Kind::Base, key).and_then(|has| {
         if has {
             return Ok(false);
         }
+        tracing::info!("base {}: uploading to the remote cache", &key[..12]);
         let meta = serde_json::json!({
             "kind": "bootstrap",
             "arch": arch,
@@ -236,7 +238,7 @@ fn share_base(
             key,
             &[(REMOTE_DISK.to_string(), path.to_path_buf())],
             meta,
-            &mut |_, _, _| {},
+            &mut |_, done, total| progress(done, Some(total)),
         )
         .map(|()| true)
     });
