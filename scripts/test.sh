@@ -6,8 +6,10 @@
 # - background 1, one after the other: the desktop twin's end-to-end test (a desktop built and
 #   smoke-booted under TCG, the longest test by far), then the openstack tier (a real Keystone
 #   and Glance) and the tool-free tier, which need little CPU beside the VMs;
-# - background 2: the Kolla twin's end-to-end test (its build, smoke and kolla-ansible's
-#   prechecks in the lab shape), the second longest.
+# - background 2, one after the other: the Kolla twin's end-to-end test (its build, smoke and
+#   kolla-ansible's prechecks in the lab shape), the second longest, then the Packer backend's
+#   (a Packer build and two smoke boots), which ended the foreground's run before (the run of
+#   2026-11-29 19:38: Kolla done at 38 min, the foreground at 73 with Packer's 21 minutes in it).
 # The background streams run the test binaries directly (no second cargo holding the build
 # lock); their output lands in target/background-tests.log and target/kolla-tests.log and is
 # printed at the end. Every line of every stream carries the time it was printed, so that a
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 DESKTOP_TEST=desktop_e2e::debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user
 KOLLA_TEST=kolla_e2e::debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks
+PACKER_TEST=build_e2e::packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke
 
 set -e
 bins=$("$CARGO" test --locked --no-run --message-format=json \
@@ -67,11 +70,15 @@ echo "== in the background: desktop_e2e, then the openstack and tool-free tiers 
   exit "${PIPESTATUS[0]}"
 ) >"$log" &
 background_pid=$!
-echo "== in the background: kolla_e2e (log: $kolla_log)"
+echo "== in the background: kolla_e2e, then the Packer backend's test (log: $kolla_log)"
 (
   {
+    failed=0
     echo "== kolla_e2e"
-    "$e2e" --exact "$KOLLA_TEST"
+    "$e2e" --exact "$KOLLA_TEST" || failed=1
+    echo "== packer backend"
+    "$e2e" --exact "$PACKER_TEST" || failed=1
+    exit $failed
   } 2>&1 | stamp
   exit "${PIPESTATUS[0]}"
 ) >"$kolla_log" &
@@ -94,7 +101,7 @@ stop_background() {
 trap stop_background INT TERM EXIT
 
 "$CARGO" test --locked --lib --bins --test e2e -- --test-threads=2 \
-  --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" 2>&1 | stamp
+  --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" --skip "$PACKER_TEST" 2>&1 | stamp
 rest=${PIPESTATUS[0]}
 
 wait "$background_pid"
@@ -104,7 +111,7 @@ kolla=$?
 trap - INT TERM EXIT
 echo "== background tests (exit $background):"
 cat "$log"
-echo "== kolla test (exit $kolla):"
+echo "== kolla and packer tests (exit $kolla):"
 cat "$kolla_log"
 if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ] || [ "$kolla" -ne 0 ]; then
   echo "== tests failed: the foreground exited $rest, the background $background, kolla $kolla" >&2
