@@ -19,6 +19,27 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `scripts/SCRIPT install target/VENV` (idempotent), asserted; returns the script and venv.
+pub fn install_stack(script: &str, venv: &str) -> (PathBuf, PathBuf) {
+    let (script, venv) = (
+        repo().join("scripts").join(script),
+        repo().join("target").join(venv),
+    );
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg("install")
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "{} install {} failed",
+        script.display(),
+        venv.display()
+    );
+    (script, venv)
+}
+
 /// Stops a running test-stack script with SIGTERM (its trap stops what it started) and waits.
 pub fn terminate(child: &mut std::process::Child) {
     if let Ok(None) = child.try_wait() {

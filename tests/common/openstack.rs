@@ -169,15 +169,7 @@ pub fn make_client_cert(dir: &Path, name: &str) {
 
 fn start(tls: bool) -> Stack {
     {
-        let venv = repo().join("target/openstack-venv");
-        let script = repo().join("scripts/openstack-test-stack.sh");
-        let st = Command::new("bash")
-            .arg(&script)
-            .arg("install")
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(st.success(), "installing keystone + glance failed");
+        let (script, venv) = super::install_stack("openstack-test-stack.sh", "openstack-venv");
         // target/openstack-state/PID; folders of test runs that are gone are removed.
         let root = repo().join("target/openstack-state");
         for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {

@@ -26,15 +26,7 @@ impl S3Store {
     /// Installs Swift into target/s3-venv (once), starts it with a random secret and makes
     /// the bucket `bucket`.
     pub fn start(bucket: &str) -> S3Store {
-        let venv = repo().join("target/s3-venv");
-        let script = repo().join("scripts/s3-test-stack.sh");
-        let st = Command::new("bash")
-            .arg(&script)
-            .arg("install")
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(st.success(), "installing swift failed");
+        let (script, venv) = super::install_stack("s3-test-stack.sh", "s3-venv");
         let state = repo()
             .join("target/s3-state")
             .join(std::process::id().to_string())
