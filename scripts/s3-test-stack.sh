@@ -10,6 +10,9 @@
 # starts dies with it. State (rings, object files, logs) is in STATE. Port: S3_PORT (default
 # 8089). S3 clients use endpoint http://127.0.0.1:S3_PORT, path-style, access key
 # `test:tester` and the secret from S3_TEST_SECRET (the fixture makes a random one per run).
+# With S3_TLS_PORT, S3_TLS_CERT and S3_TLS_KEY a second proxy serves the same store over
+# HTTPS on that port with that certificate (Swift's proxy `cert_file`/`key_file`; S3_TLS_CA,
+# the CA that signed it, for the readiness check).
 # Swift reads /etc/swift/swift.conf whatever its other configuration says (the path is a
 # constant in swift.common.utils), so `start` writes that file if it is missing.
 set -euo pipefail
@@ -70,12 +73,16 @@ EOF
   "$venv/bin/swift-$kind-server" "$etc/$kind-server.conf" -v >"$state/log/$kind.log" 2>&1 &
   pids+=($!)
 done
-cat >"$etc/proxy-server.conf" <<EOF
+proxy_conf() {
+  # $1: port, then extra [DEFAULT] lines
+  local p="$1"; shift
+  cat <<EOF
 [DEFAULT]
 bind_ip = 127.0.0.1
-bind_port = $port
+bind_port = $p
 workers = 0
 swift_dir = $etc
+$(printf '%s\n' "$@")
 [pipeline:main]
 pipeline = catch_errors gatekeeper proxy-logging cache s3api tempauth copy slo dlo proxy-logging proxy-server
 [app:proxy-server]
@@ -102,10 +109,20 @@ use = egg:swift#slo
 [filter:dlo]
 use = egg:swift#dlo
 EOF
+}
+proxy_conf "$port" >"$etc/proxy-server.conf"
 "$venv/bin/swift-proxy-server" "$etc/proxy-server.conf" -v >"$state/log/proxy.log" 2>&1 &
 pids+=($!)
+tls_port="${S3_TLS_PORT:-}"
+if [[ -n "$tls_port" ]]; then
+  proxy_conf "$tls_port" "cert_file = ${S3_TLS_CERT:?S3_TLS_CERT}" "key_file = ${S3_TLS_KEY:?S3_TLS_KEY}" \
+    >"$etc/proxy-server-tls.conf"
+  "$venv/bin/swift-proxy-server" "$etc/proxy-server-tls.conf" -v >"$state/log/proxy-tls.log" 2>&1 &
+  pids+=($!)
+fi
 for _ in $(seq 1 120); do
-  if curl -sf -o /dev/null -H "X-Auth-User: test:tester" -H "X-Auth-Key: $secret" "http://127.0.0.1:$port/auth/v1.0"; then
+  if curl -sf -o /dev/null -H "X-Auth-User: test:tester" -H "X-Auth-Key: $secret" "http://127.0.0.1:$port/auth/v1.0" &&
+    { [[ -z "$tls_port" ]] || curl -sf -o /dev/null --cacert "${S3_TLS_CA:-$S3_TLS_CERT}" -H "X-Auth-User: test:tester" -H "X-Auth-Key: $secret" "https://127.0.0.1:$tls_port/auth/v1.0"; }; then
     echo "READY http://127.0.0.1:$port"
     wait
     exit 0

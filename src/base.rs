@@ -93,10 +93,12 @@ fn cached_entry(
 /// Gets the base for `arch` from the cache, downloading or bootstrapping it if needed. A
 /// bootstrapped base goes through the remote cache too, if one is given: fetched from it (its
 /// sha256 checked) instead of bootstrapped, and uploaded to it when this runner made it or has
-/// it and the remote does not.
+/// it and the remote does not. `steps` run at the end of a bootstrap (features'
+/// [`crate::features::Fragment::base_steps`]; part of its cache key).
 pub fn ensure(
     spec: &BaseSpec,
     arch: Arch,
+    steps: &[crate::features::Step],
     cache: &Path,
     remote: Option<&crate::remote::Remote>,
     cancel: &AtomicBool,
@@ -122,7 +124,7 @@ pub fn ensure(
             })
         }
         Base::Bootstrap(b) => {
-            let key = bootstrap::cache_key(b, arch);
+            let key = bootstrap::cache_key(b, arch, steps);
             let dir = cache.join("bootstrap");
             let path = dir.join(format!("{key}.qcow2"));
             let mut fetched = false;
@@ -140,6 +142,7 @@ pub fn ensure(
                 let result = bootstrap::bootstrap(
                     b,
                     arch,
+                    steps,
                     &work,
                     path,
                     debs.as_ref().map(|(d, _)| d.as_path()),
@@ -195,7 +198,7 @@ fn fetch_remote_base(
         Err(e) => {
             if r.mark_down() {
                 tracing::warn!(
-                    "the remote cache {} does not answer ({e}): this build makes its bases and layers locally",
+                    "the remote cache {} cannot be used ({e}): this build makes its bases and layers locally",
                     r.config.url
                 );
             }
@@ -256,7 +259,7 @@ fn share_base(
         Err(e) => {
             if r.mark_down() {
                 tracing::warn!(
-                    "the remote cache {} does not answer ({e}): this build makes its bases and layers locally",
+                    "the remote cache {} cannot be used ({e}): this build makes its bases and layers locally",
                     r.config.url
                 );
             }

@@ -10,6 +10,7 @@
 
 use crate::definition::{Arch, Bootstrap};
 use crate::exec::{Cmd, ExecError};
+use crate::features::Step;
 use sha2::{Digest, Sha256};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -132,8 +133,8 @@ pub fn check_foreign_arch(arch: Arch) -> Result<(), BootstrapError> {
     })
 }
 
-/// The cache key: every input of the recipe, hashed.
-pub fn cache_key(spec: &Bootstrap, arch: Arch) -> String {
+/// The cache key: every input of the recipe, hashed (the base steps too, when there are any).
+pub fn cache_key(spec: &Bootstrap, arch: Arch, steps: &[Step]) -> String {
     let mut h = Sha256::new();
     let mut canon = serde_json::json!({
         "recipe": RECIPE_VERSION,
@@ -152,6 +153,12 @@ pub fn cache_key(spec: &Bootstrap, arch: Arch) -> String {
     if !spec.from_suite.is_empty() {
         canon["from_suite"] = serde_json::json!(spec.from_suite);
         canon["pin"] = pin_preferences(spec).into();
+    }
+    if !steps.is_empty() {
+        canon["steps"] = steps
+            .iter()
+            .map(|s| serde_json::json!([s.name, s.script]))
+            .collect();
     }
     h.update(canon.to_string().as_bytes());
     crate::hex(&h.finalize())
@@ -204,6 +211,21 @@ fn from_suite_args(spec: &Bootstrap) -> (Vec<String>, Vec<String>) {
     (lines, hooks)
 }
 
+/// mmdebstrap's customize hooks for the base steps: each says its name (a phase line the
+/// progress report shows) and runs in the tree with `sh -e`, as a layer's runner would run it.
+fn step_hooks(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| {
+            format!(
+                "--customize-hook=echo {} && chroot \"$1\" sh -e -c {}",
+                crate::exec::quote(&format!("I: imgbuild base step {}...", s.name)),
+                crate::exec::quote(&s.script)
+            )
+        })
+        .collect()
+}
+
 fn check(cancel: &AtomicBool) -> Result<(), BootstrapError> {
     if cancel.load(Ordering::SeqCst) {
         Err(BootstrapError::Interrupted)
@@ -217,6 +239,7 @@ fn check(cancel: &AtomicBool) -> Result<(), BootstrapError> {
 pub fn bootstrap(
     spec: &Bootstrap,
     arch: Arch,
+    steps: &[Step],
     work: &Path,
     out: &Path,
     debs: Option<&Path>,
@@ -254,7 +277,13 @@ pub fn bootstrap(
     if spec.recommends {
         c = c.arg("--aptopt=Apt::Install-Recommends \"true\"");
     }
-    c = c.arg(DEFER_INITRAMFS).arg(MAKE_INITRAMFS).args(&pin_hooks);
+    // The base steps run before the initramfs is made: what they install or purge may trigger
+    // it, which the deferral absorbs.
+    c = c
+        .arg(DEFER_INITRAMFS)
+        .args(step_hooks(steps))
+        .arg(MAKE_INITRAMFS)
+        .args(&pin_hooks);
     if let Some(d) = debs {
         // Shared downloads: the packages of earlier bootstraps go in, this one's come out
         // (before mmdebstrap empties the archive folder); essential packages are kept for it.
@@ -734,10 +763,62 @@ mod tests {
             ..Default::default()
         };
         let mut b = a.clone();
-        assert_eq!(cache_key(&a, Arch::Amd64), cache_key(&b, Arch::Amd64));
+        assert_eq!(
+            cache_key(&a, Arch::Amd64, &[]),
+            cache_key(&b, Arch::Amd64, &[])
+        );
         b.packages.push("docker.io".into());
-        assert_ne!(cache_key(&a, Arch::Amd64), cache_key(&b, Arch::Amd64));
-        assert_ne!(cache_key(&a, Arch::Amd64), cache_key(&a, Arch::Arm64));
+        assert_ne!(
+            cache_key(&a, Arch::Amd64, &[]),
+            cache_key(&b, Arch::Amd64, &[])
+        );
+        assert_ne!(
+            cache_key(&a, Arch::Amd64, &[]),
+            cache_key(&a, Arch::Arm64, &[])
+        );
+        let step = |script: &str| Step {
+            name: "s".into(),
+            script: script.into(),
+            offline: true,
+        };
+        assert_ne!(
+            cache_key(&a, Arch::Amd64, &[step("true")]),
+            cache_key(&a, Arch::Amd64, &[])
+        );
+        assert_ne!(
+            cache_key(&a, Arch::Amd64, &[step("true")]),
+            cache_key(&a, Arch::Amd64, &[step("false")])
+        );
+    }
+
+    #[test]
+    fn base_steps_run_in_the_tree_with_sh_e_and_say_their_name() {
+        let hooks = step_hooks(&[Step {
+            name: "keep-it".into(),
+            script: "echo 'it'\nexit 3\n".into(),
+            offline: true,
+        }]);
+        assert_eq!(hooks.len(), 1);
+        let cmd = hooks[0].strip_prefix("--customize-hook=").unwrap();
+        // Run as mmdebstrap runs a hook (`sh -c HOOK` with the tree as $1), with `chroot`
+        // a function that runs the rest in this shell: the script fails, so the hook does.
+        let dir = tempfile::tempdir().unwrap();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("chroot() {{ shift; \"$@\"; }}; {cmd}"))
+            .arg("sh")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(3), "{out}");
+        assert!(
+            out.starts_with("I: imgbuild base step keep-it...\nit\n"),
+            "{out}"
+        );
+        let mut p = Phase::default();
+        assert!(p.line(out.lines().next().unwrap()));
+        assert_eq!(p.phase, "imgbuild base step keep-it");
     }
 
     #[test]
@@ -748,12 +829,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(from_suite_args(&b), (vec![], vec![]));
-        let plain = cache_key(&b, Arch::Amd64);
+        let plain = cache_key(&b, Arch::Amd64, &[]);
         b.from_suite.insert(
             "trixie".into(),
             vec!["docker.io".into(), "docker-cli".into()],
         );
-        assert_ne!(cache_key(&b, Arch::Amd64), plain);
+        assert_ne!(cache_key(&b, Arch::Amd64, &[]), plain);
         assert!(b.has_package("docker-cli") && !b.has_package("docker-compose"));
         // The same preferences the docker feature gives a guest: the rest of trixie at 1.
         let pin = pin_preferences(&b);

@@ -18,6 +18,19 @@ pub struct TlsOptions {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub verify: bool,
+    /// Where the user sets these: what a TLS error tells them to change.
+    pub settings: TlsSettings,
+}
+
+/// Where the TLS options of a connection come from, so that an error names the setting to
+/// change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsSettings {
+    /// OpenStack: `cacert`, `cert` and `key` in clouds.yaml, or OS_CACERT, OS_CERT, OS_KEY.
+    #[default]
+    CloudsYaml,
+    /// The remote cache: AWS_CA_BUNDLE (no client certificate).
+    AwsEnv,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +100,7 @@ pub struct Http {
     download: ureq::Agent,
     timeout: Duration,
     pub retries: u32,
+    settings: TlsSettings,
 }
 
 /// What went wrong below HTTP, and whether trying again can help.
@@ -107,7 +121,7 @@ enum Failure {
 
 /// Classifies a ureq error. TLS failures arrive as I/O errors of kind InvalidData whose text
 /// comes from rustls (not a direct dependency here, so the text is what is matched).
-fn failure(e: &ureq::Error) -> Failure {
+fn failure(e: &ureq::Error, settings: TlsSettings) -> Failure {
     use std::io::ErrorKind as K;
     match e {
         ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
@@ -133,21 +147,30 @@ fn failure(e: &ureq::Error) -> Failure {
                 | K::NetworkUnreachable
                 | K::AddrNotAvailable => Failure::Connect(text.to_lowercase()),
                 K::TimedOut | K::WouldBlock => Failure::Timeout("no data moved".into()),
-                K::InvalidData => Failure::Tls(tls_message(&text)),
+                K::InvalidData => Failure::Tls(tls_message(&text, settings)),
                 _ => Failure::Broken(text.to_lowercase()),
             }
         }
-        ureq::Error::Tls(m) => Failure::Tls(tls_message(m)),
+        ureq::Error::Tls(m) => Failure::Tls(tls_message(m, settings)),
         _ => Failure::Other(e.to_string()),
     }
 }
 
-/// A TLS error in words that say what to change.
-fn tls_message(text: &str) -> String {
+/// A TLS error in words that say what to change, in the terms of where it is set.
+fn tls_message(text: &str, settings: TlsSettings) -> String {
+    let aws = settings == TlsSettings::AwsEnv;
     let hint = if text.contains("CertificateRequired") {
-        "; the server wants a client certificate: set `cert` and `key` in clouds.yaml (or OS_CERT and OS_KEY)"
+        if aws {
+            "; the server wants a client certificate, which imgbuild does not send to a remote cache"
+        } else {
+            "; the server wants a client certificate: set `cert` and `key` in clouds.yaml (or OS_CERT and OS_KEY)"
+        }
     } else if text.contains("HandshakeFailure") {
-        "; the server refused the handshake: it may want a client certificate (`cert` and `key` in clouds.yaml) or share no cipher"
+        if aws {
+            "; the server refused the handshake: it may want a client certificate or share no cipher"
+        } else {
+            "; the server refused the handshake: it may want a client certificate (`cert` and `key` in clouds.yaml) or share no cipher"
+        }
     } else if text.contains("BadCertificate")
         || text.contains("UnknownCA")
         || text.contains("CertificateUnknown")
@@ -155,7 +178,11 @@ fn tls_message(text: &str) -> String {
     {
         "; the server refused the client certificate (`cert`/`key`): not signed by a CA it trusts, or the key does not match"
     } else if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
-        "; the server's certificate is not trusted: set `cacert` in clouds.yaml (or OS_CACERT) to the CA bundle that signed it"
+        if aws {
+            "; the server's certificate is not trusted: set AWS_CA_BUNDLE to the CA bundle that signed it"
+        } else {
+            "; the server's certificate is not trusted: set `cacert` in clouds.yaml (or OS_CACERT) to the CA bundle that signed it"
+        }
     } else if text.contains("NotValidForName") {
         "; the server's certificate is not valid for this host name"
     } else {
@@ -306,6 +333,7 @@ impl Http {
             download,
             timeout,
             retries: 4,
+            settings: tls.settings,
         })
     }
 
@@ -323,7 +351,7 @@ impl Http {
 
     /// The error for a failed exchange, and whether to try again.
     fn transport(&self, method: &str, url: &str, e: &ureq::Error) -> (HttpError, bool) {
-        let f = failure(e);
+        let f = failure(e, self.settings);
         tracing::debug!(target: "exec", "{method} {}: {e:?} -> {f:?}", loggable(url));
         let (message, retry) = match f {
             Failure::Timeout(phase) => {
@@ -902,33 +930,50 @@ mod tests {
 
     #[test]
     fn tls_failures_say_what_to_change() {
-        let m = tls_message("invalid peer certificate: UnknownIssuer");
+        let os = TlsSettings::CloudsYaml;
+        let m = tls_message("invalid peer certificate: UnknownIssuer", os);
         assert!(m.contains("cacert"), "{m}");
-        let m = tls_message("received fatal alert: CertificateRequired");
+        let m = tls_message("received fatal alert: CertificateRequired", os);
         assert!(
             m.contains("client certificate") && m.contains("`cert`"),
             "{m}"
         );
-        let m = tls_message("received fatal alert: UnknownCA");
+        let m = tls_message("received fatal alert: UnknownCA", os);
         assert!(m.contains("refused the client certificate"), "{m}");
+        // The remote cache's settings are AWS's, and it sends no client certificate.
+        let aws = TlsSettings::AwsEnv;
+        let m = tls_message("invalid peer certificate: UnknownIssuer", aws);
+        assert!(
+            m.contains("AWS_CA_BUNDLE") && !m.contains("clouds.yaml"),
+            "{m}"
+        );
+        let m = tls_message("received fatal alert: CertificateRequired", aws);
+        assert!(!m.contains("clouds.yaml"), "{m}");
     }
 
     #[test]
     fn only_failures_that_may_pass_are_retried() {
         use std::io::{Error, ErrorKind};
         let io = |k: ErrorKind, m: &str| ureq::Error::Io(Error::new(k, m.to_string()));
-        let refused = failure(&io(ErrorKind::ConnectionRefused, "Connection refused"));
+        let os = TlsSettings::CloudsYaml;
+        let refused = failure(&io(ErrorKind::ConnectionRefused, "Connection refused"), os);
         assert!(matches!(refused, Failure::Connect(_)), "{refused:?}");
-        let reset = failure(&io(ErrorKind::ConnectionReset, "Connection reset by peer"));
+        let reset = failure(
+            &io(ErrorKind::ConnectionReset, "Connection reset by peer"),
+            os,
+        );
         assert!(matches!(reset, Failure::Broken(_)), "{reset:?}");
-        let tls = failure(&io(
-            ErrorKind::InvalidData,
-            "invalid peer certificate: UnknownIssuer",
-        ));
+        let tls = failure(
+            &io(
+                ErrorKind::InvalidData,
+                "invalid peer certificate: UnknownIssuer",
+            ),
+            os,
+        );
         assert!(matches!(tls, Failure::Tls(_)), "{tls:?}");
-        let t = failure(&ureq::Error::Timeout(ureq::Timeout::RecvResponse));
+        let t = failure(&ureq::Error::Timeout(ureq::Timeout::RecvResponse), os);
         assert_eq!(t, Failure::Timeout("no answer".into()));
-        let t = failure(&ureq::Error::Timeout(ureq::Timeout::Connect));
+        let t = failure(&ureq::Error::Timeout(ureq::Timeout::Connect), os);
         assert!(matches!(t, Failure::Connect(_)), "{t:?}");
         let http = Http::new(&TlsOptions::default(), Duration::from_secs(3)).unwrap();
         let (e, retry) = http.transport(

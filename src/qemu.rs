@@ -48,14 +48,14 @@ pub enum QemuError {
     NoFirmware(Arch),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,
     Tcg,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AccelChoice {
     pub accel: Accel,
     /// Why, in the user's terms: what was probed and what it found.
@@ -142,7 +142,19 @@ pub fn probe_accel(arch: Arch) -> AccelChoice {
                     reason: "IMGBUILD_ACCEL=kvm".into(),
                     detail: None,
                 },
-                _ => probe_kvm(arch),
+                _ => {
+                    let memo = ProbeMemo::for_this_boot(arch);
+                    match memo.as_ref().and_then(ProbeMemo::read) {
+                        Some(c) => c,
+                        None => {
+                            let c = probe_kvm(arch);
+                            if let Some(m) = &memo {
+                                m.write(&c);
+                            }
+                            c
+                        }
+                    }
+                }
             };
             if let Some(d) = &choice.detail {
                 tracing::debug!("KVM probe: {d}");
@@ -150,6 +162,70 @@ pub fn probe_accel(arch: Arch) -> AccelChoice {
             choice
         })
         .clone()
+}
+
+/// A KVM probe's answer, kept for the rest of this boot of the host: the probe boots firmware
+/// and waits up to 8 s for it, which every `imgbuild build` and `smoke` paid on a host whose
+/// KVM runs no guest. One file per user and arch in the temporary folder, used only while the
+/// host's boot id, /dev/kvm and the QEMU binary are what they were when it was written, and
+/// only if this user owns it. `IMGBUILD_ACCEL` still decides without a probe.
+struct ProbeMemo {
+    path: PathBuf,
+    stamp: String,
+}
+
+impl ProbeMemo {
+    fn for_this_boot(arch: Arch) -> Option<ProbeMemo> {
+        use std::os::unix::fs::MetadataExt;
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let qemu = crate::exec::which(qemu_binary(arch))?;
+        let q = std::fs::metadata(&qemu).ok()?;
+        let kvm = std::fs::metadata("/dev/kvm")
+            .map(|m| format!("{}:{}:{}", m.ino(), m.mode(), m.rdev()))
+            .unwrap_or_else(|_| "none".into());
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        Some(ProbeMemo {
+            path: std::env::temp_dir().join(format!("imgbuild-accel-{uid}-{arch}.json")),
+            stamp: format!(
+                "{} {} {}:{} {kvm}",
+                boot.trim(),
+                qemu.display(),
+                q.len(),
+                q.mtime()
+            ),
+        })
+    }
+
+    fn read(&self) -> Option<AccelChoice> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(&self.path).ok()?;
+        // SAFETY: as above.
+        if !m.is_file() || m.uid() != unsafe { libc::getuid() } {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()?;
+        if v["stamp"] != self.stamp.as_str() {
+            return None;
+        }
+        let c: AccelChoice = serde_json::from_value(v["choice"].clone()).ok()?;
+        tracing::debug!(
+            "KVM probe: the answer of an earlier run in this boot ({})",
+            self.path.display()
+        );
+        Some(c)
+    }
+
+    /// Best effort: a memo that cannot be written means the next run probes again.
+    fn write(&self, c: &AccelChoice) {
+        let body = serde_json::json!({"stamp": self.stamp, "choice": c}).to_string();
+        let dir = self.path.parent().unwrap_or(Path::new("/tmp"));
+        if let Ok(mut f) = tempfile::NamedTempFile::new_in(dir) {
+            if f.write_all(body.as_bytes()).is_ok() {
+                let _ = f.persist(&self.path);
+            }
+        }
+    }
 }
 
 /// Boots UEFI firmware under KVM and watches the serial console for the boot manager. On
@@ -921,6 +997,29 @@ pub fn qemu_version(arch: Arch) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_answer_is_reused_only_with_the_same_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = |stamp: &str| ProbeMemo {
+            path: dir.path().join("accel.json"),
+            stamp: stamp.into(),
+        };
+        assert_eq!(memo("boot-1").read(), None, "nothing probed yet");
+        let c = AccelChoice::tcg("no KVM here", Some("qemu said so".into()));
+        memo("boot-1").write(&c);
+        assert_eq!(memo("boot-1").read(), Some(c));
+        // Another boot, /dev/kvm or QEMU binary: probe again.
+        assert_eq!(memo("boot-2").read(), None);
+        std::fs::write(dir.path().join("accel.json"), "not json").unwrap();
+        assert_eq!(memo("boot-1").read(), None);
+        // This boot's real stamp names the boot and the QEMU binary.
+        if let Some(m) = ProbeMemo::for_this_boot(Arch::host()) {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+            assert!(m.stamp.starts_with(boot.trim()), "{}", m.stamp);
+            assert!(m.stamp.contains(qemu_binary(Arch::host())), "{}", m.stamp);
+        }
+    }
 
     #[test]
     fn the_accelerator_line_speaks_the_users_terms_and_keeps_qemus_text_for_v() {

@@ -236,6 +236,7 @@ impl Remote {
                 cert: None,
                 key: None,
                 verify: true,
+                settings: crate::http::TlsSettings::AwsEnv,
             },
             timeout,
         )?;

@@ -115,6 +115,15 @@ pub fn fragments(d: &Definition, arch: Arch) -> Vec<(&'static str, Fragment)> {
         .collect()
 }
 
+/// The steps of `d`'s enabled features that run at the end of its bootstrapped base on `arch`
+/// ([`Fragment::base_steps`]), in layer order. Empty when the base is no bootstrap.
+pub fn base_steps(d: &Definition, arch: Arch) -> Vec<Step> {
+    fragments(d, arch)
+        .into_iter()
+        .flat_map(|(_, fr)| fr.base_steps)
+        .collect()
+}
+
 /// The groups a launch-time user joins on an image of `d`.
 pub fn launch_groups(d: &Definition) -> Vec<&'static str> {
     enabled(d)
@@ -180,6 +189,11 @@ pub struct Fragment {
     pub apt_sources: Vec<(String, Value)>,
     pub files: Vec<WriteFile>,
     pub steps: Vec<Step>,
+    /// Steps that run at the end of a bootstrapped base (in its tree, natively, as mmdebstrap's
+    /// customize hooks) instead of in a layer: work on packages the base was made with that a
+    /// layer would do under emulation for nothing. A feature puts a step here only when the
+    /// image's base is a bootstrap with those packages (otherwise the step stays in `steps`).
+    pub base_steps: Vec<Step>,
 }
 
 impl Fragment {

@@ -221,6 +221,7 @@ pub fn cloud_from_entry(name: Option<&str>, e: &Value, base: &Path) -> Result<Cl
             cert: path("cert"),
             key: path("key"),
             verify,
+            settings: Default::default(),
         },
     })
 }
@@ -329,6 +330,7 @@ fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Cloud, AuthError> {
             cert: map("cert").map(PathBuf::from),
             key: map("key").map(PathBuf::from),
             verify: !insecure,
+            settings: Default::default(),
         },
     })
 }

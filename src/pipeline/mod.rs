@@ -310,9 +310,11 @@ fn base_stage(job: &Job, p: &mut Progress) -> Result<BaseImage, BuildError> {
         .base
         .get(&arch)
         .ok_or(BaseError::Missing(arch))?;
+    let steps = crate::features::base_steps(&job.r.definition, arch);
     let base = base::ensure(
         spec,
         arch,
+        &steps,
         &job.opts.cache,
         job.opts.remote.as_deref(),
         job.cancel,

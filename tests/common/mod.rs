@@ -69,6 +69,7 @@ pub struct TestCommand {
     args: Vec<OsString>,
     cwd: PathBuf,
     envs: Vec<(OsString, OsString)>,
+    removed: Vec<OsString>,
 }
 
 /// What a [`TestCommand`] printed, as text.
@@ -85,6 +86,7 @@ impl TestCommand {
             args: args.iter().map(|a| a.as_ref().to_os_string()).collect(),
             cwd: repo(),
             envs: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -115,6 +117,12 @@ impl TestCommand {
         self
     }
 
+    /// Without `k` from this process's environment (e.g. the host's AWS_CA_BUNDLE).
+    pub fn env_remove(mut self, k: impl AsRef<OsStr>) -> Self {
+        self.removed.push(k.as_ref().to_os_string());
+        self
+    }
+
     /// The command, to spawn or change further.
     pub fn command(&self) -> Command {
         let mut c = Command::new(bin());
@@ -124,8 +132,11 @@ impl TestCommand {
         c.args(&self.args)
             .current_dir(&self.cwd)
             .env("IMGBUILD_VENV", repo().join(".venv"))
-            .env_remove("IMGBUILD_IMAGES_DIR")
-            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+            .env_remove("IMGBUILD_IMAGES_DIR");
+        for k in &self.removed {
+            c.env_remove(k);
+        }
+        c.envs(self.envs.iter().map(|(k, v)| (k, v)));
         c
     }
 

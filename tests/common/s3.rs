@@ -12,6 +12,10 @@ use std::time::Duration;
 
 pub struct S3Store {
     pub endpoint: String,
+    /// The same store over HTTPS (a second Swift proxy with a certificate for 127.0.0.1
+    /// signed by `ca`, a private CA made for this run).
+    pub tls_endpoint: String,
+    pub ca: PathBuf,
     pub bucket: String,
     pub secret: String,
     pub state: PathBuf,
@@ -35,6 +39,9 @@ impl S3Store {
         std::fs::create_dir_all(&state).unwrap();
         let secret = super::random_secret();
         let port = free_port();
+        let tls_port = free_port();
+        let tls = state.join("tls");
+        super::openstack::make_certs(&tls);
         let mut cmd = Command::new("bash");
         cmd.arg(&script)
             .arg("start")
@@ -42,6 +49,10 @@ impl S3Store {
             .arg(&state)
             .env("S3_PORT", port.to_string())
             .env("S3_TEST_SECRET", &secret)
+            .env("S3_TLS_PORT", tls_port.to_string())
+            .env("S3_TLS_CERT", tls.join("server.pem"))
+            .env("S3_TLS_KEY", tls.join("server.key"))
+            .env("S3_TLS_CA", tls.join("ca.pem"))
             .stderr(Stdio::null());
         let (child, ready) = start_until_ready(cmd);
         assert!(ready, "swift did not start; logs in {}", state.display());
@@ -60,6 +71,8 @@ impl S3Store {
         let token = auth.header("X-Auth-Token").unwrap();
         let s = S3Store {
             endpoint,
+            tls_endpoint: format!("https://127.0.0.1:{tls_port}"),
+            ca: tls.join("ca.pem"),
             bucket: bucket.into(),
             secret,
             state,

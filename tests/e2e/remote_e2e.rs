@@ -7,6 +7,8 @@
 //!   same disk as A's;
 //! - a corrupted object is detected and not used: runner C rebuilds that layer and replaces the
 //!   remote entry, which runner D then fetches whole;
+//! - over HTTPS with a private CA given in AWS_CA_BUNDLE, runner E fetches every layer; without
+//!   the CA the store is not trusted: one warning naming AWS_CA_BUNDLE, a local build;
 //! - a read-only runner uploads nothing; a remote that does not answer is one warning and a
 //!   local build.
 
@@ -169,6 +171,61 @@ fn a_second_runner_fetches_every_layer_and_a_corrupt_or_silent_remote_means_a_lo
     assert!(layers(&d).iter().all(|l| l.1 && l.2), "{d:#}");
     assert!(!d_err.contains("warning"), "{d_err}");
 
+    // Over HTTPS with the store's private CA in AWS_CA_BUNDLE: runner B's cache without its
+    // layers fetches them all again, checked, without a warning.
+    std::fs::remove_dir_all(b_cache.path().join("layers")).unwrap();
+    let e_out = tempfile::tempdir().unwrap();
+    let mut e = TestCommand::new(&["--json", "build", IMAGE, "--no-smoke"])
+        .images_dir(fixtures())
+        .cache_dir(b_cache.path())
+        .arg("--cache-remote")
+        .arg(url)
+        .arg("--version")
+        .arg("re")
+        .arg("--out")
+        .arg(e_out.path());
+    for (k, v) in s3.env() {
+        e = e.env(k, v);
+    }
+    let ran = e
+        .env("AWS_ENDPOINT_URL", &s3.tls_endpoint)
+        .env("AWS_CA_BUNDLE", &s3.ca)
+        .expect(0);
+    assert!(!ran.stderr.contains("warning"), "{}", ran.stderr);
+    let em: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert!(layers(&em).iter().all(|l| l.1 && l.2), "{em:#}");
+    // Without the CA the store's certificate is not trusted: one warning naming the setting
+    // to change, and the build goes on with the local cache.
+    let mut f = TestCommand::new(&["--json", "build", IMAGE, "--no-smoke"])
+        .images_dir(fixtures())
+        .cache_dir(b_cache.path())
+        .arg("--cache-remote")
+        .arg(url)
+        .arg("--version")
+        .arg("rg")
+        .arg("--out")
+        .arg(e_out.path());
+    for (k, v) in s3.env() {
+        f = f.env(k, v);
+    }
+    let ran = f
+        .env("AWS_ENDPOINT_URL", &s3.tls_endpoint)
+        .env_remove("AWS_CA_BUNDLE")
+        .expect(0);
+    assert_eq!(
+        ran.stderr.matches("cannot be used").count(),
+        1,
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains("not trusted") && ran.stderr.contains("AWS_CA_BUNDLE"),
+        "{}",
+        ran.stderr
+    );
+    let fm: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert!(layers(&fm).iter().all(|l| l.1 && !l.2), "{fm:#}");
+
     // Read-only (an untrusted branch): a runner with layers the remote lacks shares none.
     let before = s3.list("ro/");
     let (_, _) = build(
@@ -199,7 +256,7 @@ fn a_second_runner_fetches_every_layer_and_a_corrupt_or_silent_remote_means_a_lo
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
         .expect(0);
     assert_eq!(
-        ran.stderr.matches("does not answer").count(),
+        ran.stderr.matches("cannot be used").count(),
         1,
         "{}",
         ran.stderr

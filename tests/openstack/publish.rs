@@ -978,6 +978,7 @@ fn a_glance_that_requires_a_client_certificate() {
             cert: Some(tls.join("client.pem")),
             key: Some(tls.join("client.key")),
             verify: true,
+            ..Default::default()
         },
         std::time::Duration::from_secs(30),
     )

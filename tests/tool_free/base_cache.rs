@@ -69,6 +69,7 @@ fn fetch(
     ensure(
         &spec(url, checksum),
         Arch::Amd64,
+        &[],
         cache,
         None,
         &AtomicBool::new(interrupted),
@@ -95,6 +96,7 @@ fn http_download_is_verified_and_cached_by_content() {
     let b = ensure(
         &spec(&url, &format!("sha256:{sha}")),
         Arch::Amd64,
+        &[],
         cache.path(),
         None,
         &never,
@@ -113,6 +115,7 @@ fn http_download_is_verified_and_cached_by_content() {
     let again = ensure(
         &spec("http://127.0.0.1:9/unreachable", &format!("sha256:{sha}")),
         Arch::Amd64,
+        &[],
         cache.path(),
         None,
         &never,
@@ -137,6 +140,7 @@ fn file_url_and_sha512_work() {
             &format!("sha512:{sha512}"),
         ),
         Arch::Amd64,
+        &[],
         cache.path(),
         None,
         &AtomicBool::new(false),
@@ -211,6 +215,7 @@ fn two_builds_asking_for_the_same_base_at_once_fetch_it_once() {
             ensure(
                 &spec(&url, &format!("sha256:{sha}")),
                 Arch::Amd64,
+                &[],
                 cache.path(),
                 None,
                 &never,
@@ -233,6 +238,7 @@ fn two_builds_asking_for_the_same_base_at_once_fetch_it_once() {
             let b = ensure(
                 &spec(&url, &format!("sha256:{sha}")),
                 Arch::Amd64,
+                &[],
                 cache.path(),
                 None,
                 &never,

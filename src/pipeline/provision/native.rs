@@ -217,11 +217,12 @@ fn writable(remote: Option<&crate::remote::Remote>) -> Option<&crate::remote::Re
     remote.filter(|r| r.is_up() && !r.config.read_only)
 }
 
-/// One warning per run when the remote does not answer; the run goes on locally.
+/// One warning per run when the remote cannot be used (no answer, TLS refused); the run goes on
+/// locally.
 fn warn_down(remote: &crate::remote::Remote, e: &crate::remote::RemoteError, p: &mut Progress) {
     if remote.mark_down() {
         p.line(&format!(
-            "warning: the remote cache {} does not answer ({e}): this build makes its layers locally",
+            "warning: the remote cache {} cannot be used ({e}): this build makes its layers locally",
             remote.config.url
         ));
     }
