@@ -254,6 +254,14 @@ mod tests {
         d
     }
 
+    fn nvidia_step(fr: &Fragment) -> &str {
+        &fr.steps
+            .iter()
+            .find(|s| s.name == "20-nvidia")
+            .unwrap()
+            .script
+    }
+
     #[test]
     fn ubuntu_gets_canonicals_prebuilt_signed_modules_on_one_branch() {
         let n = Nvidia::default();
@@ -274,12 +282,7 @@ mod tests {
                 "nvidia-container-toolkit"
             ]
         );
-        let step = &fr
-            .steps
-            .iter()
-            .find(|s| s.name == "20-nvidia")
-            .unwrap()
-            .script;
+        let step = nvidia_step(&fr);
         assert!(step.contains("modinfo -k"), "{step}");
         assert!(step.find("modinfo").unwrap() < step.find("update-initramfs").unwrap());
     }
@@ -296,12 +299,7 @@ mod tests {
         let fr = fragment(&d, &n, Arch::Amd64);
         assert!(fr.packages.contains(&"nvidia-driver".to_string()));
         assert!(!fr.packages.iter().any(|p| p.contains("no-dkms")));
-        let step = &fr
-            .steps
-            .iter()
-            .find(|s| s.name == "20-nvidia")
-            .unwrap()
-            .script;
+        let step = nvidia_step(&fr);
         assert!(!step.contains("modinfo -k \"${k##*/}\" nvidia >"), "{step}");
         // The DKMS-built module is kept as a package that stands in for nvidia-kernel-dkms,
         // and DKMS with what built the module is purged before the initramfs is remade.
@@ -333,12 +331,7 @@ mod tests {
         let fr = fragment(&d, &n, Arch::Amd64);
         assert_eq!(fr.base_steps.len(), 1);
         assert_eq!(fr.base_steps[0].script, DEBIAN_KEEP_MODULE_DROP_DKMS);
-        let step = &fr
-            .steps
-            .iter()
-            .find(|s| s.name == "20-nvidia")
-            .unwrap()
-            .script;
+        let step = nvidia_step(&fr);
         assert!(!step.contains("dkms"), "{step}");
         assert!(step.contains("update-initramfs -u"), "{step}");
         // Another arch's base (none here) keeps the whole step in its layer.

@@ -218,7 +218,7 @@ fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildE
         remote: opts.remote.as_deref(),
     };
     let provisioned = job.provisioner.provision(&input, p)?;
-    p.done("hygiene done, powered off");
+    p.done(&provision_summary(&provisioned.layers));
 
     p.stage("compact");
     let file = format!(
@@ -288,6 +288,31 @@ fn run_stages(job: &Job, p: &mut Progress) -> Result<(Manifest, PathBuf), BuildE
     });
     manifest::write(&m, &stage_dir)?;
     Ok((m, stage_dir))
+}
+
+/// The provision stage's line: what was built, booted or reused (a build whose layers all came
+/// from a cache booted nothing and says so; Packer's one boot has no layers).
+fn provision_summary(layers: &[provision::LayerRecord]) -> String {
+    let n = layers.len();
+    let built: Vec<_> = layers.iter().filter(|l| !l.cached).collect();
+    let remote = layers.iter().filter(|l| l.remote).count();
+    let from_remote = if remote > 0 {
+        format!(", {remote} fetched from the remote cache")
+    } else {
+        String::new()
+    };
+    if n == 0 {
+        "hygiene done, powered off".into()
+    } else if built.is_empty() {
+        format!("all {n} layers reused{from_remote}: nothing booted")
+    } else {
+        let booted = built.iter().filter(|l| !l.boot_free).count();
+        format!(
+            "{} of {n} layers built ({booted} in a full boot, {} boot-free){from_remote}, hygiene done, powered off",
+            built.len(),
+            built.len() - booted
+        )
+    }
 }
 
 /// Renders the definition into the work folder (`rendered/`).
@@ -365,5 +390,43 @@ fn layer_plan(
         provision::layers::single(&base.sha256, rendered, &settings)
     } else {
         provision::layers::plan(&base.sha256, rendered, &settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use provision::LayerRecord;
+
+    fn layer(name: &str, cached: bool, boot_free: bool, remote: bool) -> LayerRecord {
+        LayerRecord {
+            name: name.into(),
+            key: "k".into(),
+            cached,
+            seconds: 0.0,
+            built_for: None,
+            boot_free,
+            remote,
+        }
+    }
+
+    #[test]
+    fn the_provision_line_says_what_was_built_booted_or_reused() {
+        assert_eq!(provision_summary(&[]), "hygiene done, powered off");
+        assert_eq!(
+            provision_summary(&[
+                layer("features", true, false, true),
+                layer("image", true, true, false)
+            ]),
+            "all 2 layers reused, 1 fetched from the remote cache: nothing booted"
+        );
+        assert_eq!(
+            provision_summary(&[
+                layer("features", true, false, false),
+                layer("image", false, false, false),
+                layer("stack", false, true, false)
+            ]),
+            "2 of 3 layers built (1 in a full boot, 1 boot-free), hygiene done, powered off"
+        );
     }
 }

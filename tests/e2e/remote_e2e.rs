@@ -20,16 +20,10 @@ use std::path::Path;
 
 const IMAGE: &str = "e2e-par-a";
 
-/// `imgbuild --json build IMAGE --no-smoke` with `cache` and the remote `url` of `s3`.
-fn build(
-    s3: &S3Store,
-    url: &str,
-    cache: &Path,
-    version: &str,
-    out: &Path,
-    extra: &[&str],
-) -> (serde_json::Value, String) {
-    let mut c = TestCommand::new(&["--json", "-v", "build", IMAGE, "--no-smoke"])
+/// A runner: `imgbuild --json build IMAGE --no-smoke` with `cache` and the remote `url` of
+/// `s3`, its endpoint and keys in the environment.
+fn runner(s3: &S3Store, url: &str, cache: &Path, version: &str, out: &Path) -> TestCommand {
+    let mut c = TestCommand::new(&["--json", "build", IMAGE, "--no-smoke"])
         .images_dir(fixtures())
         .cache_dir(cache)
         .arg("--cache-remote")
@@ -38,11 +32,24 @@ fn build(
         .arg(version)
         .arg("--out")
         .arg(out);
-    for a in extra {
-        c = c.arg(a);
-    }
     for (k, v) in s3.env() {
         c = c.env(k, v);
+    }
+    c
+}
+
+/// [`runner`] with `-v` and `extra` arguments, run: it must pass and log no secret.
+fn build(
+    s3: &S3Store,
+    url: &str,
+    cache: &Path,
+    version: &str,
+    out: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, String) {
+    let mut c = runner(s3, url, cache, version, out).arg("-v");
+    for a in extra {
+        c = c.arg(a);
     }
     let o = c.output();
     let (stdout, stderr) = text(&o);
@@ -175,19 +182,7 @@ fn a_second_runner_fetches_every_layer_and_a_corrupt_or_silent_remote_means_a_lo
     // layers fetches them all again, checked, without a warning.
     std::fs::remove_dir_all(b_cache.path().join("layers")).unwrap();
     let e_out = tempfile::tempdir().unwrap();
-    let mut e = TestCommand::new(&["--json", "build", IMAGE, "--no-smoke"])
-        .images_dir(fixtures())
-        .cache_dir(b_cache.path())
-        .arg("--cache-remote")
-        .arg(url)
-        .arg("--version")
-        .arg("re")
-        .arg("--out")
-        .arg(e_out.path());
-    for (k, v) in s3.env() {
-        e = e.env(k, v);
-    }
-    let ran = e
+    let ran = runner(&s3, url, b_cache.path(), "re", e_out.path())
         .env("AWS_ENDPOINT_URL", &s3.tls_endpoint)
         .env("AWS_CA_BUNDLE", &s3.ca)
         .expect(0);
@@ -196,19 +191,7 @@ fn a_second_runner_fetches_every_layer_and_a_corrupt_or_silent_remote_means_a_lo
     assert!(layers(&em).iter().all(|l| l.1 && l.2), "{em:#}");
     // Without the CA the store's certificate is not trusted: one warning naming the setting
     // to change, and the build goes on with the local cache.
-    let mut f = TestCommand::new(&["--json", "build", IMAGE, "--no-smoke"])
-        .images_dir(fixtures())
-        .cache_dir(b_cache.path())
-        .arg("--cache-remote")
-        .arg(url)
-        .arg("--version")
-        .arg("rg")
-        .arg("--out")
-        .arg(e_out.path());
-    for (k, v) in s3.env() {
-        f = f.env(k, v);
-    }
-    let ran = f
+    let ran = runner(&s3, url, b_cache.path(), "rg", e_out.path())
         .env("AWS_ENDPOINT_URL", &s3.tls_endpoint)
         .env_remove("AWS_CA_BUNDLE")
         .expect(0);
@@ -239,20 +222,8 @@ fn a_second_runner_fetches_every_layer_and_a_corrupt_or_silent_remote_means_a_lo
     assert!(before.is_empty() && s3.list("ro/").is_empty());
 
     // A remote that does not answer: one warning, the build goes on with the local cache.
-    let mut silent = TestCommand::new(&["--json", "build", IMAGE, "--no-smoke"])
-        .images_dir(fixtures())
-        .cache_dir(e2e_cache())
-        .arg("--cache-remote")
-        .arg(url)
-        .arg("--version")
-        .arg("rf")
-        .arg("--out")
-        .arg(out.path());
-    for (k, v) in s3.env() {
-        silent = silent.env(k, v);
-    }
     let closed = common::openstack::free_port();
-    let ran = silent
+    let ran = runner(&s3, url, &e2e_cache(), "rf", out.path())
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
         .expect(0);
     assert_eq!(
