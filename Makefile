@@ -53,9 +53,11 @@ lint:
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 ## The test suite: unit tests and end-to-end tests against the real tools (the desktop twin's
-## end-to-end test runs beside the rest; see scripts/test.sh).
-test: host-tools
-	CARGO=$(CARGO) bash scripts/test.sh
+## end-to-end test runs beside the rest; see scripts/test.sh, which installs the venvs and
+## gitlab-ci-local while the tests compile).
+test:
+	bash scripts/install-host-tools.sh
+	CARGO=$(CARGO) MAKE="$(MAKE)" bash scripts/test.sh
 
 ## One tier at a time (README, "Tests"): the binary with the validators, no VM (plus the unit
 ## tests); real builds and boots; a real Keystone + Glance.

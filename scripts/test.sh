@@ -8,7 +8,7 @@
 #   and Glance) and the tool-free tier, which need little CPU beside the VMs;
 # - background 2, one after the other: the Kolla twin's end-to-end test (its build, smoke and
 #   kolla-ansible's prechecks in the lab shape), the second longest, then the Packer backend's
-#   (a Packer build and two smoke boots), which ended the foreground's run before (the run of
+#   (a Packer build and one smoke boot), which ended the foreground's run before (the run of
 #   2026-11-29 19:38: Kolla done at 38 min, the foreground at 73 with Packer's 21 minutes in it).
 # The background streams run the test binaries directly (no second cargo holding the build
 # lock); their output lands in target/background-tests.log and target/kolla-tests.log and is
@@ -20,6 +20,15 @@ CARGO=${CARGO:-cargo}
 DESKTOP_TEST=desktop_e2e::debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user
 KOLLA_TEST=kolla_e2e::debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks
 PACKER_TEST=build_e2e::packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke
+
+mkdir -p target
+echo "== scripts/test.sh starts at $(date +%T): compiling the tests, installing the test tools"
+# The validators' venv, the test stacks' venvs and gitlab-ci-local (`make host-tools` but the
+# apt packages, which the Makefile's `test` installs first): mostly downloads, made while cargo
+# compiles the tests instead of before (minutes of a CI run).
+tools_log=target/tools-install.log
+"${MAKE:-make}" -j4 venv openstack-venv kolla-venv s3-venv gitlab-ci-local >"$tools_log" 2>&1 &
+tools=$!
 
 set -e
 bins=$("$CARGO" test --locked --no-run --message-format=json \
@@ -40,6 +49,12 @@ bin() {
   fi
   echo "$b"
 }
+if ! wait "$tools"; then
+  cat "$tools_log" >&2
+  echo "scripts/test.sh: installing the test tools failed (log above: $tools_log)" >&2
+  exit 1
+fi
+echo "== compiled and installed at $(date +%T)"
 e2e=$(bin e2e) || exit 1
 openstack=$(bin openstack) || exit 1
 tool_free=$(bin tool_free) || exit 1
@@ -52,7 +67,6 @@ stamp() {
   done
 }
 
-mkdir -p target
 log=target/background-tests.log
 kolla_log=target/kolla-tests.log
 echo "== in the background: desktop_e2e, then the openstack and tool-free tiers (log: $log)"

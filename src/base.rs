@@ -56,6 +56,9 @@ pub struct BaseImage {
     pub cache_hit: bool,
     /// Fetched from the remote cache by this build.
     pub remote: bool,
+    /// The names of the base steps run at the end of the bootstrap (features'
+    /// `base_steps`; none for a cloud image).
+    pub steps: Vec<String>,
 }
 
 /// One entry of the base cache: `path` and its `.sha256` sidecar, made under the entry's lock
@@ -121,6 +124,7 @@ pub fn ensure(
                 sha256,
                 cache_hit,
                 remote: false,
+                steps: Vec::new(),
             })
         }
         Base::Bootstrap(b) => {
@@ -162,6 +166,7 @@ pub fn ensure(
                 sha256,
                 cache_hit,
                 remote: fetched,
+                steps: steps.iter().map(|s| s.name.clone()).collect(),
             })
         }
     }

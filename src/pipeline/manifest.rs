@@ -54,6 +54,10 @@ pub struct BaseRef {
     /// Fetched from the remote cache by this build (instead of downloaded or bootstrapped).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remote: bool,
+    /// Steps of the image's features that ran at the end of the bootstrap instead of in a
+    /// layer (e.g. the Debian NVIDIA driver's: keep DKMS's module, purge DKMS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -148,6 +152,7 @@ pub fn assemble(p: Parts) -> Manifest {
             source: p.base.source.clone(),
             sha256: p.base.sha256.clone(),
             remote: p.base.remote,
+            steps: p.base.steps.clone(),
         },
         definition_sha256: crate::hex(&Sha256::digest(&definition_json)),
         rendered_sha256: p.rendered.digest(),

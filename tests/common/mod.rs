@@ -319,6 +319,7 @@ pub fn fake_build(dist: &Path, b: FakeBuild) -> PathBuf {
             source: "mmdebstrap bookworm".into(),
             sha256: "0".repeat(64),
             remote: false,
+            steps: Vec::new(),
         },
         definition_sha256: "0".repeat(64),
         rendered_sha256: "0".repeat(64),

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The Debian desktop twin (images/debian12-desktop-ai.yaml), what issues 18 and 19 ask of it,
+# in one run on this machine (TCG):
+#   full          a full build from an empty cache: mmdebstrap base, layers, smoke (issue 18's
+#                 target: <= 25 min)
+#   stack-change  a change to the compose stack (one variable in compose.yaml), rebuilt on that
+#                 cache without smoke: only the stack layer is made (target: <= 30 s of
+#                 provisioning; the layer's own seconds are printed from the manifest)
+#   second-image  an image extending the twin by one script (debian12-desktop-ai-extra): the
+#                 twin's layers reused, 0 s each
+#   upload        the first runner, given the remote cache, shares its base and layers (Swift
+#                 with its S3 API on 127.0.0.1, scripts/s3-test-stack.sh)
+#   with-remote   a second runner with an empty cache builds the twin with the remote cache
+#                 (issue 19: compare with `full` less its smoke)
+#   packer        with PACKER=1: `--backend packer` on the same definition, one boot, from the
+#                 same (cached) base, no smoke
+# Results: bench/results/desktop.tsv (label, wall seconds, peak RSS KiB of the largest process)
+# and the layers of each build.
+#   bench/desktop.sh          (needs: make host-tools; ~35 min, ~45 with PACKER=1)
+set -euo pipefail
+source "$(dirname "$0")/common.sh" desktop
+image=debian12-desktop-ai
+
+# The catalog and its compose projects, copied: the benchmark edits them.
+cp -a images "$work/images"
+cp -a compose "$work/compose"
+dir="$work/images"
+cat >"$dir/$image-extra.yaml" <<'EOF'
+extends: debian12-desktop-ai
+description: The desktop twin and one more script (bench/desktop.sh, a second image)
+scripts:
+  - name: extra-marker
+    offline: true
+    run: echo "a second image" > /etc/imgbuild-extra
+EOF
+
+venv="$PWD/target/s3-venv"
+bash scripts/s3-test-stack.sh install "$venv"
+secret=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+port=18089
+state="$work/s3"
+mkdir -p "$state"
+S3_PORT=$port S3_TEST_SECRET=$secret bash scripts/s3-test-stack.sh start "$venv" "$state" >"$work/s3.out" 2>&1 &
+s3_pid=$!
+trap 'kill $s3_pid 2>/dev/null; wait $s3_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 120); do grep -q READY "$work/s3.out" 2>/dev/null && break; sleep 1; done
+grep -q READY "$work/s3.out" || { cat "$work/s3.out"; exit 1; }
+auth=$(curl -sfi -H "X-Auth-User: test:tester" -H "X-Auth-Key: $secret" "http://127.0.0.1:$port/auth/v1.0")
+token=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$auth" | tr -d '\r')
+storage=$(awk -F': ' 'tolower($1)=="x-storage-url"{print $2}' <<<"$auth" | tr -d '\r')
+curl -sf -X PUT -H "X-Auth-Token: $token" "$storage/bench" >/dev/null
+export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID="test:tester" AWS_SECRET_ACCESS_KEY="$secret"
+unset AWS_CA_BUNDLE
+remote=s3://bench/desktop
+
+layers() { # label: the last build's base and layers (reused or built, boot-free or not, seconds)
+  python3 -c '
+import json, sys
+m = json.load(open(sys.argv[1]))
+ls = " ".join("%s=%s" % (l["name"], ("fetched" if l.get("remote") else "reused") if l["cached"]
+              else "built %.0fs %s" % (l["seconds"], "boot-free" if l.get("boot_free") else "full-boot"))
+              for l in m["layers"])
+smoke = m.get("smoke") or {}
+print("  %s: base %s%s; %s%s" % (sys.argv[2], m["base"]["kind"], " (remote)" if m["base"].get("remote") else "",
+      ls, "; smoke %s checks in %.0f s" % (smoke.get("checks"), smoke.get("boot_seconds", 0)) if smoke else ""))' "$work/out.json" "$1" | tee -a "$work/layers.txt"
+}
+b() { # label cache args...: a build of the twin (or the given image) into $work/dist
+  local label=$1 cache=$2; shift 2
+  measure "$label" "$cache" "$imgbuild" -q --json --images-dir "$dir" build --version "$label" --out "$work/dist" "$@"
+  layers "$label"
+}
+
+echo "# $(date -u +%FT%TZ) $image, $(nproc) cores, commit $(git rev-parse --short HEAD)" | tee -a "$out"
+a="$work/cache-a"; c="$work/cache-b"
+mkdir -p "$a" "$c"
+b full "$a" "$image"
+# The stack changes: Ollama keeps models loaded longer (one variable of one service).
+sed -i 's/^      OLLAMA_HOST: 0.0.0.0:11434$/      OLLAMA_HOST: 0.0.0.0:11434\n      OLLAMA_KEEP_ALIVE: 10m/' \
+  "$work/compose/ai-stack/compose.yaml"
+grep -q 'OLLAMA_KEEP_ALIVE: 10m' "$work/compose/ai-stack/compose.yaml"
+b stack-change "$a" "$image" --no-smoke
+b second-image "$a" "$image-extra" --no-smoke
+b upload "$a" "$image" --no-smoke --cache-remote "$remote"
+b with-remote "$c" "$image" --no-smoke --cache-remote "$remote"
+if [ "${PACKER:-0}" = 1 ]; then
+  b packer "$a" "$image" --no-smoke --backend packer
+fi
+echo "layers:"
+cat "$work/layers.txt"
