@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# `make test`: every test of the crate, in three streams side by side, so that the two longest
+# `make test`: every test of the crate, in four streams side by side, so that the longest
 # tests start at once instead of one of them ending the run alone on one core:
 # - the foreground: the unit tests and the e2e tier with two test threads (real builds and
-#   boots), without the two tests below;
-# - background 1, one after the other: the desktop twin's end-to-end test (a desktop built and
-#   smoke-booted under TCG, the longest test by far), then the openstack tier (a real Keystone
-#   and Glance) and the tool-free tier, which need little CPU beside the VMs;
+#   boots), without the three tests below;
+# - background 1: the desktop twin's end-to-end test (a desktop built and smoke-booted under
+#   TCG, the longest test by far);
 # - background 2, one after the other: the Kolla twin's end-to-end test (its build, smoke and
 #   kolla-ansible's prechecks in the lab shape), the second longest, then the Packer backend's
-#   (a Packer build and one smoke boot), which ended the foreground's run before (the run of
-#   2026-11-29 19:38: Kolla done at 38 min, the foreground at 73 with Packer's 21 minutes in it).
+#   (a Packer build and one smoke boot);
+# - background 3: the openstack tier (a real Keystone and Glance) and the tool-free tier, little
+#   CPU beside the VMs; they ran after the desktop test before, 9 minutes at the end of the
+#   longest stream (the run of 2026-11-29 19:38).
+# Before the streams: the tests compile while the venvs and gitlab-ci-local install.
 # The background streams run the test binaries directly (no second cargo holding the build
-# lock); their output lands in target/background-tests.log and target/kolla-tests.log and is
-# printed at the end. Every line of every stream carries the time it was printed, so that a
-# slow run shows which test took it. The exit code is non-zero if any stream failed.
+# lock); their output lands in target/background-tests.log, target/kolla-tests.log and
+# target/tiers-tests.log and is printed at the end. Every line of every stream carries the time
+# it was printed, so that a slow run shows which test took it. The exit code is non-zero if any
+# stream failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -69,34 +72,42 @@ stamp() {
 
 log=target/background-tests.log
 kolla_log=target/kolla-tests.log
-echo "== in the background: desktop_e2e, then the openstack and tool-free tiers (log: $log)"
-(
-  {
-    failed=0
-    echo "== desktop_e2e"
-    "$e2e" --exact "$DESKTOP_TEST" || failed=1
-    echo "== openstack tier"
-    "$openstack" --test-threads=2 || failed=1
-    echo "== tool-free tier"
-    "$tool_free" || failed=1
-    exit $failed
-  } 2>&1 | stamp
-  exit "${PIPESTATUS[0]}"
-) >"$log" &
+tiers_log=target/tiers-tests.log
+desktop_stream() {
+  local failed=0
+  echo "== desktop_e2e"
+  "$e2e" --exact "$DESKTOP_TEST" || failed=1
+  return $failed
+}
+kolla_stream() {
+  local failed=0
+  echo "== kolla_e2e"
+  "$e2e" --exact "$KOLLA_TEST" || failed=1
+  echo "== packer backend"
+  "$e2e" --exact "$PACKER_TEST" || failed=1
+  return $failed
+}
+tiers_stream() {
+  local failed=0
+  echo "== openstack tier"
+  "$openstack" --test-threads=2 || failed=1
+  echo "== tool-free tier"
+  "$tool_free" || failed=1
+  return $failed
+}
+# start_stream LOG FUNCTION: FUNCTION in the background, its output time-stamped into LOG.
+start_stream() {
+  ( "$2" 2>&1 | stamp; exit "${PIPESTATUS[0]}" ) >"$1" &
+}
+echo "== in the background: desktop_e2e (log: $log)"
+start_stream "$log" desktop_stream
 background_pid=$!
 echo "== in the background: kolla_e2e, then the Packer backend's test (log: $kolla_log)"
-(
-  {
-    failed=0
-    echo "== kolla_e2e"
-    "$e2e" --exact "$KOLLA_TEST" || failed=1
-    echo "== packer backend"
-    "$e2e" --exact "$PACKER_TEST" || failed=1
-    exit $failed
-  } 2>&1 | stamp
-  exit "${PIPESTATUS[0]}"
-) >"$kolla_log" &
+start_stream "$kolla_log" kolla_stream
 kolla_pid=$!
+echo "== in the background: the openstack and tool-free tiers (log: $tiers_log)"
+start_stream "$tiers_log" tiers_stream
+tiers_pid=$!
 # A stopped `make test` stops the background tests too: every process below each stream
 # (test binaries, imgbuild, QEMU) gets SIGTERM.
 descendants() {
@@ -108,7 +119,7 @@ descendants() {
 }
 stop_background() {
   local p
-  for p in $background_pid $kolla_pid; do
+  for p in $background_pid $kolla_pid $tiers_pid; do
     kill -TERM $(descendants "$p") "$p" 2>/dev/null
   done
 }
@@ -122,12 +133,16 @@ wait "$background_pid"
 background=$?
 wait "$kolla_pid"
 kolla=$?
+wait "$tiers_pid"
+tiers=$?
 trap - INT TERM EXIT
-echo "== background tests (exit $background):"
+echo "== desktop test (exit $background):"
 cat "$log"
 echo "== kolla and packer tests (exit $kolla):"
 cat "$kolla_log"
-if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ] || [ "$kolla" -ne 0 ]; then
-  echo "== tests failed: the foreground exited $rest, the background $background, kolla $kolla" >&2
+echo "== openstack and tool-free tiers (exit $tiers):"
+cat "$tiers_log"
+if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ] || [ "$kolla" -ne 0 ] || [ "$tiers" -ne 0 ]; then
+  echo "== tests failed: the foreground exited $rest, the desktop $background, kolla $kolla, the tiers $tiers" >&2
   exit 1
 fi
