@@ -462,3 +462,24 @@ fn the_ubuntu_flagship_renders_each_step_as_upstream_documents_it() {
         );
     }
 }
+
+/// The e2e image's bootstrap base is the Kolla twin's, key for key (the same inputs, the same
+/// base steps): one mmdebstrap serves both in a test run (tests/fixtures/images/e2e.yaml).
+#[test]
+fn the_e2e_image_and_the_kolla_twin_share_one_bootstrap_base() {
+    use imgbuild::definition::{Arch, Catalog};
+    let key = |images: std::path::PathBuf, name: &str| {
+        let r = Catalog::new(images).load_checked(name).unwrap();
+        let d = &r.definition;
+        let b = d.base[&Arch::Amd64]
+            .bootstrap
+            .clone()
+            .expect("a bootstrap base");
+        let steps = imgbuild::features::base_steps(d, Arch::Amd64);
+        imgbuild::bootstrap::cache_key(&b, Arch::Amd64, &steps)
+    };
+    assert_eq!(
+        key(fixtures(), "e2e"),
+        key(repo().join("images"), "debian12-kolla-node")
+    );
+}
