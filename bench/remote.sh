@@ -11,22 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 image="${1:-debian12-desktop-ai}"
 source bench/common.sh remote
-venv="$PWD/target/s3-venv"
-bash scripts/s3-test-stack.sh install "$venv"
-secret=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
-port=18089
-state="$work/s3"
-mkdir -p "$state"
-S3_PORT=$port S3_TEST_SECRET=$secret bash scripts/s3-test-stack.sh start "$venv" "$state" >"$work/s3.out" 2>&1 &
-s3_pid=$!
-trap 'kill $s3_pid 2>/dev/null; wait $s3_pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 120); do grep -q READY "$work/s3.out" 2>/dev/null && break; sleep 1; done
-grep -q READY "$work/s3.out" || { cat "$work/s3.out"; exit 1; }
-auth=$(curl -sfi -H "X-Auth-User: test:tester" -H "X-Auth-Key: $secret" "http://127.0.0.1:$port/auth/v1.0")
-token=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$auth" | tr -d '\r')
-storage=$(awk -F': ' 'tolower($1)=="x-storage-url"{print $2}' <<<"$auth" | tr -d '\r')
-curl -sf -X PUT -H "X-Auth-Token: $token" "$storage/bench" >/dev/null
-export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID="test:tester" AWS_SECRET_ACCESS_KEY="$secret"
+s3_store bench
 remote=s3://bench/site
 
 echo "# $(date -u +%FT%TZ) $image, $(nproc) cores, commit $(git rev-parse --short HEAD)" | tee -a "$out"
