@@ -39,8 +39,8 @@ impl Default for Nvidia {
 pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
     let mut fr = Fragment::default();
     fr.files.push(WriteFile::new(
-        "/etc/modprobe.d/blacklist-nouveau.conf",
-        "blacklist nouveau\noptions nouveau modeset=0\n",
+        NOUVEAU_BLACKLIST.0,
+        NOUVEAU_BLACKLIST.1,
         "0644",
     ));
     match n.source {
@@ -90,32 +90,52 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
              done\n",
         );
     }
-    if n.source == NvidiaSource::Debian {
-        // A bootstrapped base made with the driver has DKMS's module already (built natively
-        // while mmdebstrap installed it): keeping it and dropping DKMS is work on the base's
-        // own packages, done there at native speed (minutes of a layer under TCG before).
-        let in_base = d
-            .base
+    // A bootstrapped base made with Debian's driver has DKMS's module already (built natively
+    // while mmdebstrap installed it): keeping it and dropping DKMS is work on the base's own
+    // packages, done there at native speed (minutes of a layer under TCG before). The nouveau
+    // blacklist goes there too, before the bootstrap makes the initramfs, so that the layer
+    // has no initramfs to remake (`update-initramfs -u` of the desktop twin took over ten
+    // minutes of its features layer under TCG on a loaded CI host); the layer writes the same
+    // file again, unchanged.
+    let in_base = n.source == NvidiaSource::Debian
+        && d.base
             .get(&arch)
             .and_then(|b| b.bootstrap.as_ref())
             .is_some_and(|b| b.has_package("nvidia-driver"));
-        if in_base {
-            fr.base_steps.push(Step {
-                name: "nvidia-keep-module-drop-dkms".into(),
-                script: DEBIAN_KEEP_MODULE_DROP_DKMS.into(),
-                offline: true,
-            });
-        } else {
+    if in_base {
+        fr.base_steps.push(Step {
+            name: "nvidia-blacklist-nouveau".into(),
+            script: format!(
+                "mkdir -p /etc/modprobe.d\ncat >{} <<'IMGBUILD_EOF'\n{}IMGBUILD_EOF\n",
+                NOUVEAU_BLACKLIST.0, NOUVEAU_BLACKLIST.1
+            ),
+            offline: true,
+        });
+        fr.base_steps.push(Step {
+            name: "nvidia-keep-module-drop-dkms".into(),
+            script: DEBIAN_KEEP_MODULE_DROP_DKMS.into(),
+            offline: true,
+        });
+    } else {
+        if n.source == NvidiaSource::Debian {
             script.push_str(DEBIAN_KEEP_MODULE_DROP_DKMS);
         }
+        script.push_str("update-initramfs -u\n");
     }
-    script.push_str("update-initramfs -u\n");
     if n.container_toolkit && d.features.docker.is_some() {
         script.push_str("nvidia-ctk runtime configure --runtime=docker\n");
     }
-    fr.step("20-nvidia", script);
+    if !script.is_empty() {
+        fr.step("20-nvidia", script);
+    }
     fr
 }
+
+/// nouveau, the in-tree driver for NVIDIA cards, would claim the GPU before NVIDIA's module.
+const NOUVEAU_BLACKLIST: (&str, &str) = (
+    "/etc/modprobe.d/blacklist-nouveau.conf",
+    "blacklist nouveau\noptions nouveau modeset=0\n",
+);
 
 /// Debian builds its driver's kernel module with DKMS (`nvidia-kernel-dkms`, which depends on
 /// `dkms`, and `dkms` on gcc, make, dpkg-dev and patch, recommending the kernel headers:
@@ -329,11 +349,33 @@ mod tests {
             },
         );
         let fr = fragment(&d, &n, Arch::Amd64);
-        assert_eq!(fr.base_steps.len(), 1);
-        assert_eq!(fr.base_steps[0].script, DEBIAN_KEEP_MODULE_DROP_DKMS);
-        let step = nvidia_step(&fr);
-        assert!(!step.contains("dkms"), "{step}");
-        assert!(step.contains("update-initramfs -u"), "{step}");
+        let names: Vec<&str> = fr.base_steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["nvidia-blacklist-nouveau", "nvidia-keep-module-drop-dkms"]
+        );
+        assert_eq!(fr.base_steps[1].script, DEBIAN_KEEP_MODULE_DROP_DKMS);
+        // The blacklist the base's initramfs is made with is the file the layer writes.
+        let dir = tempfile::tempdir().unwrap();
+        let script = fr.base_steps[0]
+            .script
+            .replace("/etc/modprobe.d", &dir.path().display().to_string());
+        let out = std::process::Command::new("sh")
+            .args(["-e", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let layer_file = fr
+            .files
+            .iter()
+            .find(|f| f.path == NOUVEAU_BLACKLIST.0)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("blacklist-nouveau.conf")).unwrap(),
+            layer_file.content
+        );
+        // Nothing left for the layer: no initramfs to remake, no step.
+        assert!(!fr.steps.iter().any(|s| s.name == "20-nvidia"), "{fr:?}");
         // Another arch's base (none here) keeps the whole step in its layer.
         let fr = fragment(&d, &n, Arch::Arm64);
         assert!(fr.base_steps.is_empty());

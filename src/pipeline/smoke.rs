@@ -375,9 +375,10 @@ pub struct SmokeOptions<'a> {
 /// a bare X root window or an error box have a handful.
 pub const MIN_DESKTOP_COLOURS: usize = 64;
 /// How long the host keeps taking VNC frames until one shows a drawn desktop.
-/// 360 s: a CI run with two build VMs beside the desktop's smoke VM on two cores had XFCE's
-/// processes up but not one painted frame after 187 s (its session checks had passed).
-pub const DESKTOP_PAINT_TIMEOUT: Duration = Duration::from_secs(360);
+/// A give-up limit (a drawn frame ends the wait): a CI run with two build VMs beside the
+/// desktop's smoke VM on two cores had XFCE's processes up but not one painted frame after
+/// 187 s (its session checks had passed); CI runs have since had four or five TCG VMs at once.
+pub const DESKTOP_PAINT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A free TCP port on 127.0.0.1 for a QEMU forward.
 /// xrdp's port in the guest.

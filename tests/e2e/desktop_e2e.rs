@@ -15,11 +15,12 @@ fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
     let (dir, m) = common::build_real("debian12-desktop-ai", "d1", &[], out.path());
     assert_eq!(m["smoke"]["passed"], true);
     assert_eq!(m["base"]["kind"], "bootstrap");
-    // The NVIDIA driver's DKMS module was kept and DKMS purged at the end of the bootstrap,
-    // natively; the smoke's nvidia-driver-installed (dkms_free) checks the result.
+    // nouveau blacklisted before the bootstrap made the initramfs, and the NVIDIA driver's
+    // DKMS module kept and DKMS purged at the end of the bootstrap, natively; the smoke's
+    // nvidia-driver-installed (dkms_free) checks the result.
     assert_eq!(
         m["base"]["steps"],
-        serde_json::json!(["nvidia-keep-module-drop-dkms"])
+        serde_json::json!(["nvidia-blacklist-nouveau", "nvidia-keep-module-drop-dkms"])
     );
     // Layered: the features in a full boot; no `image` layer (the image's own packages are in
     // the bootstrap base already); the stack (its files, its secrets unit and its own unit
