@@ -135,24 +135,28 @@ fn coreutils(tool: &str, file: &Path) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+impl Private {
+    /// `imgbuild --json build e2e --version VERSION ARGS --out OUT`: asserts it succeeded and
+    /// returns the manifest it printed and its stderr.
+    fn build_e2e(&self, version: &str, args: &[&str], out: &Path) -> (serde_json::Value, String) {
+        let mut a = vec!["--json", "build", "e2e", "--version", version];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        let o = self.run(&a);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "build {version} failed:\n{stderr}");
+        let m = serde_json::from_str(&stdout).expect("--json prints the manifest");
+        (m, stderr)
+    }
+}
+
 #[test]
-fn a_layered_qemu_build_then_rebuilds_only_what_changed() {
+fn a_layered_qemu_build_makes_every_layer_passes_its_smoke_and_leaves_nothing() {
     let _vm = crate::one_vm();
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
-    let o = private.run(&[
-        "--json",
-        "build",
-        "e2e",
-        "--version",
-        "q1",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "build failed:\n{stderr}");
+    let (m, stderr) = private.build_e2e("q1", &[], out.path());
     let dir = out.path().join("e2e/q1");
-    let m: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints the manifest");
     assert_eq!(m, read_json(&dir.join("manifest.json")));
     assert_eq!(m["image"], "e2e");
     assert_eq!(m["version"], "q1");
@@ -422,19 +426,7 @@ fn a_script_change_rebuilds_the_image_and_stack_layers_from_the_apt_disk() {
     let _vm = crate::one_vm();
     let private = Private::new();
     let out = tempfile::tempdir().unwrap();
-    let o = private.run(&[
-        "--json",
-        "build",
-        "e2e",
-        "--version",
-        "q1",
-        "--no-smoke",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "build failed:\n{stderr}");
-    let m: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (m, _) = private.build_e2e("q1", &["--no-smoke"], out.path());
     assert_eq!(
         layers(&m),
         layer_names_and_cached(&[("features", false), ("image", false), ("stack", false)])
@@ -454,19 +446,7 @@ fn a_script_change_rebuilds_the_image_and_stack_layers_from_the_apt_disk() {
         "echo \"built by imgbuild\"",
         "apt-get purge -y -q less >/dev/null\n      echo \"built by imgbuild, again\"",
     );
-    let o = private.run(&[
-        "--json",
-        "build",
-        "e2e",
-        "--version",
-        "q2",
-        "--no-smoke",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "rebuild failed:\n{stderr}");
-    let m2: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (m2, stderr) = private.build_e2e("q2", &["--no-smoke"], out.path());
     assert_eq!(
         layers(&m2),
         layer_names_and_cached(&[("features", true), ("image", false), ("stack", false)])
