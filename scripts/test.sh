@@ -12,7 +12,9 @@
 #   CPU beside the VMs (they ran after the desktop test before, 9 minutes at the end of the
 #   longest stream: the run of 2026-11-29 19:38), then the arm64 test (an arm64 bootstrap
 #   and two emulated boots, ~40 minutes; in the foreground it ran beside the layered build
-#   test while this stream sat idle from minute 14: the run of 2026-11-30 02:48).
+#   test while this stream sat idle from minute 14: the run of 2026-11-30 02:48), then the
+#   parallel-build tests (they hold the e2e binary's VM lock alone, so in the foreground they
+#   waited for the layered build test and ran last).
 # Before the streams: the tests compile while the venvs and gitlab-ci-local install.
 # The background streams run the test binaries directly (no second cargo holding the build
 # lock); their output lands in target/background-tests.log, target/kolla-tests.log and
@@ -26,6 +28,9 @@ DESKTOP_TEST=desktop_e2e::debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_
 KOLLA_TEST=kolla_e2e::debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks
 PACKER_TEST=build_e2e::packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke
 ARM64_TEST=arm64_e2e::debian12_base_builds_for_arm64_boots_under_tcg_and_passes_its_smoke
+# The parallel-build tests hold the e2e binary's VM lock alone: in the foreground they waited
+# for its longest test, the layered build, and ran last.
+PARALLEL_TESTS=parallel_e2e::
 
 mkdir -p target
 echo "== scripts/test.sh starts at $(date +%T): compiling the tests, installing the test tools"
@@ -98,6 +103,8 @@ tiers_stream() {
   "$tool_free" || failed=1
   echo "== arm64"
   "$e2e" --exact "$ARM64_TEST" || failed=1
+  echo "== parallel builds"
+  "$e2e" --test-threads=1 "$PARALLEL_TESTS" || failed=1
   return $failed
 }
 # start_stream LOG FUNCTION: FUNCTION in the background, its output time-stamped into LOG.
@@ -110,7 +117,7 @@ background_pid=$!
 echo "== in the background: kolla_e2e, then the Packer backend's test (log: $kolla_log)"
 start_stream "$kolla_log" kolla_stream
 kolla_pid=$!
-echo "== in the background: the openstack and tool-free tiers, then the arm64 test (log: $tiers_log)"
+echo "== in the background: the openstack and tool-free tiers, then the arm64 and parallel-build tests (log: $tiers_log)"
 start_stream "$tiers_log" tiers_stream
 tiers_pid=$!
 # A stopped `make test` stops the background tests too: every process below each stream
@@ -131,7 +138,7 @@ stop_background() {
 trap stop_background INT TERM EXIT
 
 "$CARGO" test --locked --lib --bins --test e2e -- --test-threads=2 \
-  --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" --skip "$PACKER_TEST" --skip "$ARM64_TEST" 2>&1 | stamp
+  --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" --skip "$PACKER_TEST" --skip "$ARM64_TEST" --skip "$PARALLEL_TESTS" 2>&1 | stamp
 rest=${PIPESTATUS[0]}
 
 wait "$background_pid"
@@ -145,7 +152,7 @@ echo "== desktop test (exit $background):"
 cat "$log"
 echo "== kolla and packer tests (exit $kolla):"
 cat "$kolla_log"
-echo "== openstack and tool-free tiers, arm64 (exit $tiers):"
+echo "== openstack and tool-free tiers, arm64, parallel builds (exit $tiers):"
 cat "$tiers_log"
 if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ] || [ "$kolla" -ne 0 ] || [ "$tiers" -ne 0 ]; then
   echo "== tests failed: the foreground exited $rest, the desktop $background, kolla $kolla, the tiers $tiers" >&2
