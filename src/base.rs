@@ -59,6 +59,10 @@ pub struct BaseImage {
     /// The names of the base steps run at the end of the bootstrap (features'
     /// `base_steps`; none for a cloud image).
     pub steps: Vec<String>,
+    /// The kernel export that boots the disk (vmlinuz, initrd.img, cmdline, version), when
+    /// known without a boot (a bootstrapped base): the first layer may then be boot-free.
+    #[serde(skip)]
+    pub kernel: Option<PathBuf>,
 }
 
 /// One entry of the base cache: `path` and its `.sha256` sidecar, made under the entry's lock
@@ -125,6 +129,7 @@ pub fn ensure(
                 cache_hit,
                 remote: false,
                 steps: Vec::new(),
+                kernel: None,
             })
         }
         Base::Bootstrap(b) => {
@@ -159,6 +164,7 @@ pub fn ensure(
             if let Some(r) = remote.filter(|r| r.is_up() && !r.config.read_only && !fetched) {
                 share_base(r, &key, &path, b, arch, progress);
             }
+            let kernel = crate::cache::kernel_files(&bootstrap::kernel_dir(&path));
             Ok(BaseImage {
                 path,
                 kind: "bootstrap",
@@ -167,6 +173,7 @@ pub fn ensure(
                 cache_hit,
                 remote: fetched,
                 steps: steps.iter().map(|s| s.name.clone()).collect(),
+                kernel,
             })
         }
     }
@@ -190,7 +197,15 @@ fn fetch_remote_base(
         &mut |_, done, total| progress(done, Some(total)),
     );
     let ok = match got {
-        Ok(Some(_)) => std::fs::rename(into.join(REMOTE_DISK), path).is_ok(),
+        Ok(Some(_)) => {
+            // The kernel export first (an entry uploaded before bases had one has none: the
+            // first layer then boots in full); the disk last, as it makes the entry.
+            let kernel = into.join(REMOTE_KERNEL);
+            let kdir = bootstrap::kernel_dir(path);
+            let _ = std::fs::remove_dir_all(&kdir);
+            (!kernel.is_dir() || std::fs::rename(&kernel, &kdir).is_ok())
+                && std::fs::rename(into.join(REMOTE_DISK), path).is_ok()
+        }
         Ok(None) => false,
         Err(
             e @ (crate::remote::RemoteError::Corrupt { .. }
@@ -219,6 +234,8 @@ fn fetch_remote_base(
 
 /// A bootstrapped base's file name in its remote entry.
 const REMOTE_DISK: &str = "disk.qcow2";
+/// The folder of its kernel export in the entry.
+const REMOTE_KERNEL: &str = "kernel";
 
 /// Uploads bootstrapped base `key` unless the remote has it (a failure is a warning).
 fn share_base(
@@ -241,10 +258,17 @@ fn share_base(
             "mirror": b.mirror,
             "created": crate::cache::rfc3339(std::time::SystemTime::now()),
         });
+        let mut files = Vec::new();
+        if let Some(k) = crate::cache::kernel_files(&bootstrap::kernel_dir(path)) {
+            for f in crate::cache::KERNEL_FILES {
+                files.push((format!("{REMOTE_KERNEL}/{f}"), k.join(f)));
+            }
+        }
+        files.push((REMOTE_DISK.to_string(), path.to_path_buf()));
         r.upload(
             crate::remote::Kind::Base,
             key,
-            &[(REMOTE_DISK.to_string(), path.to_path_buf())],
+            &files,
             meta,
             &mut |_, done, total| progress(done, Some(total)),
         )

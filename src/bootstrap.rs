@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bump when the recipe changes, so cached bases are rebuilt.
-pub const RECIPE_VERSION: u32 = 3;
+/// 4: the base's kernel export beside its disk (`kernel_dir`).
+pub const RECIPE_VERSION: u32 = 4;
 
 /// The initramfs is made once, at the end: while packages go in, the kernel's postinst and
 /// initramfs-tools' trigger would each make it (measured on an arm64 bootstrap through
@@ -325,6 +326,7 @@ pub fn bootstrap(
         arch,
     )?;
     check(cancel)?;
+    export_kernel(&root, arch, &kernel_dir(out))?;
     let tmp = out.with_extension("qcow2.part");
     Cmd::new("qemu-img")
         .args(["convert", "-q", "-O", "qcow2"])
@@ -334,6 +336,57 @@ pub fn bootstrap(
     std::fs::rename(&tmp, out).map_err(crate::IoError::at(out))?;
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// Where a bootstrapped base's kernel export goes beside its disk `out` (`KEY.qcow2` →
+/// `KEY.kernel/`): the kernel, initrd and command line that boot it, so that the layer above
+/// it can be boot-free (pipeline/provision/native.rs), as a layer's own export.
+pub fn kernel_dir(out: &Path) -> std::path::PathBuf {
+    out.with_extension("kernel")
+}
+
+/// The kernel command line the base's GRUB boots with (grub_cfg).
+pub fn kernel_cmdline(arch: Arch) -> String {
+    let serial = match arch {
+        Arch::Amd64 => "ttyS0",
+        Arch::Arm64 => "ttyAMA0",
+    };
+    format!("root=LABEL=rootfs ro console=tty1 console={serial},115200n8")
+}
+
+/// Copies the tree's kernel and initrd (what /vmlinuz and /initrd.img point at, which GRUB
+/// boots) with the command line and version into `to`, whole or not at all.
+fn export_kernel(root: &Path, arch: Arch, to: &Path) -> Result<(), BootstrapError> {
+    let part = to.with_extension("kernel.part");
+    for d in [&part, &to.to_path_buf()] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(crate::IoError::at(d))?;
+        }
+    }
+    let target = |link: &str| -> Result<std::path::PathBuf, BootstrapError> {
+        let l = root.join(link);
+        let t = std::fs::read_link(&l).map_err(crate::IoError::at(&l))?;
+        Ok(root.join(t.strip_prefix("/").unwrap_or(&t)))
+    };
+    let (vmlinuz, initrd) = (target("vmlinuz")?, target("initrd.img")?);
+    let version = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .unwrap_or_default()
+        .to_string();
+    std::fs::create_dir_all(&part).map_err(crate::IoError::at(&part))?;
+    for (from, name) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd.img")] {
+        let dst = part.join(name);
+        std::fs::copy(from, &dst).map_err(crate::IoError::at(from))?;
+    }
+    write(
+        &part.join("cmdline"),
+        &format!("{}\n", kernel_cmdline(arch)),
+    )?;
+    write(&part.join("version"), &format!("{version}\n"))?;
+    std::fs::rename(&part, to).map_err(crate::IoError::at(to))?;
     Ok(())
 }
 
@@ -447,16 +500,18 @@ pub fn grub_cfg(arch: Arch) -> String {
         ),
         Arch::Arm64 => ("", "ttyAMA0"),
     };
+    debug_assert!(kernel_cmdline(arch).contains(serial));
     format!(
         "# imgbuild bootstrap base (no menu wait, as Ubuntu's cloud images: every build
 # layer, smoke and instance boot would pay it)
 set timeout=0
 {terminal}menuentry 'Debian GNU/Linux' {{
   search --no-floppy --label rootfs --set=root
-  linux /vmlinuz root=LABEL=rootfs ro console=tty1 console={serial},115200n8
+  linux /vmlinuz {cmdline}
   initrd /initrd.img
 }}
-"
+",
+        cmdline = kernel_cmdline(arch)
     )
 }
 
@@ -870,6 +925,40 @@ mod tests {
                 String::from_utf8_lossy(&o.stderr)
             );
         }
+    }
+
+    #[test]
+    fn the_kernel_export_is_what_grub_boots_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("boot")).unwrap();
+        std::fs::write(root.join("boot/vmlinuz-6.1.0-9-cloud-amd64"), "kernel").unwrap();
+        std::fs::write(root.join("boot/vmlinuz-6.1.0-8-cloud-amd64"), "older").unwrap();
+        std::fs::write(root.join("boot/initrd.img-6.1.0-9-cloud-amd64"), "initrd").unwrap();
+        // As linux-update-symlinks makes them: relative, at the tree's root.
+        std::os::unix::fs::symlink("boot/vmlinuz-6.1.0-9-cloud-amd64", root.join("vmlinuz"))
+            .unwrap();
+        std::os::unix::fs::symlink(
+            "boot/initrd.img-6.1.0-9-cloud-amd64",
+            root.join("initrd.img"),
+        )
+        .unwrap();
+        let out = dir.path().join("KEY.qcow2");
+        let k = kernel_dir(&out);
+        assert_eq!(k, dir.path().join("KEY.kernel"));
+        export_kernel(&root, Arch::Amd64, &k).unwrap();
+        let read = |f: &str| std::fs::read_to_string(k.join(f)).unwrap();
+        assert_eq!(read("vmlinuz"), "kernel");
+        assert_eq!(read("initrd.img"), "initrd");
+        assert_eq!(read("version"), "6.1.0-9-cloud-amd64\n");
+        // The command line GRUB's entry boots with.
+        let cmdline = read("cmdline");
+        assert!(grub_cfg(Arch::Amd64).contains(&format!("linux /vmlinuz {}", cmdline.trim())));
+        assert_eq!(crate::cache::kernel_files(&k), Some(k.clone()));
+        // A tree without its initrd link leaves no export (and removes an old one).
+        std::fs::remove_file(root.join("initrd.img")).unwrap();
+        assert!(export_kernel(&root, Arch::Amd64, &k).is_err());
+        assert!(!k.exists() || crate::cache::kernel_files(&k).is_none());
     }
 
     #[test]

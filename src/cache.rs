@@ -130,11 +130,18 @@ impl Held {
 
 /// `dir`'s kernel export (see [`KERNEL`]), if it has a complete one.
 pub fn kernel_in(dir: &Path) -> Option<PathBuf> {
-    let k = dir.join(KERNEL);
-    ["vmlinuz", "initrd.img", "cmdline"]
+    kernel_files(&dir.join(KERNEL))
+}
+
+/// The files of a kernel export.
+pub const KERNEL_FILES: [&str; 4] = ["vmlinuz", "initrd.img", "cmdline", "version"];
+
+/// `k`, if it is a complete kernel export (`version` is informative only).
+pub fn kernel_files(k: &Path) -> Option<PathBuf> {
+    KERNEL_FILES[..3]
         .iter()
         .all(|f| k.join(f).is_file())
-        .then_some(k)
+        .then(|| k.to_path_buf())
 }
 
 /// The `.build` lock of one key: whoever holds it may look up, build and commit that key.
@@ -618,6 +625,11 @@ pub fn remove_base(path: &Path) -> Result<bool, CacheError> {
         std::fs::remove_file(&sidecar).map_err(crate::IoError::at(&sidecar))?;
     }
     std::fs::remove_file(path).map_err(crate::IoError::at(path))?;
+    // A bootstrapped base's kernel export (bootstrap::kernel_dir).
+    let kernel = path.with_extension("kernel");
+    if kernel.is_dir() {
+        std::fs::remove_dir_all(&kernel).map_err(crate::IoError::at(&kernel))?;
+    }
     Ok(true)
 }
 

@@ -77,7 +77,9 @@ pub fn normalize(fpr: &str) -> String {
         .to_uppercase()
 }
 
-fn dearmour(text: &str) -> Result<Vec<u8>, KeyError> {
+/// The binary packets of an ASCII-armoured public key block (what `gpg --dearmor` writes),
+/// its CRC checked when present.
+pub fn dearmour(text: &str) -> Result<Vec<u8>, KeyError> {
     if text.contains("PRIVATE KEY BLOCK") {
         return Err(KeyError::Private);
     }

@@ -4,7 +4,7 @@
 //! client (crate::http).
 //!
 //! An entry is `PREFIX/KIND/KEY/FILE` for each file of the local entry (KIND `layers`: its
-//! disk.qcow2, vars.fd, kernel/*; KIND `bases`: a bootstrapped base's disk.qcow2), then
+//! disk.qcow2, vars.fd, kernel/*; KIND `bases`: a bootstrapped base's disk.qcow2 and kernel/*), then
 //! `PREFIX/KIND/KEY/entry.json` last: the list of files with their
 //! sizes and sha256, and the layer's metadata. A reader treats an entry as present only when
 //! entry.json exists, so an upload cut half-way is never seen as complete; each file is

@@ -176,7 +176,7 @@ pub(super) fn fragment(d: &Definition, desk: &Desktop, arch: Arch) -> Fragment {
         script.push_str(&enable_units(&["xrdp.service"]));
         script.push_str("\necho xfce4-session > /etc/skel/.xsession\n");
     }
-    fr.step("30-desktop", script);
+    fr.offline_step("30-desktop", script);
     fr
 }
 

@@ -78,7 +78,7 @@ pub(super) fn fragment(d: &Definition, dk: &Docker, arch: Arch) -> Fragment {
         script.push_str(&format!("usermod -aG docker {u}\n"));
     }
     // Launch-time users get the group through the default user's groups (see userdata).
-    fr.step("10-docker", script);
+    fr.offline_step("10-docker", script);
     fr
 }
 

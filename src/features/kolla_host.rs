@@ -141,7 +141,7 @@ pub(super) fn fragment(k: &KollaHost) -> Fragment {
         CINDER_VOLUMES_SCRIPT,
         "0755",
     ));
-    fr.step(
+    fr.offline_step(
         "40-kolla-host",
         format!(
             "{}\n{} || true\n\

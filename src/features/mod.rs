@@ -204,6 +204,15 @@ impl Fragment {
             offline: false,
         });
     }
+    /// A step that needs no running system (no service, no network): it may run in a
+    /// boot-free layer (render/offline.rs).
+    pub(crate) fn offline_step(&mut self, name: &str, script: impl Into<String>) {
+        self.steps.push(Step {
+            name: name.into(),
+            script: script.into(),
+            offline: true,
+        });
+    }
     pub(crate) fn pkgs(&mut self, p: &[&str]) {
         self.packages.extend(p.iter().map(|s| s.to_string()));
     }

@@ -126,7 +126,7 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
         script.push_str("nvidia-ctk runtime configure --runtime=docker\n");
     }
     if !script.is_empty() {
-        fr.step("20-nvidia", script);
+        fr.offline_step("20-nvidia", script);
     }
     fr
 }

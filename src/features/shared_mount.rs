@@ -25,7 +25,7 @@ impl Default for SharedMount {
 pub(super) fn fragment(s: &SharedMount) -> Fragment {
     let mut fr = Fragment::default();
     fr.pkgs(&["nfs-common"]);
-    fr.step(
+    fr.offline_step(
         "40-shared-mount",
         format!(
             "mkdir -p {p}\n# The NFS export is given at launch (imgbuild userdata --shared).\n",

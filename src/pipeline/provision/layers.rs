@@ -420,17 +420,21 @@ scripts:
                 .map(|l| l.offline.is_some())
                 .collect::<Vec<_>>()
         };
-        // The features layer upgrades and installs: never. The image layer installs a package
-        // (DEF) or has a script not marked offline: it needs a boot.
-        assert_eq!(has(DEF), [false, false]);
-        assert_eq!(has(&DEF.replace("packages: [jq]\n", "")), [false, false]);
-        assert_eq!(has(&offline), [false, true]);
+        // The features layer (an upgrade, docker's offline step) needs no boot; the image
+        // layer needs one while its script is not marked offline, packages or not.
+        assert_eq!(has(DEF), [true, false]);
+        assert_eq!(has(&DEF.replace("packages: [jq]\n", "")), [true, false]);
+        assert_eq!(has(&offline), [true, true]);
+        assert_eq!(
+            has(&DEF.replace("    run: echo hi", "    offline: true\n    run: echo hi")),
+            [true, true]
+        );
         let never = offline.replace("features:\n", "build: {boot_free: false}\nfeatures:\n");
         assert_eq!(has(&never), [false, false]);
         // The payload is in the key: a boot-free layer and a booted one are not the same entry.
         let a = plan_of(&offline, "b1");
         let b = plan_of(&never, "b1");
-        assert_eq!(a[0].key, b[0].key);
+        assert_ne!(a[0].key, b[0].key);
         assert_ne!(a[1].key, b[1].key);
         let (path, text) = a[1].offline.as_ref().unwrap();
         assert!(path.ends_with("02-image/offline.sh"), "{path}");
@@ -438,9 +442,9 @@ scripts:
     }
 
     #[test]
-    fn packages_the_bootstrap_base_has_are_not_installed_again_so_the_layer_can_go() {
-        // DEF's image layer installs jq and runs a script needing a boot; with jq in the
-        // bootstrap base and the script offline, the image layer needs no boot.
+    fn packages_the_bootstrap_base_has_are_not_installed_again() {
+        // DEF's image layer installs jq; with jq in the bootstrap base it does not (and with
+        // its script offline, it is boot-free either way).
         let offline = DEF.replace("    run: echo hi", "    offline: true\n    run: echo hi");
         let in_base = offline.replace(
             "bootstrap: {suite: bookworm}",
@@ -449,16 +453,23 @@ scripts:
         let has = |def: &str| {
             plan_of(def, "b1")
                 .iter()
-                .map(|l| (l.name, l.offline.is_some(), l.user_data.contains("- jq")))
+                .map(|l| {
+                    let payload = l.offline.as_ref().map(|(_, t)| t.as_str()).unwrap_or("");
+                    (
+                        l.name,
+                        l.user_data.contains("- jq"),
+                        payload.contains("apt_run install jq"),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(
             has(&offline),
-            [("features", false, false), ("image", false, true)]
+            [("features", false, false), ("image", true, true)]
         );
         assert_eq!(
             has(&in_base),
-            [("features", false, false), ("image", true, false)]
+            [("features", false, false), ("image", false, false)]
         );
     }
 }

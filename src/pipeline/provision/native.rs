@@ -55,7 +55,8 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
     let mut state = Chain {
         parent: input.base.path.clone(),
         parent_vars: None,
-        kernel: None,
+        // Known for a bootstrapped base (amd64 boots it boot-free; see boot_layer).
+        kernel: input.base.kernel.clone(),
         leases: Vec::new(),
         records: Vec::new(),
         images: Vec::new(),
@@ -434,35 +435,48 @@ fn boot_layer(
     apt: Option<&Path>,
     p: &mut Progress,
 ) -> Result<(Watch, bool), BuildError> {
-    // arm64 boots every layer in full until a boot-free one has been tried there.
-    if let (Some(payload), Some(kernel), Arch::Amd64) =
-        (&layer.offline, chain.kernel.clone(), input.arch)
-    {
-        let w = boot_free_layer(input, layer, chain, dir, &payload.1, &kernel, p)?;
-        // The kernel did not change: the layer above boots the same one.
-        link_kernel(&kernel, &dir.join(cache::KERNEL))?;
-        return Ok((w, true));
-    }
+    // A lower layer exports the kernel that boots its disk, for boot-free layers above it.
     let export = (!layer.top).then(|| dir.join("export.tar"));
     if let Some(e) = &export {
         let f = std::fs::File::create(e).map_err(crate::IoError::at(e))?;
         f.set_len(EXPORT_DISK_BYTES)
             .map_err(crate::IoError::at(e))?;
     }
-    let result = full_boot_layer(input, layer, chain, dir, apt, export.as_deref(), p);
+    // arm64 boots every layer in full until a boot-free one has been tried there.
+    let boot_free = match (&layer.offline, chain.kernel.clone(), input.arch) {
+        (Some(payload), Some(kernel), Arch::Amd64) => Some((payload.1.clone(), kernel)),
+        _ => None,
+    };
+    let result = match &boot_free {
+        Some((payload, kernel)) => {
+            let vm = BootFree {
+                payload,
+                kernel,
+                apt,
+                export: export.as_deref(),
+            };
+            boot_free_layer(input, layer, chain, dir, &vm, p)
+        }
+        None => full_boot_layer(input, layer, chain, dir, apt, export.as_deref(), p),
+    };
     if let Some(e) = &export {
         if result.is_ok() {
-            unpack_kernel(e, &dir.join(cache::KERNEL), p)?;
+            let exported = unpack_kernel(e, &dir.join(cache::KERNEL), p);
+            // A boot-free layer whose disk has no kernel in /boot still boots the one below.
+            if let (Ok(false), Some((_, kernel))) = (&exported, &boot_free) {
+                link_kernel(kernel, &dir.join(cache::KERNEL))?;
+            }
+            exported?;
         }
         let _ = std::fs::remove_file(e);
     }
-    Ok((result?, false))
+    Ok((result?, boot_free.is_some()))
 }
 
 /// Unpacks the guest's kernel export (a tar written onto the raw disk `export`) into `to`;
-/// a disk the guest left empty (no kernel in /boot) leaves no export, and the layers above
-/// boot in full.
-fn unpack_kernel(export: &Path, to: &Path, p: &mut Progress) -> Result<(), BuildError> {
+/// a disk the guest left empty (no kernel in /boot) leaves no export (false), and the layers
+/// above boot in full.
+fn unpack_kernel(export: &Path, to: &Path, p: &mut Progress) -> Result<bool, BuildError> {
     use std::io::Read;
     let mut head = [0u8; 512];
     let mut f = std::fs::File::open(export).map_err(crate::IoError::at(export))?;
@@ -470,7 +484,7 @@ fn unpack_kernel(export: &Path, to: &Path, p: &mut Progress) -> Result<(), Build
         .map_err(crate::IoError::at(export))?;
     if head.iter().all(|b| *b == 0) {
         p.line("no kernel export from this layer: the layers above boot in full");
-        return Ok(());
+        return Ok(false);
     }
     std::fs::create_dir_all(to).map_err(crate::IoError::at(to))?;
     crate::exec::Cmd::new("tar")
@@ -481,7 +495,7 @@ fn unpack_kernel(export: &Path, to: &Path, p: &mut Progress) -> Result<(), Build
         .args(["vmlinuz", "initrd.img", "cmdline", "version"])
         .run()
         .map_err(|e| BuildError::Backend(format!("cannot unpack the kernel export: {e}")))?;
-    Ok(())
+    Ok(true)
 }
 
 /// `to` gets the files of kernel export `from` (hard links where the filesystem allows).
@@ -559,19 +573,28 @@ fn fresh_vars(input: &ProvisionInput, to: &Path, from: Option<&PathBuf>) -> Resu
     Ok(())
 }
 
+/// What a boot-free layer's VM gets besides its disk: the payload, the kernel export that
+/// boots the disk below, the shared apt cache disk, and the raw disk the runner exports the
+/// kernel onto (lower layers).
+struct BootFree<'a> {
+    payload: &'a str,
+    kernel: &'a Path,
+    apt: Option<&'a Path>,
+    export: Option<&'a Path>,
+}
+
 /// A boot-free layer: the disk's own kernel and initrd booted straight into the layer's
 /// payload (render/offline.rs) as PID 1, no systemd and no cloud-init; the same runner and
 /// markers as a full boot, the hygiene on the top layer, then power off.
-#[allow(clippy::too_many_arguments)]
 fn boot_free_layer(
     input: &ProvisionInput,
     layer: &PlannedLayer,
     chain: &mut Chain,
     dir: &Path,
-    payload: &str,
-    kernel: &Path,
+    bf: &BootFree,
     p: &mut Progress,
 ) -> Result<Watch, BuildError> {
+    let (payload, kernel) = (bf.payload, bf.kernel);
     let d = &input.resolved.definition;
     let lv = prepare_vm(input, layer, chain, dir)?;
     // Whole sectors, padded with newlines (which the shell reads as empty lines).
@@ -595,12 +618,21 @@ fn boot_free_layer(
         qmp: true,
         uefi_vars: lv.uefi_vars,
         hostfwd: Vec::new(),
-        extra_disks: Vec::new(),
+        extra_disks: bf
+            .apt
+            .map(|a| vec![(a.to_path_buf(), APT_CACHE_SERIAL.to_string())])
+            .unwrap_or_default(),
         extra_nics: Vec::new(),
-        raw_disks: vec![(
+        // The payload first: it is /dev/vdb (render/offline.rs, INIT).
+        raw_disks: std::iter::once((
             payload_file,
             crate::render::offline::PAYLOAD_SERIAL.to_string(),
-        )],
+        ))
+        .chain(
+            bf.export
+                .map(|e| (e.to_path_buf(), EXPORT_SERIAL.to_string())),
+        )
+        .collect(),
         kernel: Some(qemu::DirectKernel {
             kernel: kernel.join("vmlinuz"),
             initrd: kernel.join("initrd.img"),
@@ -627,6 +659,9 @@ fn boot_free_layer(
             &mut |line: &str| {
                 if let Event::Step(s) = watch.line(line) {
                     p.status(&format!("{} step {s}", layer.name), true);
+                } else if !line.trim().is_empty() {
+                    // apt's lines: a long install shows where it is.
+                    p.status(line.trim(), false);
                 }
             },
         )
