@@ -326,7 +326,10 @@ pub fn bootstrap(
         arch,
     )?;
     check(cancel)?;
-    export_kernel(&root, arch, &kernel_dir(out))?;
+    // Without it the first layer boots in full: a warning, not a failed base.
+    if let Err(e) = export_kernel(&root, arch, &kernel_dir(out)) {
+        tracing::warn!("no kernel export beside the base ({e}): its first layer boots in full");
+    }
     let tmp = out.with_extension("qcow2.part");
     Cmd::new("qemu-img")
         .args(["convert", "-q", "-O", "qcow2"])

@@ -350,10 +350,28 @@ fn a_layered_qemu_build_makes_every_layer_passes_its_smoke_and_leaves_nothing() 
         at += i;
     }
     assert_eq!(serial.matches("IMGBUILD-HYGIENE-DONE").count(), 1);
+    // One image, both kinds of layer: the features layer (the upgrade, trixie's source,
+    // docker's offline step) without a boot, its apt work done by its payload on the network
+    // it brought up itself, no cloud-init; the image layer (a script that needs Docker) and
+    // the stack layer (the pre-pull) in full boots, with cloud-init.
+    let boot_free: Vec<bool> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["boot_free"] == true)
+        .collect();
+    assert_eq!(boot_free, [true, false, false], "{m:#}");
+    let features = layer_log(&serial, "features");
+    assert!(features.contains("up as 10.0.2.15 for apt"), "{features}");
+    assert!(
+        features.contains("IMGBUILD-STEP-OK 10-docker"),
+        "{features}"
+    );
+    assert!(!features.contains("cloud-init["), "{features}");
+    assert!(layer_log(&serial, "image").contains("cloud-init["));
     // The package lists travel on the shared apt disk: the features layer's update (on an empty
     // disk) saved its lists, the image layer's update found them there; the stack layer runs
     // no update and leaves the lists alone.
-    let features = layer_log(&serial, "features");
     assert_eq!(apt_lists(features, "from the cache"), vec![0], "{features}");
     let saved = apt_lists(features, "saved to the cache");
     assert!(saved.len() == 1 && saved[0] > 0, "{saved:?}");
@@ -640,6 +658,38 @@ fn failed_provisioning_names_the_step_and_leaves_nothing() {
         !layer_log(&serial, "image").contains("Cloud-init v."),
         "{serial}"
     );
+}
+
+/// apt fails in a boot-free layer: the payload's apt work is reported as cloud-init's would
+/// be in a full boot (the command, apt's own last lines), and nothing is left.
+#[test]
+fn failed_apt_in_a_boot_free_layer_quotes_apt_and_leaves_nothing() {
+    let _vm = crate::one_vm();
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "build",
+        "e2e-fail-apt",
+        "--version",
+        "fa1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("provisioning failed"), "{stderr}");
+    assert!(stderr.contains("apt-get install failed"), "{stderr}");
+    assert!(
+        stderr.contains("Unable to locate package imgbuild-no-such-package"),
+        "quotes apt:\n{stderr}"
+    );
+    assert!(!stderr.contains("50-01-never-runs"), "{stderr}");
+    assert_nothing_left(out.path(), "e2e-fail-apt", "fa1");
+    let kept = e2e_cache().join("failed/e2e-fail-apt-fa1-amd64/serial-build.log");
+    let serial = std::fs::read_to_string(&kept).unwrap();
+    let image = layer_log(&serial, "image");
+    assert!(image.contains("IMGBUILD-OFFLINE-START image"), "{serial}");
+    assert!(image.contains("up as 10.0.2.15 for apt"), "{serial}");
+    assert!(!image.contains("IMGBUILD-STEP-START"), "{serial}");
 }
 
 /// SIGTERM while a boot-free layer runs (the kernel booted straight into the payload): QEMU
