@@ -87,6 +87,38 @@ fn validate_all_strict_passes_with_every_validator_run() {
             );
         }
     }
+    // Which layers need no boot (render/offline.rs): every layer of the Debian twins (their
+    // apt work, files and features' steps); of the flagship, all but its desktop layer (its
+    // Zed step downloads a release).
+    let payloads = |image: &str| -> Vec<&str> {
+        let mut p: Vec<&str> = results
+            .iter()
+            .filter(|r| {
+                r["image"] == image
+                    && r["arch"] == "amd64"
+                    && r["validator"] == "payload-sh-syntax"
+                    && r["status"] == "passed"
+            })
+            .filter_map(|r| r["file"].as_str()?.strip_prefix("seed/layers/"))
+            .filter_map(|f| f.strip_suffix("/offline.sh"))
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(payloads("debian12-desktop-ai"), ["01-features", "02-stack"]);
+    assert_eq!(payloads("debian12-kolla-node"), ["01-features"]);
+    assert_eq!(payloads("debian12-base"), ["01-features", "02-image"]);
+    assert_eq!(
+        payloads("desktop-ai"),
+        [
+            "01-hardening",
+            "02-docker",
+            "03-nvidia",
+            "05-shared_mount",
+            "06-image",
+            "07-stack"
+        ]
+    );
 }
 
 #[test]
