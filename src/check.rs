@@ -116,21 +116,21 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
         })
     };
 
-    // packer validate, in the packer folder, with its temp files kept inside `dir`.
+    // packer validate, in the packer folder, with its temp files (its plugins' sockets) in a
+    // private folder that goes when it is done (exec::socket_tmpdir).
     let status = match &tools.packer {
         None => not_installed("packer"),
-        Some(p) => {
-            let tmp = dir.join(".tmp");
-            let _ = std::fs::create_dir_all(&tmp);
-            outcome(
+        Some(p) => match crate::exec::socket_tmpdir("imgbuild-packer-") {
+            Ok(tmp) => outcome(
                 Cmd::new(p)
                     .args(["validate", "-var-file=variables.pkrvars.hcl", "."])
                     .current_dir(dir.join(PACKER_DIR))
                     .env("CHECKPOINT_DISABLE", "1")
-                    .env("TMPDIR", &tmp)
+                    .env("TMPDIR", tmp.path())
                     .run_unchecked(),
-            )
-        }
+            ),
+            Err(e) => Status::Failed(format!("cannot make packer's temporary folder: {e}")),
+        },
     };
     add("packer-validate", PACKER_DIR, status);
 

@@ -325,6 +325,17 @@ pub fn quote(s: &str) -> String {
     }
 }
 
+/// A private folder for a program's TMPDIR when the program makes Unix sockets there
+/// (Packer's plugins: `packer-pluginNNNNNNNNNN`), in the system's temporary folder and
+/// removed when dropped. A work folder in a deep cache is too long for a socket's path
+/// (unix(7): `sun_path` holds 107 bytes): Packer crashed with "bind: invalid argument".
+pub fn socket_tmpdir(prefix: &str) -> Result<tempfile::TempDir, crate::IoError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(crate::IoError::at(&std::env::temp_dir()))
+}
+
 /// The last `max` bytes of `s`, cut at a char boundary.
 pub fn tail(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -339,6 +350,18 @@ pub fn tail(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_socket_tmpdir_holds_packers_plugin_sockets_and_goes_when_dropped() {
+        let tmp = socket_tmpdir("imgbuild-packer-").unwrap();
+        // Packer's plugin socket name (packer/plugin/server.go: "packer-plugin" + digits).
+        let socket = tmp.path().join("packer-plugin1311239959");
+        assert!(socket.as_os_str().len() <= 107, "{}", socket.display());
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let path = tmp.path().to_path_buf();
+        drop(tmp);
+        assert!(!path.exists());
+    }
+
     use super::*;
 
     #[test]

@@ -16,25 +16,13 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Packer's TMPDIR: a private folder of its own in the system's temporary folder, removed
-/// when the build ends. Not in the work folder: Packer listens on a Unix socket per plugin
-/// there (`packer-pluginNNNNNNNNNN`), and a socket path is at most 107 bytes (unix(7),
-/// `sun_path`), which a work folder in a deep cache passes ("bind: invalid argument" and a
-/// Packer crash, seen with the cache under a benchmark's folder).
-fn packer_tmpdir() -> Result<tempfile::TempDir, BuildError> {
-    let dir = tempfile::Builder::new()
-        .prefix("imgbuild-packer-")
-        .tempdir()
-        .map_err(crate::IoError::at(&std::env::temp_dir()))?;
-    Ok(dir)
-}
-
 pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned, BuildError> {
     let d = &input.resolved.definition;
     let w = input.work;
     let packer_dir = input.rendered_dir.join(PACKER_DIR);
     let out_dir = w.join("packer-out");
-    let tmp = packer_tmpdir()?;
+    // Packer's TMPDIR (its plugin sockets): see exec::socket_tmpdir.
+    let tmp = crate::exec::socket_tmpdir("imgbuild-packer-")?;
     let serial = input.logs.join("serial-build.log");
     let abs = |p: &Path| std::fs::canonicalize(p).map_err(crate::IoError::at(p));
     let seed_dir = abs(&input.rendered_dir.join("seed"))?;
@@ -173,22 +161,4 @@ fn last_line(path: &Path) -> Option<String> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packers_plugin_sockets_fit_in_its_tmpdir_and_the_folder_goes_with_the_build() {
-        let tmp = packer_tmpdir().unwrap();
-        // Packer's plugin socket name (packer/plugin/server.go: "packer-plugin" + digits).
-        let socket = tmp.path().join("packer-plugin1311239959");
-        assert!(socket.as_os_str().len() <= 107, "{}", socket.display());
-        let l = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        drop(l);
-        let path = tmp.path().to_path_buf();
-        drop(tmp);
-        assert!(!path.exists());
-    }
 }
