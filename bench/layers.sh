@@ -4,10 +4,11 @@
 # apt configuration in the `features` layer; files, a user and the image's identity in the
 # `image` layer, which needs no running system):
 #   (a) a full build: Packer (`--backend packer`, one boot) vs imgbuild's layered build into an
-#       empty layer cache (`features` in a full boot, `image` boot-free) vs imgbuild's one-boot
+#       empty layer cache (both layers boot-free on the bootstrap base's kernel) vs imgbuild's one-boot
 #       `--no-cache` build;
 #   (b) a rebuild after a change to the top layer (a file's content): boot-free vs the same
-#       layer in a full boot (`build: {boot_free: false}`), on the same cache;
+#       change with `build: {boot_free: false}`, on the same cache (that setting changes the
+#       features layer's key too, so both layers are built, in full boots);
 #   (c) a second image sharing the lower layer (e2e-par-b: the same `features`, its own
 #       script): the shared layer's seconds (0 when reused) and the whole build.
 # Build VMs: 2 vCPUs (the definition default), 2 GiB, TCG. Every build skips its smoke
@@ -73,9 +74,9 @@ print("| e2e-par-a / e2e-par-b | per round s | median s | median peak RSS MiB (Q
 print("|---|---|---|---|")
 print(line("a-packer-full", "(a) Packer 1.6.6 (`--backend packer`), full build"))
 print(line("a-imgbuild-flat", "(a) imgbuild, full build `--no-cache` (one boot)"))
-print(line("a-imgbuild-layered", "(a) imgbuild, full build into an empty layer cache (features full boot, image boot-free)"))
+print(line("a-imgbuild-layered", "(a) imgbuild, full build into an empty layer cache (both layers boot-free)"))
 print(line("b-rebuild-free", "(b) imgbuild, rebuild after a top-layer change, boot-free"))
-print(line("b-rebuild-full", "(b) imgbuild, the same rebuild in a full boot (`boot_free: false`)"))
+print(line("b-rebuild-full", "(b) imgbuild, the same rebuild with `boot_free: false` (both layers in full boots: the features layer's key changes with it)"))
 print(line("c-second-image", "(c) imgbuild, a second image sharing the lower layer"))
 pk = med("a-packer-full")
 print(f"\nlayered / Packer = {med('a-imgbuild-layered')/pk:.2f}; one boot / Packer = {med('a-imgbuild-flat')/pk:.2f}; "
