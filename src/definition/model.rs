@@ -257,8 +257,9 @@ pub struct Build {
     pub firmware: Firmware,
     /// `grouped` (default) or `per-feature`.
     pub layers: Layering,
-    /// Layers that need no running system (files, users, steps that need no services) are
-    /// applied without booting the image's init (true, the default); false boots every layer.
+    /// Layers that need no running system (files, users, apt work, steps that need no
+    /// services) are applied without booting the image's init (true, the default); false
+    /// boots every layer.
     pub boot_free: bool,
 }
 
