@@ -12,8 +12,9 @@
 #                 with its S3 API on 127.0.0.1, scripts/s3-test-stack.sh)
 #   with-remote   a second runner with an empty cache builds the twin with the remote cache
 #                 (issue 19: compare with `full` less its smoke)
-#   packer        with PACKER=1: `--backend packer` on the same definition, one boot, from the
-#                 same (cached) base, no smoke
+#   layered-from-base, packer  with PACKER=1: imgbuild's layered build into an empty layer
+#                 cache, then `--backend packer` on the same definition (one boot), both from
+#                 the same (cached) base, no smoke
 # Results: bench/results/desktop.tsv (label, wall seconds, peak RSS KiB of the largest process)
 # and the layers of each build.
 #   bench/desktop.sh          (needs: make host-tools; ~35 min, ~45 with PACKER=1)
@@ -41,6 +42,9 @@ layers() { # label: the last build's base and layers (reused or built, boot-free
   python3 -c '
 import json, sys
 m = json.load(open(sys.argv[1]))
+if "layers" not in m:  # the Packer backend: one boot, no layers
+    print("  %s: base %s; one boot (%s)" % (sys.argv[2], m["base"]["kind"], m.get("backend", "packer")))
+    sys.exit(0)
 ls = " ".join("%s=%s" % (l["name"], ("fetched" if l.get("remote") else "reused") if l["cached"]
               else "built %.0fs %s" % (l["seconds"], "boot-free" if l.get("boot_free") else "full-boot"))
               for l in m["layers"])
@@ -67,6 +71,12 @@ b second-image "$a" "$image-extra" --no-smoke
 b upload "$a" "$image" --no-smoke --cache-remote "$remote"
 b with-remote "$c" "$image" --no-smoke --cache-remote "$remote"
 if [ "${PACKER:-0}" = 1 ]; then
+  # Side by side from the same cached base, no smoke: imgbuild's layers into an empty layer
+  # cache, then Packer's one boot.
+  l="$work/cache-l"
+  mkdir -p "$l"
+  ln -s "$a/bootstrap" "$l/bootstrap"
+  b layered-from-base "$l" "$image" --no-smoke
   b packer "$a" "$image" --no-smoke --backend packer
 fi
 echo "layers:"
