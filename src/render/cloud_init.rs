@@ -89,6 +89,11 @@ impl LayerPart {
             && self.files.is_empty()
             && self.steps.is_empty()
     }
+    /// Does the layer run `apt-get update` (cloud-init's `package_update`): an upgrade, a
+    /// package or a source. One rule for the full boot's user-data and the boot-free payload.
+    pub(super) fn apt_update(&self) -> bool {
+        self.upgrade || !self.packages.is_empty() || !self.apt_sources.is_empty()
+    }
     fn add_fragment(&mut self, fr: &Fragment) {
         for (name, src) in &fr.apt_sources {
             self.apt_sources.insert(name.clone(), src.clone());
@@ -437,7 +442,7 @@ pub fn document(parts: &[&LayerPart], role: Role) -> Value {
         wf.extend(p.files.iter().cloned());
         steps.extend(p.steps.iter());
     }
-    let update = upgrade || !packages.is_empty() || !sources.is_empty();
+    let update = parts.iter().any(|p| p.apt_update());
     doc.insert("package_update".into(), json!(update));
     doc.insert("package_upgrade".into(), json!(upgrade));
     doc.insert("ssh_pwauth".into(), json!(false));

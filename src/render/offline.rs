@@ -107,7 +107,7 @@ fn apt_work(out: &mut String, part: &LayerPart) {
         serial = crate::protocol::APT_CACHE_SERIAL,
         cache = q(APT_CACHE_BOOTCMD),
     ));
-    let update = part.upgrade || !part.packages.is_empty() || !part.apt_sources.is_empty();
+    let update = part.apt_update();
     if update {
         out.push_str(&format!("sh -c {} || true\n", q(APT_LISTS_BOOTCMD)));
     }
