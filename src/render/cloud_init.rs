@@ -94,6 +94,25 @@ impl LayerPart {
     pub(super) fn apt_update(&self) -> bool {
         self.upgrade || !self.packages.is_empty() || !self.apt_sources.is_empty()
     }
+    /// `parts` as one layer named `name`, in their order: what a single boot of all of them
+    /// does (cloud-init runs every module once over the merged document).
+    fn merged(name: &'static str, parts: &[&LayerPart]) -> LayerPart {
+        let mut m = LayerPart::new(name);
+        for p in parts {
+            m.upgrade |= p.upgrade;
+            for (k, v) in &p.apt_sources {
+                m.apt_sources.insert(k.clone(), v.clone());
+            }
+            if p.apt_proxy.is_some() {
+                m.apt_proxy = p.apt_proxy.clone();
+            }
+            push_unique(&mut m.packages, p.packages.iter().cloned());
+            m.users.extend(p.users.iter().cloned());
+            m.files.extend(p.files.iter().cloned());
+            m.steps.extend(p.steps.iter().cloned());
+        }
+        m
+    }
     fn add_fragment(&mut self, fr: &Fragment) {
         for (name, src) in &fr.apt_sources {
             self.apt_sources.insert(name.clone(), src.clone());
@@ -423,26 +442,18 @@ echo \"IMGBUILD-APT-LISTS $n from the cache\" > /dev/console"
 /// The cloud-config document of `parts` booted together in one `role`.
 pub fn document(parts: &[&LayerPart], role: Role) -> Value {
     let mut doc = Map::new();
-    let upgrade = parts.iter().any(|p| p.upgrade);
-    let mut sources = Map::new();
-    let mut proxy = None;
-    let mut packages = Vec::new();
-    let mut users = Vec::new();
-    let mut wf: Vec<Value> = Vec::new();
-    let mut steps: Vec<&Step> = Vec::new();
-    for p in parts {
-        for (k, v) in &p.apt_sources {
-            sources.insert(k.clone(), v.clone());
-        }
-        if p.apt_proxy.is_some() {
-            proxy = p.apt_proxy.clone();
-        }
-        push_unique(&mut packages, p.packages.iter().cloned());
-        users.extend(p.users.iter().cloned());
-        wf.extend(p.files.iter().cloned());
-        steps.extend(p.steps.iter());
-    }
-    let update = parts.iter().any(|p| p.apt_update());
+    let all = LayerPart::merged("all", parts);
+    let update = all.apt_update();
+    let LayerPart {
+        upgrade,
+        apt_sources: sources,
+        apt_proxy: proxy,
+        packages,
+        users,
+        files: mut wf,
+        steps,
+        ..
+    } = all;
     doc.insert("package_update".into(), json!(update));
     doc.insert("package_upgrade".into(), json!(upgrade));
     doc.insert("ssh_pwauth".into(), json!(false));
@@ -552,6 +563,23 @@ pub fn user_data(
             r.name, r.name
         ),
     ))
+}
+
+/// The boot-free payload of a build that keeps no layers (`--no-cache`): every layer's work in
+/// one, as the flat user-data does it in one boot; None when some of it needs a running system
+/// or the definition says `boot_free: false`.
+pub fn flat_offline(
+    r: &Resolved,
+    arch: Arch,
+    fragments: &[(&'static str, Fragment)],
+    compose: Option<&ComposeProject>,
+) -> Result<Option<String>, RenderError> {
+    let parts = layer_parts(r, arch, fragments, compose)?;
+    let all = LayerPart::merged("all", &parts.iter().collect::<Vec<_>>());
+    Ok(
+        (r.definition.build.boot_free && super::offline::eligible(&all))
+            .then(|| super::offline::payload(&all, Role::Flat, &r.name)),
+    )
 }
 
 /// One layer of a native build as rendered: its user-data (for a full boot) and, when its work

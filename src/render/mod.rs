@@ -61,6 +61,8 @@ pub struct Rendered {
     pub compose: Option<compose::ComposeProject>,
     /// The layers of a native (layered) build, in build order.
     pub layers: Vec<RenderedLayer>,
+    /// `seed/offline.sh`: the boot-free payload of a build without layers, if it can be one.
+    pub flat_offline: Option<String>,
 }
 
 /// One layer of a native build: its name and where its documents are among `files`.
@@ -76,6 +78,8 @@ pub struct RenderedLayer {
 pub const USER_DATA: &str = "seed/user-data";
 pub const META_DATA: &str = "seed/meta-data";
 pub const NETWORK_CONFIG: &str = "seed/network-config";
+/// The boot-free payload of a build without layers (native backend, `--no-cache`).
+pub const FLAT_OFFLINE: &str = "seed/offline.sh";
 pub const PACKER_DIR: &str = "packer";
 /// `seed/layers/NN-NAME/user-data`: one user-data per build layer (native backend).
 pub const LAYERS_DIR: &str = "seed/layers";
@@ -122,6 +126,14 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
             content: packer::variables_file(&packer::default_variables(r, arch)),
         },
     ];
+    let flat_offline =
+        cloud_init::flat_offline(r, arch, &frags, compose.as_ref())?.map(|content| {
+            files.push(RenderedFile {
+                path: FLAT_OFFLINE.into(),
+                content,
+            });
+            FLAT_OFFLINE.to_string()
+        });
     let mut layers = Vec::new();
     for (i, docs) in cloud_init::layer_user_data(r, arch, &frags, compose.as_ref())?
         .into_iter()
@@ -170,6 +182,7 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
         files,
         compose,
         layers,
+        flat_offline,
     })
 }
 

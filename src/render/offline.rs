@@ -341,6 +341,8 @@ mountpoint -q /run || mount -t tmpfs -o mode=0755 tmpfs /run
 [ "$(cat /sys/block/vdb/serial 2>/dev/null)" = imgbuild-offline ] || die "/dev/vdb is not the payload disk"
 mount -o remount,rw / || die "cannot mount / read-write"
 mkdir -p /run/imgbuild /run/lock /tmp
+# When this boot began: the runner exports no kernel that nothing since has touched.
+: >/run/imgbuild/started
 # The block device whose virtio serial is $1 (no udev: no /dev/disk/by-id).
 dev_by_serial() {
   for s in /sys/block/*/serial; do

@@ -1,7 +1,9 @@
 //! The smoke's guards against what must never ship, on a mutation fixture: e2e-guards.yaml
 //! leaves a build-time sudo user, bakes a private key, a .git-credentials and a per-instance identity and starts an
 //! undeclared listener; each defect fails its own built-in check, named with the file or the
-//! port (never the secret), and nothing lands in dist/. Each failing guard names only its
+//! port (never the secret), and nothing lands in dist/. A declared check that cannot pass
+//! fails beside them, named, and no passing check is (the failed-smoke test of build_e2e.rs
+//! until the run of 2026-11-30 10:00: one smoke boot for both). Each failing guard names only its
 //! planted defect: not what the image has and declares (ssl-cert's snakeoil key, which the
 //! hygiene removes; the declared listener on 4444; the e2e user), so the same image without
 //! the defects (e2e-guards-clean.yaml, which this one extends) would pass them. Its own build
@@ -43,7 +45,7 @@ fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("smoke test failed"), "{stderr}");
-    for name in GUARDS {
+    for name in GUARDS.iter().chain(&["impossible-file"]) {
         assert!(stderr.contains(name), "names {name}:\n{stderr}");
     }
     assert!(
@@ -60,7 +62,14 @@ fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
         .filter(|c| c["passed"] == false)
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(failed, GUARDS, "{report:#}");
+    // Each guard, then the declared check that cannot pass; nothing that passes.
+    let mut want = GUARDS.to_vec();
+    want.push("impossible-file");
+    assert_eq!(failed, want, "{report:#}");
+    assert!(
+        !stderr.contains("check `file-present`"),
+        "only failing checks are named:\n{stderr}"
+    );
     let detail = |name| {
         smoke_check(&report, name)["detail"]
             .as_str()

@@ -299,7 +299,7 @@ fn sigterm_stops_every_build_and_starts_no_more() {
         "build",
         "e2e-par-a",
         "e2e-par-b",
-        "e2e-fail-smoke",
+        "e2e-guards",
         "--jobs",
         "2",
         "--version",
@@ -318,7 +318,7 @@ fn sigterm_stops_every_build_and_starts_no_more() {
                 && !qemu_processes("e2e-par-b-int2-amd64.").is_empty()
         },
     );
-    assert!(qemu_processes("e2e-fail-smoke-int2-amd64.").is_empty());
+    assert!(qemu_processes("e2e-guards-int2-amd64.").is_empty());
     std::thread::sleep(Duration::from_secs(3));
     let (status, stdout, stderr) = stop(&mut child, libc::SIGTERM, Duration::from_secs(90));
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -336,7 +336,7 @@ fn sigterm_stops_every_build_and_starts_no_more() {
         "{}",
         results[2]
     );
-    for image in ["e2e-par-a", "e2e-par-b", "e2e-fail-smoke"] {
+    for image in ["e2e-par-a", "e2e-par-b", "e2e-guards"] {
         assert_nothing_left(out.path(), image, "int2");
     }
 }

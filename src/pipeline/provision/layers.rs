@@ -54,6 +54,21 @@ fn key(parent: &str, name: &str, user_data: &str, network: &str, s: &DiskSetting
     crate::hex(&h.finalize())
 }
 
+/// The payload at `path` among the rendered files, with its path.
+fn payload(rendered: &Rendered, path: Option<&String>) -> Option<(String, String)> {
+    path.map(|p| (p.clone(), rendered.get(p).unwrap_or_default().to_string()))
+}
+
+/// What a layer's key hashes of its own: the user-data, and the payload when it has one (made
+/// from the same content, it is in the key so that a change to how payloads are made rebuilds
+/// the layers that use one).
+fn content(user_data: &str, offline: &Option<(String, String)>) -> String {
+    match offline {
+        Some((_, payload)) => format!("{user_data}\0{payload}"),
+        None => user_data.to_string(),
+    }
+}
+
 /// The layers of `rendered` on the base whose sha256 is `base_sha256`, bottom first.
 pub fn plan(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<PlannedLayer> {
     let network = rendered.get(NETWORK_CONFIG).unwrap_or_default();
@@ -63,17 +78,8 @@ pub fn plan(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<Pla
     let mut out = Vec::new();
     for (i, l) in rendered.layers.iter().enumerate() {
         let ud = rendered.get(&l.user_data).unwrap_or_default().to_string();
-        let offline = l
-            .offline
-            .as_ref()
-            .map(|p| (p.clone(), rendered.get(p).unwrap_or_default().to_string()));
-        // The payload is made from the same content as the user-data; it is in the key so
-        // that a change to how payloads are made rebuilds the layers that use one.
-        let content = match &offline {
-            Some((_, payload)) => format!("{ud}\0{payload}"),
-            None => ud.clone(),
-        };
-        let k = key(&parent, l.name, &content, network, s);
+        let offline = payload(rendered, l.offline.as_ref());
+        let k = key(&parent, l.name, &content(&ud, &offline), network, s);
         out.push(PlannedLayer {
             name: l.name,
             key: k.clone(),
@@ -89,18 +95,26 @@ pub fn plan(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<Pla
     out
 }
 
-/// One layer holding everything (the flat user-data), for builds that keep no layers.
+/// One layer holding everything (the flat user-data, and the flat payload when all of it can
+/// be boot-free), for builds that keep no layers.
 pub fn single(base_sha256: &str, rendered: &Rendered, s: &DiskSettings) -> Vec<PlannedLayer> {
     let network = rendered.get(NETWORK_CONFIG).unwrap_or_default();
     let ud = rendered.get(USER_DATA).unwrap_or_default().to_string();
+    let offline = payload(rendered, rendered.flat_offline.as_ref());
     vec![PlannedLayer {
         name: "all",
-        key: key(&format!("base:{base_sha256}"), "all", &ud, network, s),
+        key: key(
+            &format!("base:{base_sha256}"),
+            "all",
+            &content(&ud, &offline),
+            network,
+            s,
+        ),
         parent_key: None,
         user_data_path: USER_DATA.to_string(),
         user_data: ud,
         top: true,
-        offline: None,
+        offline,
     }]
 }
 
@@ -133,6 +147,16 @@ scripts:
 
     /// The same, with `def` written to the images folder `images` (for files beside it).
     fn plan_in(images: &std::path::Path, def: &str, base: &str) -> Vec<PlannedLayer> {
+        plan_with(images, def, base, plan)
+    }
+
+    /// `how` (plan or single) of definition `def` written to `images`.
+    fn plan_with(
+        images: &std::path::Path,
+        def: &str,
+        base: &str,
+        how: fn(&str, &Rendered, &DiskSettings) -> Vec<PlannedLayer>,
+    ) -> Vec<PlannedLayer> {
         std::fs::write(images.join("t.yaml"), def).unwrap();
         let r = Catalog::new(images).load("t").expect("valid definition");
         let rendered = render(&r, Arch::Amd64, RenderOptions::default()).unwrap();
@@ -141,7 +165,7 @@ scripts:
             size: Some(4 << 30),
             uefi: false,
         };
-        plan(base, &rendered, &s)
+        how(base, &rendered, &s)
     }
 
     fn keys(def: &str, base: &str) -> Vec<(&'static str, String)> {
@@ -439,6 +463,45 @@ scripts:
         let (path, text) = a[1].offline.as_ref().unwrap();
         assert!(path.ends_with("02-image/offline.sh"), "{path}");
         assert!(text.contains("provision --offline-top"));
+    }
+
+    #[test]
+    fn a_build_without_layers_is_boot_free_when_all_of_its_work_can_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let single_of = |def: &str| plan_with(dir.path(), def, "b1", single);
+        // DEF's script needs a boot, so the one build of it does.
+        let booted = single_of(DEF);
+        assert_eq!(booted.len(), 1);
+        assert!(booted[0].offline.is_none());
+        let offline = DEF.replace("    run: echo hi", "    offline: true\n    run: echo hi");
+        let flat = single_of(&offline);
+        let (path, text) = flat[0].offline.as_ref().expect("a flat payload");
+        assert_eq!(path, crate::render::FLAT_OFFLINE);
+        // Every layer's work in one payload, in the layers' order, with the hygiene.
+        let layered = plan_of(&offline, "b1");
+        let upgrade = text
+            .find("apt_run dist-upgrade")
+            .expect("the features layer's upgrade");
+        // One install of every layer's packages, as the flat user-data's one `packages:`.
+        let jq = text.find("apt_run install ").expect("an install");
+        let install = text[jq..].lines().next().unwrap();
+        assert!(install.split(' ').any(|w| w == "jq"), "{install}");
+        let mark = text
+            .find("-mark.sh 0755")
+            .expect("the image layer's script");
+        assert!(upgrade < jq && jq < mark, "{text}");
+        for l in &layered {
+            let (_, t) = l.offline.as_ref().unwrap();
+            for step in t.lines().filter(|l| l.contains("/steps/")) {
+                assert!(text.contains(step), "{step} is not in the flat payload");
+            }
+        }
+        assert!(text.contains("provision --offline-top"));
+        assert!(text.contains("OFFLINE-START all"));
+        // Its key is not the booted build's.
+        assert_ne!(flat[0].key, booted[0].key);
+        let never = offline.replace("features:\n", "build: {boot_free: false}\nfeatures:\n");
+        assert!(single_of(&never)[0].offline.is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::layers::PlannedLayer;
 use super::LayerRecord;
 use super::{ProvisionInput, Provisioned};
 use crate::cache::{self, LayerCache, LayerMeta};
-use crate::definition::{parse_size, Arch};
+use crate::definition::parse_size;
 use crate::pipeline::error::{interrupted, BuildError};
 use crate::progress::Progress;
 use crate::protocol::{marker, Event, Watch, APT_CACHE_SERIAL};
@@ -442,9 +442,11 @@ fn boot_layer(
         f.set_len(EXPORT_DISK_BYTES)
             .map_err(crate::IoError::at(e))?;
     }
-    // arm64 boots every layer in full until a boot-free one has been tried there.
-    let boot_free = match (&layer.offline, chain.kernel.clone(), input.arch) {
-        (Some(payload), Some(kernel), Arch::Amd64) => Some((payload.1.clone(), kernel)),
+    // On arm64 the firmware (AAVMF) boots the kernel QEMU hands it (`-kernel`) before any
+    // disk (tianocore/edk2 ArmVirtPkg/Library/PlatformBootManagerLib/QemuKernel.c, called
+    // from PlatformBm.c before the boot options).
+    let boot_free = match (&layer.offline, chain.kernel.clone()) {
+        (Some(payload), Some(kernel)) => Some((payload.1.clone(), kernel)),
         _ => None,
     };
     let result = match &boot_free {
@@ -461,10 +463,15 @@ fn boot_layer(
     };
     if let Some(e) = &export {
         if result.is_ok() {
-            let exported = unpack_kernel(e, &dir.join(cache::KERNEL), p);
-            // A boot-free layer whose disk has no kernel in /boot still boots the one below.
-            if let (Ok(false), Some((_, kernel))) = (&exported, &boot_free) {
-                link_kernel(kernel, &dir.join(cache::KERNEL))?;
+            let exported = unpack_kernel(e, &dir.join(cache::KERNEL));
+            match (&exported, &boot_free) {
+                // A boot-free layer that left the kernel it booted as it was (or has none in
+                // /boot) exports nothing: the layers above boot the one below's.
+                (Ok(false), Some((_, kernel))) => link_kernel(kernel, &dir.join(cache::KERNEL))?,
+                (Ok(false), None) => {
+                    p.line("no kernel export from this layer: the layers above boot in full")
+                }
+                _ => {}
             }
             exported?;
         }
@@ -474,16 +481,15 @@ fn boot_layer(
 }
 
 /// Unpacks the guest's kernel export (a tar written onto the raw disk `export`) into `to`;
-/// a disk the guest left empty (no kernel in /boot) leaves no export (false), and the layers
-/// above boot in full.
-fn unpack_kernel(export: &Path, to: &Path, p: &mut Progress) -> Result<bool, BuildError> {
+/// a disk the guest left empty (no kernel in /boot, or a boot-free layer's unchanged one)
+/// leaves no export (false).
+fn unpack_kernel(export: &Path, to: &Path) -> Result<bool, BuildError> {
     use std::io::Read;
     let mut head = [0u8; 512];
     let mut f = std::fs::File::open(export).map_err(crate::IoError::at(export))?;
     f.read_exact(&mut head)
         .map_err(crate::IoError::at(export))?;
     if head.iter().all(|b| *b == 0) {
-        p.line("no kernel export from this layer: the layers above boot in full");
         return Ok(false);
     }
     std::fs::create_dir_all(to).map_err(crate::IoError::at(to))?;
