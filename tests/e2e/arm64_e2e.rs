@@ -1,7 +1,8 @@
 //! arm64 for real on this x86 host: `debian12-base` (the real definition) bootstrapped for
 //! arm64 by mmdebstrap through qemu-user-static (binfmt_misc), its GRUB built from the tree's
 //! arm64-efi modules, provisioned and smoke-booted under qemu-system-aarch64 (TCG, AAVMF).
-//! One boot for provisioning (`--no-cache`) and the smoke's: every boot is emulated.
+//! Provisioned without a boot (`--no-cache`: one boot-free payload of everything, the kernel
+//! handed to AAVMF by QEMU), then the smoke's boot: every boot is emulated.
 
 use crate::common;
 
@@ -21,6 +22,15 @@ fn debian12_base_builds_for_arm64_boots_under_tcg_and_passes_its_smoke() {
     assert_eq!(m["accel"], "tcg");
     assert_eq!(m["base"]["kind"], "bootstrap");
     assert_eq!(m["smoke"]["passed"], true, "{m:#}");
+    // One layer, boot-free: the base's exported kernel straight into the payload, no init.
+    let layers = m["layers"].as_array().unwrap();
+    assert!(layers.len() == 1 && layers[0]["boot_free"] == true, "{m:#}");
+    let build_log = std::fs::read_to_string(dir.join("logs/serial-build.log")).unwrap();
+    assert!(
+        build_log.contains("IMGBUILD-OFFLINE-START all"),
+        "{build_log}"
+    );
+    assert!(!build_log.contains("cloud-init["), "{build_log}");
     let report = read_json(&dir.join("smoke/report.json"));
     assert_eq!(report["passed"], true, "{report:#}");
     // The same checks as the amd64 build of the same definition plans.

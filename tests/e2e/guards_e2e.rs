@@ -62,9 +62,9 @@ fn each_defect_fails_its_own_guard_naming_the_file_or_port() {
         .filter(|c| c["passed"] == false)
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    // Each guard, then the declared check that cannot pass; nothing that passes.
-    let mut want = GUARDS.to_vec();
-    want.push("impossible-file");
+    // The declared check that cannot pass, then each guard; nothing that passes.
+    let mut want = vec!["impossible-file"];
+    want.extend(GUARDS);
     assert_eq!(failed, want, "{report:#}");
     assert!(
         !stderr.contains("check `file-present`"),

@@ -86,6 +86,8 @@ fn debian_kolla_twin_in_the_lab_shape_passes_kolla_ansibles_prechecks() {
     let out = tempfile::tempdir().unwrap();
     let (dir, m) = common::build_real("debian12-kolla-node", "k1", &["--no-cache"], out.path());
     assert_eq!(m["smoke"]["passed"], true);
+    // Every step of the twin needs no running system: its one layer is boot-free.
+    assert_eq!(m["layers"][0]["boot_free"], true, "{m:#}");
     let report = read_json(&dir.join("smoke/report.json"));
     let ready = smoke_check(&report, "kolla-host-ready");
     assert_eq!(ready["passed"], true, "{ready:#}");
