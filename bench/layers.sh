@@ -4,8 +4,8 @@
 # apt configuration in the `features` layer; files, a user and the image's identity in the
 # `image` layer, which needs no running system):
 #   (a) a full build: Packer (`--backend packer`, one boot) vs imgbuild's layered build into an
-#       empty layer cache (both layers boot-free on the bootstrap base's kernel) vs imgbuild's one-boot
-#       `--no-cache` build;
+#       empty layer cache (both layers boot-free on the bootstrap base's kernel) vs imgbuild's
+#       `--no-cache` build (one boot-free payload of both layers' work);
 #   (b) a rebuild after a change to the top layer (a file's content): boot-free vs the same
 #       change with `build: {boot_free: false}`, on the same cache (that setting changes the
 #       features layer's key too, so both layers are built, in full boots);
@@ -73,13 +73,13 @@ def line(what, label):
 print("| e2e-par-a / e2e-par-b | per round s | median s | median peak RSS MiB (QEMU) |")
 print("|---|---|---|---|")
 print(line("a-packer-full", "(a) Packer 1.6.6 (`--backend packer`), full build"))
-print(line("a-imgbuild-flat", "(a) imgbuild, full build `--no-cache` (one boot)"))
+print(line("a-imgbuild-flat", "(a) imgbuild, full build `--no-cache` (one boot-free payload)"))
 print(line("a-imgbuild-layered", "(a) imgbuild, full build into an empty layer cache (both layers boot-free)"))
 print(line("b-rebuild-free", "(b) imgbuild, rebuild after a top-layer change, boot-free"))
 print(line("b-rebuild-full", "(b) imgbuild, the same rebuild with `boot_free: false` (both layers in full boots: the features layer's key changes with it)"))
 print(line("c-second-image", "(c) imgbuild, a second image sharing the lower layer"))
 pk = med("a-packer-full")
-print(f"\nlayered / Packer = {med('a-imgbuild-layered')/pk:.2f}; one boot / Packer = {med('a-imgbuild-flat')/pk:.2f}; "
+print(f"\nlayered / Packer = {med('a-imgbuild-layered')/pk:.2f}; --no-cache / Packer = {med('a-imgbuild-flat')/pk:.2f}; "
       f"rebuild boot-free / full boot = {med('b-rebuild-free')/med('b-rebuild-full'):.2f}")
 PY
 echo "per-layer (per round):"

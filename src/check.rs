@@ -144,6 +144,12 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
         ),
     };
     add("cloud-init-schema", USER_DATA, status);
+    // A boot-free payload runs under /bin/sh as PID 1: its syntax is checked by sh.
+    let payload_syntax =
+        |p: &str| outcome(Cmd::new("sh").arg("-n").arg(dir.join(p)).run_unchecked());
+    if let Some(p) = &rendered.flat_offline {
+        add("payload-sh-syntax", p, payload_syntax(p));
+    }
     for layer in &rendered.layers {
         let status = match &tools.cloud_init {
             None => not_installed("cloud-init"),
@@ -155,13 +161,8 @@ pub fn run(rendered: &Rendered, dir: &Path, tools: &Tools) -> Vec<CheckResult> {
             ),
         };
         add("cloud-init-schema", &layer.user_data, status);
-        // A boot-free payload runs under /bin/sh as PID 1: its syntax is checked by sh.
         if let Some(p) = &layer.offline {
-            add(
-                "payload-sh-syntax",
-                p,
-                outcome(Cmd::new("sh").arg("-n").arg(dir.join(p)).run_unchecked()),
-            );
+            add("payload-sh-syntax", p, payload_syntax(p));
         }
     }
 
