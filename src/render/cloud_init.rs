@@ -547,39 +547,26 @@ pub fn document(parts: &[&LayerPart], role: Role) -> Value {
     Value::Object(doc)
 }
 
-/// The build-time user-data for one boot that provisions everything (Packer, `render`).
-pub fn user_data(
-    r: &Resolved,
-    arch: Arch,
-    fragments: &[(&'static str, Fragment)],
-    compose: Option<&ComposeProject>,
-) -> Result<String, RenderError> {
-    let parts = layer_parts(r, arch, fragments, compose)?;
+/// The build-time user-data for one boot that provisions everything (Packer, `render`), from
+/// the layers' parts (`layer_parts`).
+pub fn user_data(r: &Resolved, arch: Arch, parts: &[LayerPart]) -> String {
     let all: Vec<&LayerPart> = parts.iter().collect();
-    Ok(to_cloud_config(
+    to_cloud_config(
         &document(&all, Role::Flat),
         &format!(
             "imgbuild build-time user-data for {} ({arch}). Rendered; edit images/{}.yaml instead.",
             r.name, r.name
         ),
-    ))
+    )
 }
 
 /// The boot-free payload of a build that keeps no layers (`--no-cache`): every layer's work in
 /// one, as the flat user-data does it in one boot; None when some of it needs a running system
 /// or the definition says `boot_free: false`.
-pub fn flat_offline(
-    r: &Resolved,
-    arch: Arch,
-    fragments: &[(&'static str, Fragment)],
-    compose: Option<&ComposeProject>,
-) -> Result<Option<String>, RenderError> {
-    let parts = layer_parts(r, arch, fragments, compose)?;
+pub fn flat_offline(r: &Resolved, parts: &[LayerPart]) -> Option<String> {
     let all = LayerPart::merged("all", &parts.iter().collect::<Vec<_>>());
-    Ok(
-        (r.definition.build.boot_free && super::offline::eligible(&all))
-            .then(|| super::offline::payload(&all, Role::Flat, &r.name)),
-    )
+    (r.definition.build.boot_free && super::offline::eligible(&all))
+        .then(|| super::offline::payload(&all, Role::Flat, &r.name))
 }
 
 /// One layer of a native build as rendered: its user-data (for a full boot) and, when its work
@@ -591,16 +578,10 @@ pub struct LayerDocs {
     pub offline: Option<String>,
 }
 
-/// The build-time documents per layer, in build order.
-pub fn layer_user_data(
-    r: &Resolved,
-    arch: Arch,
-    fragments: &[(&'static str, Fragment)],
-    compose: Option<&ComposeProject>,
-) -> Result<Vec<LayerDocs>, RenderError> {
-    let parts = layer_parts(r, arch, fragments, compose)?;
+/// The build-time documents per layer, in build order, from the layers' parts.
+pub fn layer_user_data(r: &Resolved, arch: Arch, parts: &[LayerPart]) -> Vec<LayerDocs> {
     let n = parts.len();
-    Ok(parts
+    parts
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -626,7 +607,7 @@ pub fn layer_user_data(
                 offline,
             }
         })
-        .collect())
+        .collect()
 }
 
 pub fn meta_data(r: &Resolved, arch: Arch) -> String {

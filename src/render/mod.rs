@@ -100,10 +100,13 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
     }
     let frags = features::fragments(d, arch);
     let compose = compose::render(r)?;
+    // What each layer brings, once: the flat user-data, the flat payload and the layers'
+    // documents are all made from it.
+    let parts = cloud_init::layer_parts(r, arch, &frags, compose.as_ref())?;
     let mut files = vec![
         RenderedFile {
             path: USER_DATA.into(),
-            content: cloud_init::user_data(r, arch, &frags, compose.as_ref())?,
+            content: cloud_init::user_data(r, arch, &parts),
         },
         RenderedFile {
             path: META_DATA.into(),
@@ -126,16 +129,15 @@ pub fn render(r: &Resolved, arch: Arch, opts: RenderOptions) -> Result<Rendered,
             content: packer::variables_file(&packer::default_variables(r, arch)),
         },
     ];
-    let flat_offline =
-        cloud_init::flat_offline(r, arch, &frags, compose.as_ref())?.map(|content| {
-            files.push(RenderedFile {
-                path: FLAT_OFFLINE.into(),
-                content,
-            });
-            FLAT_OFFLINE.to_string()
+    let flat_offline = cloud_init::flat_offline(r, &parts).map(|content| {
+        files.push(RenderedFile {
+            path: FLAT_OFFLINE.into(),
+            content,
         });
+        FLAT_OFFLINE.to_string()
+    });
     let mut layers = Vec::new();
-    for (i, docs) in cloud_init::layer_user_data(r, arch, &frags, compose.as_ref())?
+    for (i, docs) in cloud_init::layer_user_data(r, arch, &parts)
         .into_iter()
         .enumerate()
     {
