@@ -33,6 +33,8 @@ ARM64_TEST=arm64_e2e::debian12_base_builds_for_arm64_boots_under_tcg_and_passes_
 PARALLEL_TESTS=parallel_e2e::
 
 mkdir -p target
+# Each e2e build's whole output (tests/common keep_build_log); summed up at the end.
+rm -rf target/e2e-logs
 echo "== scripts/test.sh starts at $(date +%T): compiling the tests, installing the test tools"
 # The validators' venv, the test stacks' venvs and gitlab-ci-local (`make host-tools` but the
 # apt packages, which the Makefile's `test` installs first): mostly downloads, made while cargo
@@ -138,7 +140,7 @@ stop_background() {
 trap stop_background INT TERM EXIT
 
 "$CARGO" test --locked --lib --bins --test e2e -- --test-threads=2 \
-  --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" --skip "$PACKER_TEST" --skip "$ARM64_TEST" --skip "$PARALLEL_TESTS" 2>&1 | stamp
+  --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" --skip "$PACKER_TEST" --skip "$ARM64_TEST" --skip "$PARALLEL_TESTS" 2>&1 | stamp | tee target/foreground-tests.log
 rest=${PIPESTATUS[0]}
 
 wait "$background_pid"
@@ -154,6 +156,20 @@ echo "== kolla and packer tests (exit $kolla):"
 cat "$kolla_log"
 echo "== openstack and tool-free tiers, arm64, parallel builds (exit $tiers):"
 cat "$tiers_log"
+# The stages of every e2e build and how long each took, and (a CI log shows the end of the
+# output) the start of every failed test's message, which leads with its cause.
+echo "== the e2e builds' stages (whole outputs: target/e2e-logs)"
+for f in target/e2e-logs/*.log; do
+  [ -e "$f" ] || continue
+  echo "-- $(basename "$f" .log)"
+  grep -E '^\[ *[0-9.]+s\] (ok  |FAIL) ' "$f"
+done
+for f in target/foreground-tests.log "$log" "$kolla_log" "$tiers_log"; do
+  if grep -q "panicked at" "$f"; then
+    echo "== failed in $f (the start of each message):"
+    grep -A 30 "panicked at" "$f"
+  fi
+done
 if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ] || [ "$kolla" -ne 0 ] || [ "$tiers" -ne 0 ]; then
   echo "== tests failed: the foreground exited $rest, the desktop $background, kolla $kolla, the tiers $tiers" >&2
   exit 1

@@ -408,13 +408,86 @@ pub fn build_real(
         .output();
     let (stdout, stderr) = text(&o);
     let dir = out.join(image).join(version);
+    let name = format!("{image}-{version}");
+    keep_build_log(&name, &stderr);
     assert!(
         o.status.success(),
-        "build of {image} failed:\n{stderr}\n{}",
-        std::fs::read_to_string(dir.join("smoke/report.json")).unwrap_or_default()
+        "{}",
+        build_failure(&name, &stderr, Some(&dir.join("smoke")))
     );
     let m = serde_json::from_str(&stdout).expect("--json prints the manifest");
     (dir, m)
+}
+
+/// Where the e2e tests keep each build's whole output (`NAME.log`); scripts/test.sh prints
+/// their stage lines (`ok   base (2369.1 s)`, ...) at the end of a run, so that a CI log shows
+/// which stage of which build took the time.
+pub fn build_logs() -> PathBuf {
+    repo().join("target/e2e-logs")
+}
+
+/// Keeps a build's output (stderr: stages, progress, errors) as target/e2e-logs/NAME.log.
+pub fn keep_build_log(name: &str, stderr: &str) {
+    let dir = build_logs();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.log")), stderr).unwrap();
+}
+
+/// A failed build's panic message, the cause first: the error and FAIL lines, the smoke
+/// checks that failed (from `smoke_dir`/report.json), then the output's last lines without
+/// the bootstrap's progress. A CI log shows the start and the end of a long output, and a
+/// desktop build prints hundreds of lines before its cause (the run of 7f89411 showed none of
+/// it); the whole output is in target/e2e-logs/NAME.log ([`keep_build_log`]).
+pub fn build_failure(name: &str, stderr: &str, smoke_dir: Option<&Path>) -> String {
+    keep_build_log(name, stderr);
+    let text_of = |l: &str| {
+        let l = l.trim_start();
+        match l.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((_, rest)) => rest.trim_start().to_string(),
+            None => l.to_string(),
+        }
+    };
+    let causes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| {
+            let t = text_of(l);
+            t.starts_with("FAIL") || t.starts_with("error")
+        })
+        .collect();
+    let mut msg = format!("build {name} failed\n== its error and FAIL lines\n");
+    for l in &causes {
+        msg.push_str(l);
+        msg.push('\n');
+    }
+    if let Some(r) = smoke_dir
+        .map(|d| d.join("report.json"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+    {
+        msg.push_str("== its smoke report\n");
+        if let Some(e) = r["error"].as_str() {
+            msg.push_str(&format!("error: {e}\n"));
+        }
+        msg.push_str(&format!("boot_seconds: {}\n", r["boot_seconds"]));
+        for c in r["checks"].as_array().into_iter().flatten() {
+            if c["passed"] != true {
+                msg.push_str(&format!("FAILED {}: {}\n", c["name"], c["detail"]));
+            }
+        }
+    }
+    let rest: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("INFO bootstrap:"))
+        .collect();
+    msg.push_str(&format!(
+        "== its last lines (all {} in target/e2e-logs/{name}.log)\n",
+        stderr.lines().count()
+    ));
+    for l in &rest[rest.len().saturating_sub(60)..] {
+        msg.push_str(l);
+        msg.push('\n');
+    }
+    msg
 }
 
 /// The layer and base cache the build end-to-end tests share (built once, reused).

@@ -144,7 +144,17 @@ impl Private {
         a.extend_from_slice(&["--out", out.to_str().unwrap()]);
         let o = self.run(&a);
         let (stdout, stderr) = text(&o);
-        assert!(o.status.success(), "build {version} failed:\n{stderr}");
+        let name = format!("e2e-{version}");
+        common::keep_build_log(&name, &stderr);
+        assert!(
+            o.status.success(),
+            "{}",
+            common::build_failure(
+                &name,
+                &stderr,
+                Some(&out.join("e2e").join(version).join("smoke"))
+            )
+        );
         let m = serde_json::from_str(&stdout).expect("--json prints the manifest");
         (m, stderr)
     }
@@ -556,7 +566,12 @@ fn packer_backend_builds_the_same_definition_and_it_passes_the_same_smoke() {
         out.path().to_str().unwrap(),
     ]);
     let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "packer build failed:\n{stderr}");
+    common::keep_build_log("e2e-p1-packer", &stderr);
+    assert!(
+        o.status.success(),
+        "{}",
+        common::build_failure("e2e-p1-packer", &stderr, None)
+    );
     let m: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(m["backend"], "packer");
     assert!(m["smoke"].is_null(), "--no-smoke is recorded");

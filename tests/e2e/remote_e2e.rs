@@ -53,7 +53,11 @@ fn build(
     }
     let o = c.output();
     let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "build {version} failed:\n{stderr}");
+    assert!(
+        o.status.success(),
+        "{}",
+        common::build_failure(&format!("e2e-remote-{version}"), &stderr, None)
+    );
     // -v logs every request: never a presigned URL's signature, never the secret.
     assert!(
         !stderr.contains("X-Amz-Signature") && !stderr.contains(&s3.secret),
