@@ -80,6 +80,19 @@ stamp() {
   done
 }
 
+# The CPU time a stream's processes used (QEMU's among them: `times` counts every waited-for
+# descendant), in core-minutes: the run is CPU-bound on two cores, so these say where to cut.
+cpu_time() {
+  local f
+  f=$(mktemp)
+  times >"$f" # a builtin in this shell: in a pipe or $(...) it would count a subshell's
+  awk -v s="$1" 'NR == 2 {
+    split($1, u, /[ms]/); split($2, y, /[ms]/)
+    printf "== CPU of the %s stream: %.1f core-minutes (user %s, system %s)\n", s, u[1] + u[2] / 60 + y[1] + y[2] / 60, $1, $2
+  }' "$f"
+  rm -f "$f"
+}
+
 log=target/background-tests.log
 kolla_log=target/kolla-tests.log
 tiers_log=target/tiers-tests.log
@@ -87,6 +100,7 @@ desktop_stream() {
   local failed=0
   echo "== desktop_e2e"
   "$e2e" --exact "$DESKTOP_TEST" || failed=1
+  cpu_time desktop
   return $failed
 }
 kolla_stream() {
@@ -95,6 +109,7 @@ kolla_stream() {
   "$e2e" --exact "$KOLLA_TEST" || failed=1
   echo "== packer backend"
   "$e2e" --exact "$PACKER_TEST" || failed=1
+  cpu_time "kolla and packer"
   return $failed
 }
 tiers_stream() {
@@ -107,6 +122,7 @@ tiers_stream() {
   "$e2e" --exact "$ARM64_TEST" || failed=1
   echo "== parallel builds"
   "$e2e" --test-threads=1 "$PARALLEL_TESTS" || failed=1
+  cpu_time tiers
   return $failed
 }
 # start_stream LOG FUNCTION: FUNCTION in the background, its output time-stamped into LOG.
@@ -142,6 +158,7 @@ trap stop_background INT TERM EXIT
 "$CARGO" test --locked --lib --bins --test e2e -- --test-threads=2 \
   --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" --skip "$PACKER_TEST" --skip "$ARM64_TEST" --skip "$PARALLEL_TESTS" 2>&1 | stamp | tee target/foreground-tests.log
 rest=${PIPESTATUS[0]}
+cpu_time "foreground (with the compile)"
 
 wait "$background_pid"
 background=$?

@@ -26,6 +26,13 @@ pub const RECIPE_VERSION: u32 = 4;
 /// qemu-user: 164 s and 197 s of its 753 s). dpkg-divert keeps the real update-initramfs
 /// aside behind a stub until the customize hook puts it back and runs it.
 const DEFER_INITRAMFS: &str = "--essential-hook=chroot \"$1\" dpkg-divert --quiet --local --rename --add --divert /usr/sbin/update-initramfs.imgbuild /usr/sbin/update-initramfs && printf '#!/bin/sh\\necho \"update-initramfs: deferred to the end of the bootstrap\"\\n' > \"$1\"/usr/sbin/update-initramfs && chmod 0755 \"$1\"/usr/sbin/update-initramfs";
+/// dpkg without its fsync of every file it unpacks (`--force-unsafe-io`, dpkg(1)): the tree is
+/// a scratch folder until mkfs copies it into the disk image, and a bootstrap that stops
+/// midway leaves nothing anyway. The layers' apt work runs with it too, as cloud-init's does.
+/// Only while mmdebstrap runs (its `--dpkgopt` would stay in the image's dpkg.cfg.d).
+const UNSAFE_IO_ON: &str = "--setup-hook=mkdir -p \"$1\"/etc/dpkg/dpkg.cfg.d && echo force-unsafe-io > \"$1\"/etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io";
+const UNSAFE_IO_OFF: &str =
+    "--customize-hook=rm -f \"$1\"/etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io";
 const MAKE_INITRAMFS: &str = "--customize-hook=rm -f \"$1\"/usr/sbin/update-initramfs && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && chroot \"$1\" update-initramfs -c -k all";
 
 const SECTOR: u64 = 512;
@@ -281,6 +288,7 @@ pub fn bootstrap(
     // The base steps run before the initramfs is made: what they install or purge may trigger
     // it, which the deferral absorbs.
     c = c
+        .arg(UNSAFE_IO_ON)
         .arg(DEFER_INITRAMFS)
         .args(step_hooks(steps))
         .arg(MAKE_INITRAMFS)
@@ -300,6 +308,7 @@ pub fn bootstrap(
             ));
     }
     let c = c
+        .arg(UNSAFE_IO_OFF)
         .arg(format!("--architectures={arch}"))
         .arg(format!("--components={}", spec.components.join(",")))
         .arg(format!("--include={}", include.join(",")))
@@ -838,6 +847,7 @@ mod tests {
             name: "s".into(),
             script: script.into(),
             offline: true,
+            network: false,
         };
         assert_ne!(
             cache_key(&a, Arch::Amd64, &[step("true")]),
@@ -850,11 +860,33 @@ mod tests {
     }
 
     #[test]
+    fn dpkg_runs_without_fsync_only_while_mmdebstrap_does() {
+        // Run as mmdebstrap runs its hooks: `sh -c HOOK sh TREE`.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io");
+        let hook = |h: &str, prefix: &str| {
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(h.strip_prefix(prefix).unwrap())
+                .arg("sh")
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+        };
+        hook(UNSAFE_IO_ON, "--setup-hook=");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "force-unsafe-io\n");
+        hook(UNSAFE_IO_OFF, "--customize-hook=");
+        assert!(!file.exists());
+    }
+
+    #[test]
     fn base_steps_run_in_the_tree_with_sh_e_and_say_their_name() {
         let hooks = step_hooks(&[Step {
             name: "keep-it".into(),
             script: "echo 'it'\nexit 3\n".into(),
             offline: true,
+            network: false,
         }]);
         assert_eq!(hooks.len(), 1);
         let cmd = hooks[0].strip_prefix("--customize-hook=").unwrap();

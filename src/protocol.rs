@@ -35,6 +35,9 @@ pub mod marker {
     pub const SMOKE_DONE: &str = "IMGBUILD-SMOKE-DONE";
     /// The guest's `rdp-login` check is ready: the host now tries RDP logins.
     pub const SMOKE_RDP_READY: &str = "IMGBUILD-SMOKE-RDP-READY";
+    /// The guest saw xrdp refuse the wrong password: the host ends that attempt and tries the
+    /// launch's.
+    pub const SMOKE_RDP_REFUSED: &str = "IMGBUILD-SMOKE-RDP-REFUSED";
     /// Not ours: the guest kernel's last words.
     pub const KERNEL_PANIC: &str = "Kernel panic";
 }
@@ -289,6 +292,8 @@ mod tests {
             marker::SMOKE_START,
             marker::SMOKE_RESULT,
             marker::SMOKE_DONE,
+            marker::SMOKE_RDP_READY,
+            marker::SMOKE_RDP_REFUSED,
         ] {
             assert!(SMOKE.contains(&format!("\"{m}")), "smoke.py prints no {m}");
         }

@@ -20,12 +20,13 @@ pub struct Attempt {
 }
 
 /// Connects to `port` on the host's loopback as `user` with `password`, holds the connection
-/// for at most `hold`, then ends it.
+/// until `seen` says the other side has what it needs (or for at most `hold`), then ends it.
 pub fn attempt(
     port: u16,
     user: &str,
     password: &str,
     hold: Duration,
+    seen: &dyn Fn() -> bool,
 ) -> Result<Attempt, ExecError> {
     let cmd = Cmd::new("xvfb-run").args([
         "-a".to_string(),
@@ -44,7 +45,7 @@ pub fn attempt(
         Stdio::null(),
         Stdio::null(),
     )?;
-    while t0.elapsed() < hold {
+    while t0.elapsed() < hold && !seen() {
         if let Ok(Some(status)) = g.try_wait() {
             return Ok(Attempt {
                 exit: status.code(),

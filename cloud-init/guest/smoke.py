@@ -61,6 +61,7 @@ def builtin_no_build_leftovers(_):
     left = [p for p in ("/usr/local/lib/imgbuild/provision", "/usr/local/lib/imgbuild/steps", "/usr/local/lib/imgbuild/prepull",
                         "/etc/systemd/system/imgbuild-hygiene.service",
                         "/etc/apt/apt.conf.d/00imgbuild-keep-debs",
+                        "/etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io",
                         "/etc/systemd/system/poweroff.target.wants/imgbuild-hygiene.service",
                         "/root/.bash_history") if os.path.lexists(p)]
     lists = [f for f in os.listdir("/var/lib/apt/lists") if f not in ("lock", "partial", "auxfiles")] if os.path.isdir("/var/lib/apt/lists") else []
@@ -285,9 +286,14 @@ def session_env(user, display):
     return env
 
 
-def as_user(user, env, argv):
-    return subprocess.run(["runuser", "-u", user, "--", "env"] + [f"{k}={v}" for k, v in env.items()] + argv,
-                          capture_output=True, text=True, timeout=60)
+def as_user(user, env, argv, timeout=300):
+    """argv as `user` in their session's environment; a command that outlives `timeout` (a
+    give-up limit: a TCG guest on a loaded host is slow) is a failed one, exit 124."""
+    cmd = ["runuser", "-u", user, "--", "env"] + [f"{k}={v}" for k, v in env.items()] + argv
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"{argv[0]} did not end in {timeout} s")
 
 
 def builtin_desktop_clean(c):
@@ -447,6 +453,7 @@ def builtin_rdp_login(c):
     user = c["user"]
     start = os.path.getsize(SESMAN_LOG) if os.path.exists(SESMAN_LOG) else 0
     say("IMGBUILD-SMOKE-RDP-READY")
+    told = []
 
     def seen():
         try:
@@ -456,6 +463,10 @@ def builtin_rdp_login(c):
         except OSError as e:
             return False, f"{SESMAN_LOG}: {e}"
         refused, granted = rdp_attempts(text, user)
+        if refused and not told:
+            # The host holds the refused connection until told, then tries the launch's password.
+            say("IMGBUILD-SMOKE-RDP-REFUSED")
+            told.append(True)
         if refused and granted:
             return True, f"xrdp refused a wrong password for {user} and granted the launch's desktop password"
         lines = [l for l in text.splitlines() if user in l or "pam" in l.lower()][-6:]

@@ -383,7 +383,8 @@ impl super::Feature for Feature {
             // UDISKS_IGNORE, HIDE_SEED_RULES) and no vncconfig window in its window list.
             SmokeCheck::builtin(
                 "desktop-clean",
-                json!({"user": l.user, "vnc_display": desk.vnc_display}),
+                json!({"user": l.user, "vnc_display": desk.vnc_display,
+                    "wait": (d.smoke.timeout as u64 * 60 / 4).max(180)}),
             ),
         ];
         if desk.rdp {
@@ -391,7 +392,9 @@ impl super::Feature for Feature {
             // (pipeline::smoke); xrdp's session manager must refuse one and grant the other.
             v.push(SmokeCheck::builtin(
                 "rdp-login",
-                json!({"user": l.user, "wait": 300}),
+                // A give-up limit, as desktop-session's: the host's two logins end as soon
+                // as the guest has seen each (pipeline::smoke, RDP_HOLD).
+                json!({"user": l.user, "wait": (d.smoke.timeout as u64 * 60 / 4).max(300)}),
             ));
         }
         v

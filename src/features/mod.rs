@@ -180,6 +180,9 @@ pub struct Step {
     pub script: String,
     /// Needs no running system (services, network): may run in a boot-free layer.
     pub offline: bool,
+    /// Needs the network while it runs (a pull): a boot-free layer keeps QEMU's user network
+    /// up for its steps (render/offline.rs). Only with `offline`; a full boot has the network.
+    pub network: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -202,6 +205,7 @@ impl Fragment {
             name: name.into(),
             script: script.into(),
             offline: false,
+            network: false,
         });
     }
     /// A step that needs no running system (no service, no network): it may run in a
@@ -211,6 +215,7 @@ impl Fragment {
             name: name.into(),
             script: script.into(),
             offline: true,
+            network: false,
         });
     }
     pub(crate) fn pkgs(&mut self, p: &[&str]) {

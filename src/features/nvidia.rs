@@ -110,11 +110,13 @@ pub(super) fn fragment(d: &Definition, n: &Nvidia, arch: Arch) -> Fragment {
                 NOUVEAU_BLACKLIST.0, NOUVEAU_BLACKLIST.1
             ),
             offline: true,
+            network: false,
         });
         fr.base_steps.push(Step {
             name: "nvidia-keep-module-drop-dkms".into(),
             script: DEBIAN_KEEP_MODULE_DROP_DKMS.into(),
             offline: true,
+            network: false,
         });
     } else {
         if n.source == NvidiaSource::Debian {

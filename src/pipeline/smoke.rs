@@ -14,7 +14,7 @@ use crate::render::userdata::{self, LaunchParams, UserdataError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub const RUNNER: &str = include_str!("../../cloud-init/guest/smoke.py");
@@ -384,17 +384,47 @@ pub const DESKTOP_PAINT_TIMEOUT: Duration = Duration::from_secs(600);
 /// xrdp's port in the guest.
 const RDP_PORT: u16 = 3389;
 
+/// How long the host holds one RDP login at most. A give-up limit: each attempt ends as soon
+/// as the guest has seen it in xrdp's log (the refusal: `IMGBUILD-SMOKE-RDP-REFUSED`; the
+/// grant: the check's result). A fixed 60 s hold ended the wrong password's attempt only then
+/// (xrdp keeps a refused client at its login screen), and on a loaded CI host could end the
+/// launch password's before xrdp had asked PAM.
+const RDP_HOLD: Duration = Duration::from_secs(300);
+
+/// What the guest has seen of the host's RDP logins (serial lines), for the thread that makes
+/// them: nothing yet, the wrong password refused, the check judged (or the smoke over).
+#[derive(Default, Clone)]
+struct RdpSeen(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl RdpSeen {
+    const REFUSED: u8 = 1;
+    const JUDGED: u8 = 2;
+    fn saw(&self, what: u8) {
+        self.0.fetch_max(what, Ordering::SeqCst);
+    }
+    fn has(&self, what: u8) -> bool {
+        self.0.load(Ordering::SeqCst) >= what
+    }
+}
+
 /// The host's RDP logins for the guest's `rdp-login` check, in a thread while the guest
 /// waits: a wrong password first (xrdp must refuse it), then the launch's. The guest judges
 /// them from xrdp's log; what the client saw is returned for the log.
-fn rdp_logins_in_background(port: u16, l: &SmokeLaunch) -> std::thread::JoinHandle<String> {
+fn rdp_logins_in_background(
+    port: u16,
+    l: &SmokeLaunch,
+    seen: RdpSeen,
+) -> std::thread::JoinHandle<String> {
     let user = l.user.clone();
     let right = l.vnc_password.clone();
     let wrong: String = format!("{}x", crate::hex(&random_bytes(6)));
     std::thread::spawn(move || {
         let mut said = Vec::new();
-        for (what, pw) in [("wrong password", &wrong), ("launch password", &right)] {
-            match crate::rdp::attempt(port, &user, pw, Duration::from_secs(60)) {
+        for (what, pw, until) in [
+            ("wrong password", &wrong, RdpSeen::REFUSED),
+            ("launch password", &right, RdpSeen::JUDGED),
+        ] {
+            match crate::rdp::attempt(port, &user, pw, RDP_HOLD, &|| seen.has(until)) {
                 Ok(a) => said.push(format!(
                     "{what}: {} after {:.0} s",
                     match a.exit {
@@ -516,6 +546,7 @@ pub fn smoke(
     let mut results: Vec<CheckOutcome> = Vec::new();
     let on_line = opts.on_line;
     let mut rdp_logins: Option<std::thread::JoinHandle<String>> = None;
+    let rdp_seen = RdpSeen::default();
     let wait = vm.wait_for_with(
         &[marker::SMOKE_DONE, marker::KERNEL_PANIC, "end Kernel panic"],
         Duration::from_secs(r.definition.smoke.timeout as u64 * 60),
@@ -525,10 +556,16 @@ pub fn smoke(
             on_line(line);
             if line.contains(marker::SMOKE_RDP_READY) && rdp_logins.is_none() {
                 if let (Some(l), Some((port, _))) = (&launch, rdp_fwd) {
-                    rdp_logins = Some(rdp_logins_in_background(port, l));
+                    rdp_logins = Some(rdp_logins_in_background(port, l, rdp_seen.clone()));
                 }
             }
+            if line.contains(marker::SMOKE_RDP_REFUSED) {
+                rdp_seen.saw(RdpSeen::REFUSED);
+            }
             if let Some(c) = crate::protocol::smoke_result(line) {
+                if c.name == "rdp-login" {
+                    rdp_seen.saw(RdpSeen::JUDGED);
+                }
                 // The runner writes to the console and to stdout (which cloud-init also
                 // copies to the console): the first report of a check counts.
                 if !results.iter().any(|x| x.name == c.name) {
@@ -538,6 +575,7 @@ pub fn smoke(
         },
     );
     let boot_seconds = started.elapsed().as_secs_f64();
+    rdp_seen.saw(RdpSeen::JUDGED);
     if let Some(h) = rdp_logins {
         let said = h
             .join()

@@ -264,6 +264,7 @@ pub fn layer_parts(
             name: format!("50-{:02}-{}", i + 1, s.name),
             script: s.run.clone(),
             offline: s.offline,
+            network: false,
         });
     }
     // stack: the compose project, its first-boot secrets and unit, its baked-in images. On
@@ -332,6 +333,7 @@ pub fn layer_parts(
                     env = secrets_env_path(&c.name)
                 ),
                 offline: true,
+                network: false,
             });
         }
         if !c.start.is_empty() {
@@ -709,6 +711,7 @@ fn stack_unit_and_prepull(
         name: "61-stack".into(),
         script: format!("{}\n", super::features::enable_units(&[&unit])),
         offline: true,
+        network: false,
     });
     let images = c.images_for(&cs.prepull);
     if cs.prepull.is_empty() || images.is_empty() {
@@ -725,8 +728,11 @@ fn stack_unit_and_prepull(
             offline = offline_images_dir(name),
             list = list.join(" "),
         ),
-        // docker load/pull: a running dockerd.
-        offline: false,
+        // docker load/pull: a running dockerd, which the prepull script starts itself when no
+        // systemd runs (a boot-free layer), and the network for a pull, which a boot-free
+        // layer keeps up for it.
+        offline: true,
+        network: true,
     });
 }
 

@@ -22,7 +22,9 @@
 //! else to /etc/apt/trusted.gpg.d/STEM.gpg; the proxy in
 //! /etc/apt/apt.conf.d/90cloud-init-aptproxy; then `apt-get update`, `dist-upgrade` and
 //! `install`, each with `--force-confold --force-unsafe-io --assume-yes --quiet`. The
-//! network, the resolver and the policy-rc.d are gone before the steps run.
+//! network, the resolver and the policy-rc.d are gone before the steps run; a layer with a
+//! step that pulls (the stack's prepull, which starts its own dockerd when no systemd runs)
+//! has the network and the resolver again for its runner's time.
 
 use super::cloud_init::{
     LayerPart, Role, APT_CACHE_BOOTCMD, APT_LISTS_BOOTCMD, HYGIENE, LIB, PROVISION,
@@ -97,7 +99,7 @@ fn source_paths(name: &str) -> (String, String) {
 /// The payload's apt work for `part` (see the module's comment).
 fn apt_work(out: &mut String, part: &LayerPart) {
     out.push_str(
-        "# apt, as cloud-init's apt modules do it in a full boot.\nnet_up\nhold_services\n",
+        "# apt, as cloud-init's apt modules do it in a full boot.\nnet_up apt\nhold_services\n",
     );
     out.push_str(&format!(
         "# The bootcmd's own line, with the link udev would have made.\n\
@@ -297,6 +299,11 @@ pub fn payload(part: &LayerPart, role: Role, image: &str) -> String {
         // local-hostname); an instance gets its own at launch.
         s.push_str(&format!("echo {} >/etc/hostname\n", q(image)));
     }
+    // A step that pulls (the stack's prepull) gets the network apt had, for the runner's time.
+    let network = part.steps.iter().any(|st| st.network);
+    if network {
+        s.push_str("net_up \"its steps\"\n");
+    }
     s.push_str(&format!(
         "/bin/bash {LIB}/provision {mode} </dev/null || die \"the runner exited $?\"\n",
         mode = if top {
@@ -305,6 +312,9 @@ pub fn payload(part: &LayerPart, role: Role, image: &str) -> String {
             "--offline-layer"
         }
     ));
+    if network {
+        s.push_str("net_down\n");
+    }
     s.push_str("off\n");
     s
 }
@@ -367,9 +377,9 @@ grow_root() {
   echo "imgbuild: grew /dev/$part to its disk" >/dev/console
 }
 grow_root
-# QEMU's user network (slirp) without DHCP: its fixed addresses. The NIC's driver is loaded as
-# udev's coldplug would; the resolver goes to /run (tmpfs), or over the image's file by a bind
-# mount, so nothing of it stays on the disk.
+# QEMU's user network (slirp) without DHCP: its fixed addresses (`net_up WHAT-FOR`). The NIC's
+# driver is loaded as udev's coldplug would; the resolver goes to /run (tmpfs), or over the
+# image's file by a bind mount, so nothing of it stays on the disk.
 net_up() {
   modprobe -abq $(cat /sys/bus/virtio/devices/*/modalias 2>/dev/null) 2>/dev/null || true
   nic=""
@@ -380,10 +390,10 @@ net_up() {
     done
     [ -n "$nic" ] || { sleep 0.5; n=$((n + 1)); }
   done
-  [ -n "$nic" ] || die "no network interface for apt (QEMU's user network)"
+  [ -n "$nic" ] || die "no network interface for $1 (QEMU's user network)"
   ip link set lo up
   ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" && ip route add default via 10.0.2.2 ||
-    die "cannot bring up $nic for apt"
+    die "cannot bring up $nic for $1"
   resolv=$(readlink -m /etc/resolv.conf)
   case "$resolv" in
     /run/*) mkdir -p "$(dirname "$resolv")" && echo "nameserver 10.0.2.3" >"$resolv" || die "cannot write $resolv" ;;
@@ -394,11 +404,12 @@ net_up() {
       resolv_bound=1
       ;;
   esac
-  echo "imgbuild: $nic up as 10.0.2.15 for apt" >/dev/console
+  echo "imgbuild: $nic up as 10.0.2.15 for $1" >/dev/console
 }
 net_down() {
   [ -z "${resolv_bound:-}" ] || umount /etc/resolv.conf || die "cannot restore /etc/resolv.conf"
   [ -z "${resolv_made:-}" ] || rm -f /etc/resolv.conf
+  resolv_bound="" resolv_made=""
   ip addr flush dev "$nic" && ip link set "$nic" down
 }
 # No service starts while packages go in (invoke-rc.d asks policy-rc.d; 101: not allowed).
@@ -521,6 +532,7 @@ scripts:
             name: "10-x".into(),
             script: "true\n".into(),
             offline: true,
+            network: false,
         });
         p
     }
@@ -549,7 +561,7 @@ scripts:
         let order = [
             "put /etc/apt/preferences.d/pin",
             "useradd",
-            "\nnet_up\nhold_services\n",
+            "\nnet_up apt\nhold_services\n",
             "APT-CACHE",
             "APT-LISTS",
             "put /etc/apt/cloud-init.gpg.d/docker.gpg",
@@ -570,7 +582,28 @@ scripts:
         plain.apt_sources.clear();
         plain.packages.clear();
         let text = payload(&plain, Role::Layer, "img");
-        assert!(!text.contains("\nnet_up\n") && !text.contains("apt_run "));
+        assert!(!text.contains("\nnet_up ") && !text.contains("apt_run "));
+    }
+
+    #[test]
+    fn a_step_that_pulls_has_the_network_for_the_runners_time() {
+        let mut p = apt_part();
+        (p.upgrade, p.apt_proxy) = (false, None);
+        p.apt_sources.clear();
+        p.packages.clear();
+        p.steps.push(crate::features::Step {
+            name: "62-prepull".into(),
+            script: "prepull /var/lib/imgbuild/x/images nginx\n".into(),
+            offline: true,
+            network: true,
+        });
+        assert!(eligible(&p));
+        let text = payload(&p, Role::Top, "img");
+        let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("no {needle}"));
+        assert!(at("\nnet_up \"its steps\"\n") < at("provision --offline-top"));
+        assert!(at("provision --offline-top") < at("\nnet_down\noff\n"));
+        // No apt work: no policy-rc.d, no apt cache.
+        assert!(!text.contains("\nhold_services\n") && !text.contains("apt_run "));
     }
 
     #[test]

@@ -362,15 +362,17 @@ fn a_layered_qemu_build_makes_every_layer_passes_its_smoke_and_leaves_nothing() 
     assert_eq!(serial.matches("IMGBUILD-HYGIENE-DONE").count(), 1);
     // One image, both kinds of layer: the features layer (the upgrade, trixie's source,
     // docker's offline step) without a boot, its apt work done by its payload on the network
-    // it brought up itself, no cloud-init; the image layer (a script that needs Docker) and
-    // the stack layer (the pre-pull) in full boots, with cloud-init.
+    // it brought up itself, no cloud-init; the image layer (a script that needs Docker) in a
+    // full boot, with cloud-init; the stack layer (the pre-pull: `docker load` of the archive
+    // the image layer made) without a boot again, its dockerd started by the prepull step, the
+    // network up for its steps (a pull would need it), and the hygiene run by its runner.
     let boot_free: Vec<bool> = m["layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| l["boot_free"] == true)
         .collect();
-    assert_eq!(boot_free, [true, false, false], "{m:#}");
+    assert_eq!(boot_free, [true, false, true], "{m:#}");
     let features = layer_log(&serial, "features");
     assert!(features.contains("up as 10.0.2.15 for apt"), "{features}");
     assert!(
@@ -379,6 +381,16 @@ fn a_layered_qemu_build_makes_every_layer_passes_its_smoke_and_leaves_nothing() 
     );
     assert!(!features.contains("cloud-init["), "{features}");
     assert!(layer_log(&serial, "image").contains("cloud-init["));
+    let stack = layer_log(&serial, "stack");
+    assert!(!stack.contains("cloud-init["), "{stack}");
+    for want in [
+        "up as 10.0.2.15 for its steps",
+        "IMGBUILD-STEP-OK 62-prepull",
+        "IMGBUILD-CONTAINER-IMAGE {\"image\":\"localhost/imgbuild-probe:1\"",
+        "IMGBUILD-HYGIENE-DONE",
+    ] {
+        assert!(stack.contains(want), "{want}:\n{stack}");
+    }
     // The boot-free lower layer exports its kernel only if its apt work touched it (a new
     // kernel's initrd or a rebuilt one); else the layers above boot the base's.
     let touched = features.contains("update-initramfs: Generating");
