@@ -173,13 +173,13 @@ echo "== kolla and packer tests (exit $kolla):"
 cat "$kolla_log"
 echo "== openstack and tool-free tiers, arm64, parallel builds (exit $tiers):"
 cat "$tiers_log"
-# The stages of every e2e build and how long each took, and (a CI log shows the end of the
+# The stages and layers of every e2e build and how long each took, and (a CI log shows the end of the
 # output) the start of every failed test's message, which leads with its cause.
 echo "== the e2e builds' stages (whole outputs: target/e2e-logs)"
 for f in target/e2e-logs/*.log; do
   [ -e "$f" ] || continue
   echo "-- $(basename "$f" .log)"
-  grep -E '^\[ *[0-9.]+s\] (ok  |FAIL) ' "$f"
+  grep -E '^\[ *[0-9.]+s\] ((ok  |FAIL) |layer [0-9]+/[0-9]+ )' "$f"
 done
 for f in target/foreground-tests.log "$log" "$kolla_log" "$tiers_log"; do
   if grep -q "panicked at" "$f"; then
