@@ -339,16 +339,33 @@ pub fn bootstrap(
     if let Err(e) = export_kernel(&root, arch, &kernel_dir(out)) {
         tracing::warn!("no kernel export beside the base ({e}): its first layer boots in full");
     }
-    let tmp = out.with_extension("qcow2.part");
-    Cmd::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&tmp)
-        .run()?;
-    std::fs::rename(&tmp, out).map_err(crate::IoError::at(out))?;
+    publish_disk(&raw, out)?;
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// The raw disk as the cache's qcow2 `out`, whole or not at all: a failed conversion (a full
+/// disk) takes its `.part` and the kernel export beside `out` along (a CI run here left a
+/// 2.9 GB `.qcow2.part` and the `.kernel` folder of a base that never was).
+fn publish_disk(raw: &Path, out: &Path) -> Result<(), BootstrapError> {
+    let tmp = out.with_extension("qcow2.part");
+    let made = Cmd::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(raw)
+        .arg(&tmp)
+        .run()
+        .map_err(BootstrapError::from)
+        .and_then(|_| {
+            std::fs::rename(&tmp, out)
+                .map_err(crate::IoError::at(out))
+                .map_err(BootstrapError::from)
+        });
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(kernel_dir(out));
+    }
+    made
 }
 
 /// Where a bootstrapped base's kernel export goes beside its disk `out` (`KEY.qcow2` →
@@ -857,6 +874,18 @@ mod tests {
             cache_key(&a, Arch::Amd64, &[step("true")]),
             cache_key(&a, Arch::Amd64, &[step("false")])
         );
+    }
+
+    #[test]
+    fn a_failed_conversion_leaves_no_part_and_no_kernel_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("k.qcow2");
+        std::fs::create_dir_all(kernel_dir(&out)).unwrap();
+        std::fs::write(kernel_dir(&out).join("vmlinuz"), "k").unwrap();
+        // Not a disk qemu-img can read: the conversion fails.
+        let e = publish_disk(&dir.path().join("missing.raw"), &out).unwrap_err();
+        assert!(e.to_string().contains("qemu-img"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
