@@ -175,7 +175,7 @@ echo "== openstack and tool-free tiers, arm64, parallel builds (exit $tiers):"
 cat "$tiers_log"
 # The stages and layers of every e2e build and how long each took, and (a CI log shows the end of the
 # output) the start of every failed test's message, which leads with its cause.
-echo "== the e2e builds' stages (whole outputs: target/e2e-logs)"
+echo "== the e2e builds' stages (whole outputs: target/e2e-logs); $(df -h --output=avail target | tail -n 1 | tr -d ' ') free now on target's disk"
 for f in target/e2e-logs/*.log; do
   [ -e "$f" ] || continue
   echo "-- $(basename "$f" .log)"
