@@ -437,9 +437,9 @@ pub fn keep_build_log(name: &str, stderr: &str) {
 /// checks that failed (from `smoke_dir`/report.json), then the output's last lines without
 /// the bootstrap's progress. A CI log shows the start and the end of a long output, and a
 /// desktop build prints hundreds of lines before its cause (the run of 7f89411 showed none of
-/// it); the whole output is in target/e2e-logs/NAME.log ([`keep_build_log`]).
+/// it); the whole output is in target/e2e-logs/NAME.log, which the caller keeps with
+/// [`keep_build_log`] whether the build passed or not.
 pub fn build_failure(name: &str, stderr: &str, smoke_dir: Option<&Path>) -> String {
-    keep_build_log(name, stderr);
     let text_of = |l: &str| {
         let l = l.trim_start();
         match l.strip_prefix('[').and_then(|r| r.split_once(']')) {

@@ -53,10 +53,12 @@ fn build(
     }
     let o = c.output();
     let (stdout, stderr) = text(&o);
+    let name = format!("e2e-remote-{version}");
+    common::keep_build_log(&name, &stderr);
     assert!(
         o.status.success(),
         "{}",
-        common::build_failure(&format!("e2e-remote-{version}"), &stderr, None)
+        common::build_failure(&name, &stderr, None)
     );
     // -v logs every request: never a presigned URL's signature, never the secret.
     assert!(
