@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# `make test`: every test of the crate, in four streams side by side, so that the longest
+# `make test`: every test of the crate, in five streams side by side, so that the longest
 # tests start at once instead of one of them ending the run alone on one core:
 # - the foreground: the unit tests and the e2e tier with two test threads (real builds and
-#   boots), without the three tests below;
-# - background 1: the desktop twin's end-to-end test (a desktop built and smoke-booted under
-#   TCG, the longest test by far);
-# - background 2, one after the other: the Kolla twin's end-to-end test (its build, smoke and
-#   kolla-ansible's prechecks in the lab shape), the second longest, then the Packer backend's
-#   (a Packer build and one smoke boot);
-# - background 3: the openstack tier (a real Keystone and Glance) and the tool-free tier, little
-#   CPU beside the VMs (they ran after the desktop test before, 9 minutes at the end of the
-#   longest stream: the run of 2026-11-29 19:38), then the arm64 test (an arm64 bootstrap
-#   and two emulated boots, ~40 minutes; in the foreground it ran beside the layered build
-#   test while this stream sat idle from minute 14: the run of 2026-11-30 02:48), then the
-#   parallel-build tests (they hold the e2e binary's VM lock alone, so in the foreground they
-#   waited for the layered build test and ran last).
+#   boots), without the tests below;
+# - the desktop stream: the desktop twin's end-to-end test (a desktop built and smoke-booted
+#   under TCG, the longest test by far);
+# - the arm64 stream: the arm64 test (an arm64 bootstrap through qemu-user and two emulated
+#   boots, the second longest), then the parallel-build tests (they hold the e2e binary's VM
+#   lock alone, so in the foreground they waited for the layered build test and ran last);
+# - the Kolla stream: the Kolla twin's end-to-end test (its build, smoke and kolla-ansible's
+#   prechecks in the lab shape), then the Packer backend's (a Packer build and one smoke boot);
+# - the tiers stream: the openstack tier (a real Keystone and Glance) and the tool-free tier,
+#   no VMs.
+# The e2e tests that build or boot take one of the run's VM slots first (tests/e2e/main.rs
+# `vm_slots`: as many as the host has cores), so at most that many build VMs and bootstraps run
+# at once whichever stream they are in: the run of 2026-11-30 16:16 had five TCG guests and two
+# native bootstraps on two cores, and guests starved that long overran their own give-up
+# limits. The desktop and arm64 streams start first and take the first slots (longest first);
+# the others start when they hold them. Who waited for whom is in target/test-vm-slots/log,
+# printed at the end.
 # Before the streams: the tests compile while the venvs and gitlab-ci-local install.
 # The background streams run the test binaries directly (no second cargo holding the build
-# lock); their output lands in target/background-tests.log, target/kolla-tests.log and
-# target/tiers-tests.log and is printed at the end. Every line of every stream carries the time
-# it was printed, so that a slow run shows which test took it. The exit code is non-zero if any
-# stream failed.
+# lock); their output lands in target/{desktop,arm64,kolla,tiers}-tests.log and is printed at
+# the end. Every line of every stream carries the time it was printed, so that a slow run
+# shows which test took it. The exit code is non-zero if any stream failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -34,7 +37,7 @@ PARALLEL_TESTS=parallel_e2e::
 
 mkdir -p target
 # Each e2e build's whole output (tests/common keep_build_log); summed up at the end.
-rm -rf target/e2e-logs
+rm -rf target/e2e-logs target/test-vm-slots
 echo "== scripts/test.sh starts at $(date +%T): compiling the tests, installing the test tools"
 # The validators' venv, the test stacks' venvs and gitlab-ci-local (`make host-tools` but the
 # apt packages, which the Makefile's `test` installs first): mostly downloads, made while cargo
@@ -93,7 +96,8 @@ cpu_time() {
   rm -f "$f"
 }
 
-log=target/background-tests.log
+desktop_log=target/desktop-tests.log
+arm64_log=target/arm64-tests.log
 kolla_log=target/kolla-tests.log
 tiers_log=target/tiers-tests.log
 desktop_stream() {
@@ -101,6 +105,15 @@ desktop_stream() {
   echo "== desktop_e2e"
   "$e2e" --exact "$DESKTOP_TEST" || failed=1
   cpu_time desktop
+  return $failed
+}
+arm64_stream() {
+  local failed=0
+  echo "== arm64"
+  "$e2e" --exact "$ARM64_TEST" || failed=1
+  echo "== parallel builds"
+  "$e2e" --test-threads=1 "$PARALLEL_TESTS" || failed=1
+  cpu_time "arm64 and parallel"
   return $failed
 }
 kolla_stream() {
@@ -118,10 +131,6 @@ tiers_stream() {
   "$openstack" --test-threads=2 || failed=1
   echo "== tool-free tier"
   "$tool_free" || failed=1
-  echo "== arm64"
-  "$e2e" --exact "$ARM64_TEST" || failed=1
-  echo "== parallel builds"
-  "$e2e" --test-threads=1 "$PARALLEL_TESTS" || failed=1
   cpu_time tiers
   return $failed
 }
@@ -129,13 +138,26 @@ tiers_stream() {
 start_stream() {
   ( "$2" 2>&1 | stamp; exit "${PIPESTATUS[0]}" ) >"$1" &
 }
-echo "== in the background: desktop_e2e (log: $log)"
-start_stream "$log" desktop_stream
-background_pid=$!
+# wait_for_slots N: until N tests hold a VM slot (at most a minute: a test that fails before
+# its slot must not stop the run).
+wait_for_slots() {
+  local i
+  for i in $(seq 60); do
+    [ "$(grep -c ' has ' target/test-vm-slots/log 2>/dev/null)" -ge "$1" ] && return 0
+    sleep 1
+  done
+}
+echo "== in the background: desktop_e2e (log: $desktop_log)"
+start_stream "$desktop_log" desktop_stream
+desktop_pid=$!
+echo "== in the background: the arm64 test, then the parallel-build tests (log: $arm64_log)"
+start_stream "$arm64_log" arm64_stream
+arm64_pid=$!
+wait_for_slots 2
 echo "== in the background: kolla_e2e, then the Packer backend's test (log: $kolla_log)"
 start_stream "$kolla_log" kolla_stream
 kolla_pid=$!
-echo "== in the background: the openstack and tool-free tiers, then the arm64 and parallel-build tests (log: $tiers_log)"
+echo "== in the background: the openstack and tool-free tiers (log: $tiers_log)"
 start_stream "$tiers_log" tiers_stream
 tiers_pid=$!
 # A stopped `make test` stops the background tests too: every process below each stream
@@ -149,7 +171,7 @@ descendants() {
 }
 stop_background() {
   local p
-  for p in $background_pid $kolla_pid $tiers_pid; do
+  for p in $desktop_pid $arm64_pid $kolla_pid $tiers_pid; do
     kill -TERM $(descendants "$p") "$p" 2>/dev/null
   done
 }
@@ -160,19 +182,25 @@ trap stop_background INT TERM EXIT
 rest=${PIPESTATUS[0]}
 cpu_time "foreground (with the compile)"
 
-wait "$background_pid"
-background=$?
+wait "$desktop_pid"
+desktop=$?
+wait "$arm64_pid"
+arm64=$?
 wait "$kolla_pid"
 kolla=$?
 wait "$tiers_pid"
 tiers=$?
 trap - INT TERM EXIT
-echo "== desktop test (exit $background):"
-cat "$log"
+echo "== desktop test (exit $desktop):"
+cat "$desktop_log"
+echo "== arm64 and parallel-build tests (exit $arm64):"
+cat "$arm64_log"
 echo "== kolla and packer tests (exit $kolla):"
 cat "$kolla_log"
-echo "== openstack and tool-free tiers, arm64, parallel builds (exit $tiers):"
+echo "== openstack and tool-free tiers (exit $tiers):"
 cat "$tiers_log"
+echo "== who waited for a VM slot, and how long (target/test-vm-slots/log)"
+cat target/test-vm-slots/log 2>/dev/null
 # The stages and layers of every e2e build and how long each took, and (a CI log shows the end of the
 # output) the start of every failed test's message, which leads with its cause.
 echo "== the e2e builds' stages (whole outputs: target/e2e-logs); $(df -h --output=avail target | tail -n 1 | tr -d ' ') free now on target's disk"
@@ -181,13 +209,13 @@ for f in target/e2e-logs/*.log; do
   echo "-- $(basename "$f" .log)"
   grep -E '^\[ *[0-9.]+s\] ((ok  |FAIL) |layer [0-9]+/[0-9]+ )' "$f"
 done
-for f in target/foreground-tests.log "$log" "$kolla_log" "$tiers_log"; do
+for f in target/foreground-tests.log "$desktop_log" "$arm64_log" "$kolla_log" "$tiers_log"; do
   if grep -q "panicked at" "$f"; then
     echo "== failed in $f (the start of each message):"
     grep -A 30 "panicked at" "$f"
   fi
 done
-if [ "$rest" -ne 0 ] || [ "$background" -ne 0 ] || [ "$kolla" -ne 0 ] || [ "$tiers" -ne 0 ]; then
-  echo "== tests failed: the foreground exited $rest, the desktop $background, kolla $kolla, the tiers $tiers" >&2
+if [ "$rest" -ne 0 ] || [ "$desktop" -ne 0 ] || [ "$arm64" -ne 0 ] || [ "$kolla" -ne 0 ] || [ "$tiers" -ne 0 ]; then
+  echo "== tests failed: the foreground exited $rest, the desktop $desktop, arm64 $arm64, kolla $kolla, the tiers $tiers" >&2
   exit 1
 fi

@@ -22,12 +22,115 @@ mod remote_e2e;
 /// run one after the other: at most two build VMs of this binary's tests at a time.
 pub static VMS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// A share of [`VMS`] for a test that runs one build at a time.
-pub fn one_vm() -> std::sync::RwLockReadGuard<'static, ()> {
-    VMS.read().unwrap_or_else(|e| e.into_inner())
+/// A share of [`VMS`] and one of the run's [`vm_slots`], for a test that runs one build at a
+/// time.
+pub fn one_vm() -> VmTurn<std::sync::RwLockReadGuard<'static, ()>> {
+    let lock = VMS.read().unwrap_or_else(|e| e.into_inner());
+    VmTurn {
+        _slots: vm_slots(1),
+        _lock: lock,
+    }
 }
 
-/// All of [`VMS`], for a test that runs two builds at once.
-pub fn all_vms() -> std::sync::RwLockWriteGuard<'static, ()> {
-    VMS.write().unwrap_or_else(|e| e.into_inner())
+/// All of [`VMS`] and two of the run's [`vm_slots`], for a test that runs two builds at once.
+pub fn all_vms() -> VmTurn<std::sync::RwLockWriteGuard<'static, ()>> {
+    let lock = VMS.write().unwrap_or_else(|e| e.into_inner());
+    VmTurn {
+        _slots: vm_slots(2),
+        _lock: lock,
+    }
+}
+
+/// A test's turn to build and boot: held until dropped.
+pub struct VmTurn<G> {
+    _slots: Vec<std::fs::File>,
+    _lock: G,
+}
+
+/// `n` of the host's VM slots (all at once or none), shared by every process of a test run (scripts/test.sh runs the
+/// long tests in streams of their own, each its own process): as many as the host has cores
+/// (or `IMGBUILD_TEST_VM_SLOTS`), one flock'ed file each under target/test-vm-slots. Every
+/// build VM has one vCPU; before these slots a run had five TCG guests and two native
+/// bootstraps on two cores at once, and a guest starved that long overran its own give-up
+/// limits (the CI run of 2026-11-30 16:16: the Kolla smoke's first boot still in cloud-init
+/// after 2400 s, the layered test's docker.service 36 minutes in starting). Who waited how
+/// long for whom goes to target/test-vm-slots/log, which scripts/test.sh prints.
+fn vm_slots(n: usize) -> Vec<std::fs::File> {
+    use std::io::Write;
+    let dir = common::repo().join("target/test-vm-slots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let count = std::env::var("IMGBUILD_TEST_VM_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |c| c.get()))
+        .max(n);
+    let me = format!(
+        "{} (pid {})",
+        std::thread::current().name().unwrap_or("a test"),
+        std::process::id()
+    );
+    let log = |line: String| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))
+            .unwrap();
+        writeln!(f, "{} {line}", now()).unwrap();
+    };
+    let start = std::time::Instant::now();
+    let mut held: Vec<std::fs::File> = Vec::new();
+    let mut said = false;
+    while held.len() < n {
+        for i in 0..count {
+            if held.len() == n {
+                break;
+            }
+            let path = dir.join(format!("slot-{i}"));
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            if f.try_lock().is_ok() {
+                f.set_len(0).unwrap();
+                write!(f, "{me}").unwrap();
+                held.push(f);
+            }
+        }
+        if held.len() < n {
+            // All or none: a test that needs two does not keep a lane idle while it waits for
+            // the second.
+            held.clear();
+            if !said {
+                let holders: Vec<String> = (0..count)
+                    .map(|i| {
+                        std::fs::read_to_string(dir.join(format!("slot-{i}"))).unwrap_or_default()
+                    })
+                    .collect();
+                log(format!(
+                    "{me} waits for {n} VM slot(s); held by: {}",
+                    holders.join("; ")
+                ));
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    }
+    log(format!(
+        "{me} has {n} VM slot(s) after {} s",
+        start.elapsed().as_secs()
+    ));
+    held
+}
+
+/// The time of day, UTC, as scripts/test.sh stamps its lines.
+fn now() -> String {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 86_400;
+    format!("[{:02}:{:02}:{:02}]", s / 3600, s / 60 % 60, s % 60)
 }
