@@ -78,10 +78,14 @@ fn vm_slots(n: usize) -> Vec<std::fs::File> {
         writeln!(f, "{} {line}", now()).unwrap();
     };
     let start = std::time::Instant::now();
+    let ticket = Ticket::new(&dir, n);
     let mut held: Vec<std::fs::File> = Vec::new();
     let mut said = false;
     while held.len() < n {
         for i in 0..count {
+            if !ticket.is_next() {
+                break;
+            }
             if held.len() == n {
                 break;
             }
@@ -118,11 +122,64 @@ fn vm_slots(n: usize) -> Vec<std::fs::File> {
             std::thread::sleep(std::time::Duration::from_secs(2));
         }
     }
+    drop(ticket);
     log(format!(
         "{me} has {n} VM slot(s) after {} s",
         start.elapsed().as_secs()
     ));
     held
+}
+
+/// A place in the queue for VM slots (target/test-vm-slots/queue/TIME-PID-SEQ-N, removed when
+/// dropped): slots go first come, first served, so that a long test that asked early (the
+/// Kolla twin's, started right after the desktop's and the arm64 test) is not passed by the
+/// short tests of the foreground that ask later. A test that needs two slots lets those that
+/// need one go first (else a lane would idle while it waits for the second). The ticket of a
+/// process that is gone does not count.
+struct Ticket {
+    path: std::path::PathBuf,
+    name: String,
+}
+
+impl Ticket {
+    fn new(dir: &std::path::Path, n: usize) -> Ticket {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let queue = dir.join("queue");
+        std::fs::create_dir_all(&queue).unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{nanos:024}-{}-{seq}-{n}", std::process::id());
+        let path = queue.join(&name);
+        std::fs::write(&path, "").unwrap();
+        Ticket { path, name }
+    }
+
+    /// Whether no live ticket before this one is waiting for a single slot.
+    fn is_next(&self) -> bool {
+        let mut ahead: Vec<String> = std::fs::read_dir(self.path.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|t| t.as_str() < self.name.as_str())
+            .collect();
+        ahead.sort();
+        let mine_is_one = self.name.ends_with("-1");
+        !ahead.iter().any(|t| {
+            let mut parts = t.split('-');
+            let pid = parts.nth(1).unwrap_or("0");
+            let alive = std::path::Path::new("/proc").join(pid).exists();
+            // A single-slot ticket waits only for the single-slot tickets before it.
+            alive && (t.ends_with("-1") || !mine_is_one)
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The time of day, UTC, as scripts/test.sh stamps its lines.
