@@ -11,6 +11,7 @@ use common::{read_json, repo, smoke_check};
 
 #[test]
 fn debian_desktop_twin_builds_and_boots_to_a_vnc_desktop_for_the_launch_user() {
+    let _vm = crate::one_vm();
     let out = tempfile::tempdir().unwrap();
     let (dir, m) = common::build_real("debian12-desktop-ai", "d1", &[], out.path());
     assert_eq!(m["smoke"]["passed"], true);
