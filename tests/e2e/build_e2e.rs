@@ -853,6 +853,7 @@ fn a_killed_layered_build_leaves_no_qemu_no_entry_and_prune_clears_the_partial()
 
 #[test]
 fn an_existing_version_or_a_bad_one_is_refused_before_any_work() {
+    // No VM slot: refused before any work, nothing boots.
     let out = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(out.path().join("e2e/x1")).unwrap();
     std::fs::write(out.path().join("e2e/x1/keep"), "mine").unwrap();

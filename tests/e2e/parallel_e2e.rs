@@ -227,6 +227,7 @@ fn two_images_build_in_parallel_and_an_impossible_arch_fails_alone() {
 
 #[test]
 fn bad_input_is_refused_before_any_build_starts() {
+    // No VM slot: refused before any build starts, nothing boots.
     let out = tempfile::tempdir().unwrap();
     let o_ = out.path().to_str().unwrap();
     std::fs::create_dir_all(out.path().join("e2e-par-b/x1")).unwrap();

@@ -34,6 +34,7 @@ fn gone(pid: u32) -> bool {
 
 #[test]
 fn a_wait_past_its_timeout_names_what_it_waited_for_and_stops_qemu() {
+    // No VM slot: a QEMU without a disk for seconds, no guest.
     let dir = tempfile::tempdir().unwrap();
     let mut vm = Vm::start(&spec(dir.path())).unwrap();
     let pid = vm.pid().unwrap();
@@ -76,6 +77,7 @@ fn a_wait_past_its_timeout_names_what_it_waited_for_and_stops_qemu() {
 
 #[test]
 fn a_cancelled_wait_is_interrupted_and_stops_qemu() {
+    // No VM slot: a QEMU without a disk for seconds, no guest.
     let dir = tempfile::tempdir().unwrap();
     let cancel = AtomicBool::new(true);
     for exit in [false, true] {
@@ -95,6 +97,7 @@ fn a_cancelled_wait_is_interrupted_and_stops_qemu() {
 
 #[test]
 fn qmp_answers_from_a_deep_work_folder_and_its_socket_goes_with_the_vm() {
+    // No VM slot: a QEMU without a disk for seconds, no guest.
     // A work folder this deep could not hold a UNIX socket (sun_path: 108 bytes).
     let dir = tempfile::tempdir().unwrap();
     let deep = dir.path().join("w".repeat(60)).join("x".repeat(60));

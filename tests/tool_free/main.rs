@@ -27,3 +27,4 @@ mod roundtrip;
 mod smoke_guards;
 mod smoke_kinds;
 mod userdata;
+mod vm_slots;
