@@ -18,7 +18,9 @@ fn tests_of(src: &str) -> Vec<(String, String)> {
                 .and_then(|s| s.split('(').next())
                 .unwrap_or("?")
                 .to_string();
-            let body = part.split("\n}\n").next().unwrap_or(part).to_string();
+            let whole = part.split("\n}\n").next().unwrap_or(part);
+            // Without the signature: a test is not its own helper.
+            let body = whole.split_once('{').map_or(whole, |(_, b)| b).to_string();
             (name, body)
         })
         .collect()
@@ -26,10 +28,16 @@ fn tests_of(src: &str) -> Vec<(String, String)> {
 
 /// The functions of `src` (not tests) that take a slot themselves, e.g. guards_e2e's `build`.
 fn helpers_with_a_slot(src: &str) -> Vec<String> {
-    format!("\n{src}")
-        .split("\nfn ")
-        .skip(1)
-        .filter(|f| f.split("\n}\n").next().unwrap_or(f).contains("_vm"))
+    let src = format!("\n{src}");
+    let pieces: Vec<&str> = src.split("\nfn ").collect();
+    pieces
+        .windows(2)
+        .filter(|w| !w[0].trim_end().ends_with("#[test]"))
+        .map(|w| w[1])
+        .filter(|f| {
+            let body = f.split("\n}\n").next().unwrap_or(f);
+            body.contains("crate::one_vm()") || body.contains("crate::all_vms()")
+        })
         .filter_map(|f| f.split('(').next().map(str::to_string))
         .collect()
 }
@@ -76,7 +84,7 @@ fn every_e2e_test_holds_a_vm_slot_or_says_why_not() {
 
 #[test]
 fn the_rule_sees_a_test_without_a_slot_and_one_through_a_helper() {
-    let src = "fn build(i: &str) {\n    let _vm = crate::one_vm();\n}\n\n#[test]\nfn a() {\n    build(\"x\");\n}\n\n#[test]\nfn b() {\n    run(&[\"build\"]);\n}\n\n#[test]\nfn c() {\n    // No VM slot: refused before any work\n}\n";
+    let src = "fn build(i: &str) {\n    let _vm = crate::one_vm();\n}\n\n#[test]\nfn a() {\n    build(\"x\");\n}\n\n#[test]\nfn b() {\n    let _vm = ();\n    run(&[\"build\"]);\n}\n\n#[test]\nfn c() {\n    // No VM slot: refused before any work\n}\n";
     let helpers = helpers_with_a_slot(src);
     assert_eq!(helpers, ["build"]);
     let verdicts: Vec<(String, bool)> = tests_of(src)
