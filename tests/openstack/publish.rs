@@ -848,16 +848,23 @@ fn a_glance_that_never_answers_times_out_after_timeout_seconds() {
         "RegionSilent",
         "",
     );
+    // The limit also holds for the real Keystone's answer, which took over 2 s in a test run
+    // beside two TCG guests (2026-11-30 18:09: `POST …/v3/auth/tokens: timed out after 2 s`);
+    // 15 s is ample for Keystone and still says whether the silent Glance was given up on once
+    // (five tries would take 75 s).
     let started = std::time::Instant::now();
-    let o = publish(&c, &dist, &["--timeout", "2"]);
+    let o = publish(&c, &dist, &["--timeout", "15"]);
     let took = started.elapsed();
     let err = failed(&o, s);
-    assert!(err.contains("timed out after 2 s"), "{err}");
+    assert!(
+        err.contains(&format!("{url}/")) && err.contains("timed out after 15 s"),
+        "the silent Glance, not Keystone, timed out: {err}"
+    );
     assert!(err.contains("--timeout"), "{err}");
     assert_eq!(retries(&err), 0, "a timeout is not retried: {err}");
     assert!(
-        took < std::time::Duration::from_secs(12),
-        "took {took:?} with --timeout 2"
+        took < std::time::Duration::from_secs(60),
+        "took {took:?} with --timeout 15"
     );
     drop(silent);
 }
