@@ -36,6 +36,10 @@ ARM64_TEST=arm64_e2e::debian12_base_builds_for_arm64_boots_under_tcg_and_passes_
 PARALLEL_TESTS=parallel_e2e::
 
 mkdir -p target
+# One vCPU per build and smoke VM (src/host.rs vm_cpu_limit): as many VMs as VM slots, as many
+# slots as cores. The definitions' `build.cpus: 2` gave the arm64 and smoke VMs two busy
+# threads each (the 18:07 run: two VMs, three vCPUs, two cores).
+export IMGBUILD_VM_CPUS=1
 # Each e2e build's whole output (tests/common keep_build_log); summed up at the end.
 rm -rf target/e2e-logs target/test-vm-slots
 echo "== scripts/test.sh starts at $(date +%T): compiling the tests, installing the test tools"

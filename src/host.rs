@@ -82,6 +82,28 @@ pub fn cpus() -> u32 {
     })
 }
 
+/// The most vCPUs one build or smoke VM gets here: the host's cores, or fewer with
+/// `IMGBUILD_VM_CPUS=N` (read once), for a host whose cores several build processes share
+/// (a CI runner running builds side by side, `make test`'s streams: one vCPU per VM, as many
+/// VMs as cores). A value that is not a whole number from 1 up is ignored with a warning.
+pub fn vm_cpu_limit() -> u32 {
+    static LIMIT: OnceLock<u32> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let cap = std::env::var("IMGBUILD_VM_CPUS").ok().and_then(|v| {
+            let n = v.trim().parse::<u32>().ok().filter(|n| *n >= 1);
+            if n.is_none() {
+                tracing::warn!("IMGBUILD_VM_CPUS={v:?} is not a whole number from 1 up: ignored");
+            }
+            n
+        });
+        limit_vm_cpus(cpus(), cap)
+    })
+}
+
+fn limit_vm_cpus(host_cpus: u32, cap: Option<u32>) -> u32 {
+    host_cpus.min(cap.unwrap_or(u32::MAX)).max(1)
+}
+
 /// The vCPUs of a build or smoke VM of `r` on a host with `host_cpus` cores: the definition's
 /// `build.cpus`, at least 1 and at most the host's cores (under TCG each vCPU is a busy host
 /// thread; more than the cores only makes the guest stall).
@@ -123,5 +145,19 @@ mod tests {
         r.definition.build.cpus = 0;
         assert_eq!(vm_cpus(&r, 4), 1);
         assert_eq!(vm_cpus(&r, 0), 1);
+    }
+
+    #[test]
+    fn imgbuild_vm_cpus_caps_each_vm_below_the_hosts_cores() {
+        assert_eq!(limit_vm_cpus(2, None), 2);
+        assert_eq!(limit_vm_cpus(8, Some(1)), 1);
+        assert_eq!(limit_vm_cpus(2, Some(4)), 2);
+        let mut r = Resolved {
+            name: "x".into(),
+            definition: Default::default(),
+            chain: Vec::new(),
+        };
+        r.definition.build.cpus = 2;
+        assert_eq!(vm_cpus(&r, limit_vm_cpus(2, Some(1))), 1);
     }
 }

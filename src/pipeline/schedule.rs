@@ -40,7 +40,7 @@ impl Need {
     pub fn of(r: &Resolved, host_cpus: u32) -> Need {
         let b = &r.definition.build;
         Need {
-            cpus: crate::host::vm_cpus(r, host_cpus),
+            cpus: crate::host::vm_cpus(r, host_cpus.min(crate::host::vm_cpu_limit())),
             memory_mib: b.memory as u64 + OVERHEAD_MIB,
         }
     }

@@ -528,7 +528,7 @@ pub fn smoke(
         arch,
         accel: opts.accel,
         firmware,
-        cpus: crate::host::vm_cpus(r, crate::host::cpus()),
+        cpus: crate::host::vm_cpus(r, crate::host::vm_cpu_limit()),
         memory_mib: r.definition.build.memory,
         disk: Some(overlay),
         seed_iso: Some(seed_iso),

@@ -715,7 +715,7 @@ fn full_boot_layer(
         arch: input.arch,
         accel: input.accel,
         firmware: lv.firmware,
-        cpus: crate::host::vm_cpus(input.resolved, crate::host::cpus()),
+        cpus: crate::host::vm_cpus(input.resolved, crate::host::vm_cpu_limit()),
         memory_mib: d.build.memory,
         disk: Some(disk.clone()),
         seed_iso: Some(seed_iso),

@@ -45,7 +45,7 @@ pub fn provision(input: &ProvisionInput, p: &mut Progress) -> Result<Provisioned
         .arg("-var")
         .arg(format!(
             "cpus={}",
-            crate::host::vm_cpus(input.resolved, crate::host::cpus())
+            crate::host::vm_cpus(input.resolved, crate::host::vm_cpu_limit())
         ))
         .arg(".")
         .current_dir(&packer_dir)
