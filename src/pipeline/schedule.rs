@@ -40,7 +40,7 @@ impl Need {
     pub fn of(r: &Resolved, host_cpus: u32) -> Need {
         let b = &r.definition.build;
         Need {
-            cpus: crate::host::vm_cpus(r, host_cpus.min(crate::host::vm_cpu_limit())),
+            cpus: crate::host::vm_cpus(r, host_cpus),
             memory_mib: b.memory as u64 + OVERHEAD_MIB,
         }
     }
@@ -233,8 +233,9 @@ pub struct Outcome {
 /// of `jobs`. A failed build does not stop the others; `cancel` (Ctrl-C, SIGTERM) stops the
 /// running ones (each cleans up as a single build does) and starts no more.
 pub fn run(jobs: Vec<Job>, budget: Budget, cancel: &AtomicBool) -> Vec<Outcome> {
-    let host = crate::host::cpus();
-    let needs: Vec<Need> = jobs.iter().map(|j| Need::of(&j.resolved, host)).collect();
+    // What each VM gets: the host's cores, or fewer with IMGBUILD_VM_CPUS.
+    let per_vm = crate::host::vm_cpu_limit();
+    let needs: Vec<Need> = jobs.iter().map(|j| Need::of(&j.resolved, per_vm)).collect();
     let mut sched = Scheduler::new(needs.clone(), budget);
     let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
     let meta: Vec<(String, Arch, Option<String>, String)> = jobs
