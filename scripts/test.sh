@@ -145,9 +145,10 @@ start_stream() {
 # wait_for_slots N: until N tests hold a VM slot (at most a minute: a test that fails before
 # its slot must not stop the run).
 wait_for_slots() {
-  local i
+  local i n
   for i in $(seq 60); do
-    [ "$(grep -c ' has ' target/test-vm-slots/log 2>/dev/null)" -ge "$1" ] && return 0
+    n=$(grep -c ' has ' target/test-vm-slots/log 2>/dev/null)
+    [ "${n:-0}" -ge "$1" ] && return 0
     sleep 1
   done
 }

@@ -114,7 +114,7 @@ fn vm_slots(n: usize) -> Vec<std::fs::File> {
                     })
                     .collect();
                 log(format!(
-                    "{me} waits for {n} VM slot(s); held by: {}",
+                    "{me} waits for {n} VM slot(s); the slots' last holders: {}",
                     holders.join("; ")
                 ));
                 said = true;
@@ -182,7 +182,7 @@ impl Drop for Ticket {
     }
 }
 
-/// The time of day, UTC, as scripts/test.sh stamps its lines.
+/// The time of day in UTC, as scripts/test.sh stamps its lines on a UTC host (CI's).
 fn now() -> String {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
