@@ -66,7 +66,7 @@ test-tool-free: venv
 test-e2e: host-tools
 	$(CARGO) test --locked --test e2e -- --test-threads=2
 test-openstack: openstack-venv
-	$(CARGO) test --locked --test openstack -- --test-threads=2
+	$(CARGO) test --locked --test openstack -- --test-threads=1
 
 ## The main job on this machine: validate the whole catalog with every real validator, render
 ## the flagship image, and build the Debian 12 base image end to end (smoke-booted, checksummed).
