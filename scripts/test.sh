@@ -19,7 +19,9 @@
 # limits. The desktop and arm64 streams start first and take the first slots (longest first);
 # the others start when they hold them. Who waited for whom is in target/test-vm-slots/log,
 # printed at the end.
-# Before the streams: the tests compile while the venvs and gitlab-ci-local install.
+# The e2e tests compile first, while the venvs and gitlab-ci-local install; the desktop and
+# arm64 streams start as soon as they and the validators' venv are there, the others once the
+# rest has compiled and installed.
 # The background streams run the test binaries directly (no second cargo holding the build
 # lock); their output lands in target/{desktop,arm64,kolla,tiers}-tests.log and is printed at
 # the end. Every line of every stream carries the time it was printed, so that a slow run
@@ -47,19 +49,25 @@ echo "== scripts/test.sh starts at $(date +%T): compiling the tests, installing 
 # apt packages, which the Makefile's `test` installs first): mostly downloads, made while cargo
 # compiles the tests instead of before (minutes of a CI run).
 tools_log=target/tools-install.log
-"${MAKE:-make}" -j4 venv openstack-venv kolla-venv s3-venv gitlab-ci-local >"$tools_log" 2>&1 &
+# The validators' venv first: the desktop and arm64 tests need it (a build validates what it
+# renders) and nothing else of these; they start when it and the e2e binary are there.
+( "${MAKE:-make}" venv && "${MAKE:-make}" -j4 openstack-venv kolla-venv s3-venv gitlab-ci-local ) >"$tools_log" 2>&1 &
 tools=$!
 
-set -e
-bins=$("$CARGO" test --locked --no-run --message-format=json \
-  | python3 -c '
+# compile [CARGO TEST ARGS]: the test binaries those arguments select, as "target executable"
+# lines (the harness runs them directly).
+compile() {
+  "$CARGO" test --locked --no-run --message-format=json "$@" \
+    | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
         print(m["target"]["name"], m["executable"])
-')
-set +e
+'
+  return "${PIPESTATUS[0]}"
+}
+# bin NAME: the executable of test target NAME in $bins.
 bin() {
   local b
   b=$(awk -v t="$1" '$1 == t {print $2}' <<<"$bins")
@@ -69,16 +77,23 @@ bin() {
   fi
   echo "$b"
 }
-if ! wait "$tools"; then
+tools_failed() {
   cat "$tools_log" >&2
   echo "scripts/test.sh: installing the test tools failed (log above: $tools_log)" >&2
   exit 1
-fi
-echo "== compiled and installed at $(date +%T)"
-e2e=$(bin e2e) || exit 1
-openstack=$(bin openstack) || exit 1
-tool_free=$(bin tool_free) || exit 1
+}
 
+# The e2e binary (and the imgbuild binary it runs) first: the desktop and arm64 tests are the
+# run's longest, and their bootstraps begin with minutes of downloads from Debian's archive,
+# which go on while the other test binaries compile and the other venvs install (on a fresh
+# CI machine pip builds and downloads for minutes: the streams waited for all of it before).
+bins=$(compile --test e2e) || { echo "scripts/test.sh: the e2e tests do not compile" >&2; exit 1; }
+e2e=$(bin e2e) || exit 1
+until [ -e .venv/.installed ]; do
+  kill -0 "$tools" 2>/dev/null || [ -e .venv/.installed ] || tools_failed
+  sleep 1
+done
+echo "== the e2e tests compiled and the validators installed at $(date +%T)"
 # Each line with the wall-clock time it came (libtest prints a test's line when it ends).
 stamp() {
   local l
@@ -155,21 +170,9 @@ wait_for_slots() {
     sleep 1
   done
 }
-echo "== in the background: desktop_e2e (log: $desktop_log)"
-start_stream "$desktop_log" desktop_stream
-desktop_pid=$!
-echo "== in the background: the arm64 test, then the parallel-build tests (log: $arm64_log)"
-start_stream "$arm64_log" arm64_stream
-arm64_pid=$!
-wait_for_slots 2
-echo "== in the background: kolla_e2e, then the Packer backend's test (log: $kolla_log)"
-start_stream "$kolla_log" kolla_stream
-kolla_pid=$!
-echo "== in the background: the openstack and tool-free tiers (log: $tiers_log)"
-start_stream "$tiers_log" tiers_stream
-tiers_pid=$!
 # A stopped `make test` stops the background tests too: every process below each stream
 # (test binaries, imgbuild, QEMU) gets SIGTERM.
+desktop_pid= arm64_pid= kolla_pid= tiers_pid=
 descendants() {
   local c
   for c in $(pgrep -P "$1"); do
@@ -184,6 +187,26 @@ stop_background() {
   done
 }
 trap stop_background INT TERM EXIT
+echo "== in the background: desktop_e2e (log: $desktop_log)"
+start_stream "$desktop_log" desktop_stream
+desktop_pid=$!
+echo "== in the background: the arm64 test, then the parallel-build tests (log: $arm64_log)"
+start_stream "$arm64_log" arm64_stream
+arm64_pid=$!
+
+# The other test binaries and test tools, while those two download and bootstrap.
+bins=$(compile) || { echo "scripts/test.sh: the tests do not compile" >&2; exit 1; }
+openstack=$(bin openstack) || exit 1
+tool_free=$(bin tool_free) || exit 1
+wait "$tools" || tools_failed
+echo "== every test compiled and every test tool installed at $(date +%T)"
+wait_for_slots 2
+echo "== in the background: kolla_e2e, then the Packer backend's test (log: $kolla_log)"
+start_stream "$kolla_log" kolla_stream
+kolla_pid=$!
+echo "== in the background: the openstack and tool-free tiers (log: $tiers_log)"
+start_stream "$tiers_log" tiers_stream
+tiers_pid=$!
 
 # --no-fail-fast: a failed unit test must not keep the e2e tests from running (the run of
 # 2026-11-30 18:46 lost its foreground e2e tests to one).
