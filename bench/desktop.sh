@@ -15,9 +15,14 @@
 #   layered-from-base, packer  with PACKER=1: imgbuild's layered build into an empty layer
 #                 cache, then `--backend packer` on the same definition (one boot), both from
 #                 the same (cached) base, no smoke
+#   booted-setup, stack-change-booted  with BEFORE=1: issue 18's "before", measured: the twin
+#                 with `build: {boot_free: false}` (every layer in a full boot, as before the
+#                 issue) is built on the same cache (not compared), then the same stack change
+#                 is rebuilt that way
 # Results: bench/results/desktop.tsv (label, wall seconds, peak RSS KiB of the largest process)
 # and the layers of each build.
-#   bench/desktop.sh          (needs: make host-tools; ~35 min, ~45 with PACKER=1)
+#   bench/desktop.sh          (needs: make host-tools; ~35 min, ~45 with PACKER=1, ~25 more
+#                             with BEFORE=1)
 set -euo pipefail
 source "$(dirname "$0")/common.sh" desktop
 image=debian12-desktop-ai
@@ -33,6 +38,12 @@ scripts:
   - name: extra-marker
     offline: true
     run: echo "a second image" > /etc/imgbuild-extra
+EOF
+cat >"$dir/$image-booted.yaml" <<'EOF'
+extends: debian12-desktop-ai
+description: The desktop twin with every layer in a full boot (bench/desktop.sh, issue 18's before)
+build:
+  boot_free: false
 EOF
 
 s3_store bench
@@ -62,11 +73,18 @@ echo "# $(date -u +%FT%TZ) $image, $(nproc) cores, commit $(git rev-parse --shor
 a="$work/cache-a"; c="$work/cache-b"
 mkdir -p "$a" "$c"
 b full "$a" "$image"
+if [ "${BEFORE:-0}" = 1 ]; then
+  # Its layers in full boots on the same base, before the change (not compared).
+  b booted-setup "$a" "$image-booted" --no-smoke
+fi
 # The stack changes: Ollama keeps models loaded longer (one variable of one service).
 sed -i 's/^      OLLAMA_HOST: 0.0.0.0:11434$/      OLLAMA_HOST: 0.0.0.0:11434\n      OLLAMA_KEEP_ALIVE: 10m/' \
   "$work/compose/ai-stack/compose.yaml"
 grep -q 'OLLAMA_KEEP_ALIVE: 10m' "$work/compose/ai-stack/compose.yaml"
 b stack-change "$a" "$image" --no-smoke
+if [ "${BEFORE:-0}" = 1 ]; then
+  b stack-change-booted "$a" "$image-booted" --no-smoke
+fi
 b second-image "$a" "$image-extra" --no-smoke
 b upload "$a" "$image" --no-smoke --cache-remote "$remote"
 b with-remote "$c" "$image" --no-smoke --cache-remote "$remote"

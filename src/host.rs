@@ -85,19 +85,37 @@ pub fn cpus() -> u32 {
 /// The most vCPUs one build or smoke VM gets here: the host's cores, or fewer with
 /// `IMGBUILD_VM_CPUS=N` (read once), for a host whose cores several build processes share
 /// (a CI runner running builds side by side, `make test`'s streams: one vCPU per VM, as many
-/// VMs as cores). A value that is not a whole number from 1 up is ignored with a warning.
+/// VMs as cores). The commands that boot VMs refuse a bad value first ([`vm_cpus_env`], exit
+/// 2); here one is ignored with a warning.
 pub fn vm_cpu_limit() -> u32 {
     static LIMIT: OnceLock<u32> = OnceLock::new();
     *LIMIT.get_or_init(|| {
-        let cap = std::env::var("IMGBUILD_VM_CPUS").ok().and_then(|v| {
-            let n = v.trim().parse::<u32>().ok().filter(|n| *n >= 1);
-            if n.is_none() {
-                tracing::warn!("IMGBUILD_VM_CPUS={v:?} is not a whole number from 1 up: ignored");
-            }
-            n
+        let cap = vm_cpus_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}: ignored");
+            None
         });
         limit_vm_cpus(cpus(), cap)
     })
+}
+
+/// `IMGBUILD_VM_CPUS` as set: none when unset or empty; an error naming the variable and its
+/// value when it is not a whole number from 1 up.
+pub fn vm_cpus_env() -> Result<Option<u32>, String> {
+    parse_vm_cpus(std::env::var_os("IMGBUILD_VM_CPUS").as_deref())
+}
+
+fn parse_vm_cpus(v: Option<&std::ffi::OsStr>) -> Result<Option<u32>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let text = v.to_string_lossy();
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match text.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(format!(
+            "IMGBUILD_VM_CPUS={text:?} is not a whole number from 1 up (the most vCPUs of one build or smoke VM)"
+        )),
+    }
 }
 
 fn limit_vm_cpus(host_cpus: u32, cap: Option<u32>) -> u32 {
@@ -149,6 +167,14 @@ mod tests {
 
     #[test]
     fn imgbuild_vm_cpus_caps_each_vm_below_the_hosts_cores() {
+        use std::ffi::OsStr;
+        assert_eq!(parse_vm_cpus(None), Ok(None));
+        assert_eq!(parse_vm_cpus(Some(OsStr::new(""))), Ok(None));
+        assert_eq!(parse_vm_cpus(Some(OsStr::new(" 3 "))), Ok(Some(3)));
+        for bad in ["0", "-1", "two", "1.5"] {
+            let e = parse_vm_cpus(Some(OsStr::new(bad))).unwrap_err();
+            assert!(e.starts_with(&format!("IMGBUILD_VM_CPUS={bad:?} ")), "{e}");
+        }
         assert_eq!(limit_vm_cpus(2, None), 2);
         assert_eq!(limit_vm_cpus(8, Some(1)), 1);
         assert_eq!(limit_vm_cpus(2, Some(4)), 2);

@@ -17,6 +17,10 @@ use std::sync::Arc;
 pub fn run(cli: &Cli) -> Result<()> {
     let catalog = Catalog::new(&cli.images_dir);
     let out = output::Output { json: cli.json };
+    if matches!(cli.command, Command::Build(_) | Command::Smoke(_)) {
+        // The commands that boot VMs size them with it: a bad value is bad input.
+        imgbuild::host::vm_cpus_env().map_err(imgbuild::error::Error::Usage)?;
+    }
     match &cli.command {
         Command::List => out.list(&commands::list::list(&catalog)?),
         Command::Show { image } => out.show(image, &commands::show::show(&catalog, image)?),

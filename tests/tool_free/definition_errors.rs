@@ -230,6 +230,30 @@ fn usage_errors_exit_2() {
         Some(2)
     );
     assert_eq!(imgbuild(dir.path(), &["frobnicate"]).status.code(), Some(2));
+    // A bad IMGBUILD_VM_CPUS (the vCPUs of each VM) stops the commands that boot VMs before
+    // any work, naming the variable; a command that boots none does not read it.
+    for (args, bad) in [
+        (&["build", "img"][..], "0"),
+        (&["smoke", "--image", "img", "img.qcow2"][..], "two"),
+    ] {
+        let o = TestCommand::new(args)
+            .cwd(dir.path())
+            .env("IMGBUILD_VM_CPUS", bad)
+            .cache_dir(dir.path().join("cache"))
+            .output();
+        let err = text(&o).1;
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("IMGBUILD_VM_CPUS=\"{bad}\" is not a whole number")),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.path().join("cache").exists(), "{args:?}: work began");
+    }
+    let o = TestCommand::new(&["show", "img"])
+        .cwd(dir.path())
+        .env("IMGBUILD_VM_CPUS", "0")
+        .output();
+    assert!(o.status.success(), "{}", text(&o).1);
 }
 
 #[test]
