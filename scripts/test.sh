@@ -110,7 +110,7 @@ cpu_time() {
   times >"$f" # a builtin in this shell: in a pipe or $(...) it would count a subshell's
   awk -v s="$1" 'NR == 2 {
     split($1, u, /[ms]/); split($2, y, /[ms]/)
-    printf "== CPU of the %s stream: %.1f core-minutes (user %s, system %s)\n", s, u[1] + u[2] / 60 + y[1] + y[2] / 60, $1, $2
+    printf "== CPU of %s: %.1f core-minutes (user %s, system %s)\n", s, u[1] + u[2] / 60 + y[1] + y[2] / 60, $1, $2
   }' "$f"
   rm -f "$f"
 }
@@ -123,7 +123,7 @@ desktop_stream() {
   local failed=0
   echo "== desktop_e2e"
   "$e2e" --exact "$DESKTOP_TEST" || failed=1
-  cpu_time desktop
+  cpu_time "the desktop stream"
   return $failed
 }
 arm64_stream() {
@@ -132,7 +132,7 @@ arm64_stream() {
   "$e2e" --exact "$ARM64_TEST" || failed=1
   echo "== parallel builds"
   "$e2e" --test-threads=1 "$PARALLEL_TESTS" || failed=1
-  cpu_time "arm64 and parallel"
+  cpu_time "the arm64 and parallel stream"
   return $failed
 }
 kolla_stream() {
@@ -141,7 +141,7 @@ kolla_stream() {
   "$e2e" --exact "$KOLLA_TEST" || failed=1
   echo "== packer backend"
   "$e2e" --exact "$PACKER_TEST" || failed=1
-  cpu_time "kolla and packer"
+  cpu_time "the kolla and packer stream"
   return $failed
 }
 tiers_stream() {
@@ -153,7 +153,7 @@ tiers_stream() {
   "$openstack" --test-threads=1 || failed=1
   echo "== tool-free tier"
   "$tool_free" || failed=1
-  cpu_time tiers
+  cpu_time "the tiers stream"
   return $failed
 }
 # start_stream LOG FUNCTION: FUNCTION in the background, its output time-stamped into LOG.
@@ -213,7 +213,6 @@ tiers_pid=$!
 "$CARGO" test --locked --no-fail-fast --lib --bins --test e2e -- --test-threads=2 \
   --skip "$DESKTOP_TEST" --skip "$KOLLA_TEST" --skip "$PACKER_TEST" --skip "$ARM64_TEST" --skip "$PARALLEL_TESTS" 2>&1 | stamp | tee target/foreground-tests.log
 rest=${PIPESTATUS[0]}
-cpu_time "foreground (with the compile)"
 
 wait "$desktop_pid"
 desktop=$?
@@ -224,6 +223,10 @@ kolla=$?
 wait "$tiers_pid"
 tiers=$?
 trap - INT TERM EXIT
+# The main shell's children: every stream (reaped when they end), the compile, the tools and
+# the foreground; the foreground's own is this less the four streams' (a figure printed right
+# after the foreground counted the streams that had ended by then).
+cpu_time "the whole run (the compile, the test tools, the foreground and every stream)"
 echo "== desktop test (exit $desktop):"
 cat "$desktop_log"
 echo "== arm64 and parallel-build tests (exit $arm64):"
