@@ -107,10 +107,11 @@ pub fn vm_cpus_env() -> Result<Option<u32>, String> {
 fn parse_vm_cpus(v: Option<&std::ffi::OsStr>) -> Result<Option<u32>, String> {
     let Some(v) = v else { return Ok(None) };
     let text = v.to_string_lossy();
-    if text.trim().is_empty() {
+    let value = text.trim();
+    if value.is_empty() {
         return Ok(None);
     }
-    match text.trim().parse::<u32>() {
+    match value.parse::<u32>() {
         Ok(n) if n >= 1 => Ok(Some(n)),
         _ => Err(format!(
             "IMGBUILD_VM_CPUS={text:?} is not a whole number from 1 up (the most vCPUs of one build or smoke VM)"
