@@ -58,8 +58,9 @@ s3_store() {
   mkdir -p "$state"
   S3_PORT=$port S3_TEST_SECRET=$secret bash scripts/s3-test-stack.sh start "$venv" "$state" >"$work/s3.out" 2>&1 &
   s3_pid=$!
-  # The run's own status, not the stopped store's (a finished run exited 143 with it).
-  trap 'rc=$?; kill $s3_pid 2>/dev/null; wait $s3_pid 2>/dev/null; rm -rf "$work"; exit $rc' EXIT
+  # The run's own status, not the stopped store's: under `set -e` a `wait` for the store that
+  # returns 143 (it was stopped) ends the trap there with that status, so both are `|| true`.
+  trap 'rc=$?; kill $s3_pid 2>/dev/null || true; wait $s3_pid 2>/dev/null || true; rm -rf "$work"; exit $rc' EXIT
   for _ in $(seq 120); do grep -q READY "$work/s3.out" 2>/dev/null && break; sleep 1; done
   grep -q READY "$work/s3.out" || { cat "$work/s3.out"; exit 1; }
   auth=$(curl -sfi -H "X-Auth-User: test:tester" -H "X-Auth-Key: $secret" "http://127.0.0.1:$port/auth/v1.0")
